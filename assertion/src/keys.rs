@@ -33,7 +33,9 @@ pub struct SigningKey {
 impl std::fmt::Debug for SigningKey {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         // Never print key material, even in debug logs.
-        f.debug_struct("SigningKey").field("kid", &self.kid).finish_non_exhaustive()
+        f.debug_struct("SigningKey")
+            .field("kid", &self.kid)
+            .finish_non_exhaustive()
     }
 }
 
@@ -183,7 +185,8 @@ impl KeySet {
         let vk = ed25519_dalek::VerifyingKey::from_public_key_pem(pem)
             .map_err(|e| KeyError::PublicPem(e.to_string()))?;
         let x = URL_SAFE_NO_PAD.encode(vk.as_bytes());
-        let key = DecodingKey::from_ed_components(&x).map_err(|e| KeyError::PublicPem(e.to_string()))?;
+        let key =
+            DecodingKey::from_ed_components(&x).map_err(|e| KeyError::PublicPem(e.to_string()))?;
         self.keys.insert(kid.to_string(), key);
         Ok(())
     }

@@ -20,7 +20,11 @@ pub struct AssertionSigner {
 }
 
 impl AssertionSigner {
-    pub fn new(issuer: impl Into<String>, ttl_secs: u64, keys: Vec<SigningKey>) -> Result<Self, SignError> {
+    pub fn new(
+        issuer: impl Into<String>,
+        ttl_secs: u64,
+        keys: Vec<SigningKey>,
+    ) -> Result<Self, SignError> {
         if keys.is_empty() {
             return Err(SignError::NoKey);
         }

@@ -79,19 +79,27 @@ impl AssertionVerifier {
             return Err(VerifyError::WrongAlgorithm);
         }
         let kid = header.kid.ok_or(VerifyError::NoKid)?;
-        let key = keys.get(&kid).ok_or_else(|| VerifyError::UnknownKid(kid.clone()))?;
+        let key = keys
+            .get(&kid)
+            .ok_or_else(|| VerifyError::UnknownKid(kid.clone()))?;
         // jsonwebtoken checks `exp` against the system clock; we check times ourselves so that
         // `now` is honoured and `iat` in the future is refused too.
         let mut validation = self.validation.clone();
         validation.validate_exp = false;
-        let data = jsonwebtoken::decode::<Claims>(token, key, &validation).map_err(|e| match e.kind() {
+        let data = jsonwebtoken::decode::<Claims>(token, key, &validation).map_err(|e| match e
+            .kind()
+        {
             ErrorKind::InvalidSignature => VerifyError::BadSignature,
             ErrorKind::InvalidAudience => VerifyError::WrongAudience,
             ErrorKind::InvalidIssuer => VerifyError::WrongIssuer,
             ErrorKind::InvalidAlgorithm => VerifyError::WrongAlgorithm,
             ErrorKind::ExpiredSignature => VerifyError::Expired,
-            ErrorKind::MissingRequiredClaim(c) => VerifyError::InvalidClaims(format!("missing {c}")),
-            ErrorKind::Json(_) => VerifyError::InvalidClaims("claims do not match the contract".into()),
+            ErrorKind::MissingRequiredClaim(c) => {
+                VerifyError::InvalidClaims(format!("missing {c}"))
+            }
+            ErrorKind::Json(_) => {
+                VerifyError::InvalidClaims("claims do not match the contract".into())
+            }
             _ => VerifyError::Malformed,
         })?;
         let claims = data.claims;
@@ -121,7 +129,11 @@ mod tests {
     fn setup() -> (AssertionSigner, KeySet, AssertionVerifier) {
         let signer = AssertionSigner::new("gw", 60, vec![SigningKey::generate("k1")]).unwrap();
         let keys = KeySet::from_jwks(&signer.jwks()).unwrap();
-        (signer, keys, AssertionVerifier::new("gw", "presence-service", 5))
+        (
+            signer,
+            keys,
+            AssertionVerifier::new("gw", "presence-service", 5),
+        )
     }
 
     #[test]
@@ -129,7 +141,10 @@ mod tests {
         let (signer, keys, verifier) = setup();
         let token = signer.sign(&alice(), "presence-service").unwrap();
         let c = verifier.verify(&token, &keys).unwrap();
-        assert_eq!((c.sub.as_str(), c.display_name(), c.sid.as_str()), ("alice", "Alice", "h1"));
+        assert_eq!(
+            (c.sub.as_str(), c.display_name(), c.sid.as_str()),
+            ("alice", "Alice", "h1")
+        );
         assert_eq!(c.exp - c.iat, 60);
         assert_eq!(c.jti.len(), 32);
     }
@@ -140,28 +155,46 @@ mod tests {
         let claims = signer.claims_at(&alice(), "presence-service", 1_000);
         let token = signer.sign_claims(&claims).unwrap();
         assert!(verifier.verify_at(&token, &keys, 1_064).is_ok());
-        assert_eq!(verifier.verify_at(&token, &keys, 1_065), Err(VerifyError::Expired));
-        assert!(matches!(verifier.verify_at(&token, &keys, 900), Err(VerifyError::InvalidClaims(_))));
+        assert_eq!(
+            verifier.verify_at(&token, &keys, 1_065),
+            Err(VerifyError::Expired)
+        );
+        assert!(matches!(
+            verifier.verify_at(&token, &keys, 900),
+            Err(VerifyError::InvalidClaims(_))
+        ));
     }
 
     #[test]
     fn wrong_audience_issuer_kid_and_signature_are_refused() {
         let (signer, keys, verifier) = setup();
         let other_aud = signer.sign(&alice(), "billing").unwrap();
-        assert_eq!(verifier.verify(&other_aud, &keys), Err(VerifyError::WrongAudience));
+        assert_eq!(
+            verifier.verify(&other_aud, &keys),
+            Err(VerifyError::WrongAudience)
+        );
 
         let other_iss = AssertionSigner::new("evil", 60, vec![SigningKey::generate("k1")]).unwrap();
         let keys_evil = KeySet::from_jwks(&other_iss.jwks()).unwrap();
         let t = other_iss.sign(&alice(), "presence-service").unwrap();
-        assert_eq!(verifier.verify(&t, &keys_evil), Err(VerifyError::WrongIssuer));
+        assert_eq!(
+            verifier.verify(&t, &keys_evil),
+            Err(VerifyError::WrongIssuer)
+        );
         // Same kid, different key: the signature must not verify.
         assert_eq!(verifier.verify(&t, &keys), Err(VerifyError::BadSignature));
 
         let stranger = AssertionSigner::new("gw", 60, vec![SigningKey::generate("k9")]).unwrap();
         let t = stranger.sign(&alice(), "presence-service").unwrap();
-        assert_eq!(verifier.verify(&t, &keys), Err(VerifyError::UnknownKid("k9".into())));
+        assert_eq!(
+            verifier.verify(&t, &keys),
+            Err(VerifyError::UnknownKid("k9".into()))
+        );
 
-        assert_eq!(verifier.verify("not.a.jwt", &keys), Err(VerifyError::Malformed));
+        assert_eq!(
+            verifier.verify("not.a.jwt", &keys),
+            Err(VerifyError::Malformed)
+        );
         let token = signer.sign(&alice(), "presence-service").unwrap();
         let mut tampered = token.clone();
         tampered.pop();
@@ -179,7 +212,10 @@ mod tests {
         let verifier = AssertionVerifier::new("gw", "presence-service", 5);
         let t_old = before.sign(&alice(), "presence-service").unwrap();
         let t_new = during.sign(&alice(), "presence-service").unwrap();
-        assert_eq!(jsonwebtoken::decode_header(&t_new).unwrap().kid.as_deref(), Some("new"));
+        assert_eq!(
+            jsonwebtoken::decode_header(&t_new).unwrap().kid.as_deref(),
+            Some("new")
+        );
         assert!(verifier.verify(&t_old, &keys).is_ok());
         assert!(verifier.verify(&t_new, &keys).is_ok());
     }
