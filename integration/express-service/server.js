@@ -1,0 +1,93 @@
+// An Express backend written the way the seed describes its backend: express-session with
+// connect-redis, Passport's local strategy, the `connect.sid` cookie and `sess:` keys in Redis.
+// It knows nothing about the gateway or Socket.IO: the point of running it in the compose stack
+// is that the gateway reads the sessions this app writes without the app being changed.
+//
+// Env: PORT (3000), HOST (0.0.0.0), REDIS_URL (required), SESSION_SECRET (comma-separated list:
+// the first signs, all verify, as express-session does with an array of secrets).
+import http from 'node:http';
+import express from 'express';
+import session from 'express-session';
+import passport from 'passport';
+import { Strategy as LocalStrategy } from 'passport-local';
+import { createClient } from 'redis';
+import RedisStore from 'connect-redis';
+
+const port = Number(process.env.PORT || 3000);
+const host = process.env.HOST || '0.0.0.0';
+const redisUrl = process.env.REDIS_URL;
+const secrets = (process.env.SESSION_SECRET || '').split(',').map((s) => s.trim()).filter(Boolean);
+
+if (!redisUrl) throw new Error('REDIS_URL is required: sessions live in Redis so the gateway can read them');
+if (secrets.length === 0) throw new Error('SESSION_SECRET is required');
+
+// Reconnects forever with a capped backoff, so the app survives a Redis restart like the
+// gateway does; requests that need the store fail while it is away.
+const redis = createClient({
+  url: redisUrl,
+  socket: { reconnectStrategy: (retries) => Math.min(100 * 2 ** retries, 2000) },
+});
+redis.on('error', (err) => console.error(`redis: ${err.message}`));
+await redis.connect();
+
+// Users are fixed: password "pw" for anyone listed; the id is what Passport keeps in the
+// session (`passport.user`), the name is what the presence list shows.
+const users = new Map(
+  (process.env.USERS || 'alice:Alice,bob:Bob,carol:Carol,dave:Dave,erin:Erin,frank:Frank')
+    .split(',')
+    .map((entry) => entry.split(':'))
+    .map(([id, name]) => [id, { id, name: name || id }]),
+);
+
+passport.use(new LocalStrategy((username, password, done) => {
+  const user = users.get(username);
+  return user && password === 'pw' ? done(null, user) : done(null, false);
+}));
+passport.serializeUser((user, done) => done(null, user.id));
+passport.deserializeUser((id, done) => done(null, users.get(id) || false));
+
+const app = express();
+app.disable('x-powered-by');
+app.use(express.json());
+app.use(express.urlencoded({ extended: false }));
+
+// Liveness for the container healthcheck; it also pings Redis so "healthy" means "can log in".
+app.get('/healthz', async (_req, res) => {
+  try {
+    await redis.ping();
+    res.json({ ok: true });
+  } catch (err) {
+    res.status(503).json({ ok: false, error: err.message });
+  }
+});
+
+app.use(session({
+  name: 'connect.sid',
+  secret: secrets,
+  store: new RedisStore({ client: redis, prefix: 'sess:' }),
+  resave: false,
+  saveUninitialized: false,
+  cookie: { httpOnly: true, maxAge: 24 * 60 * 60 * 1000 },
+}));
+app.use(passport.initialize());
+app.use(passport.session());
+
+app.post('/api/auth/login', passport.authenticate('local'), (req, res) => res.json({ user: req.user }));
+app.get('/api/auth/user', (req, res) => (req.user ? res.json({ user: req.user }) : res.status(401).json({ user: null })));
+app.post('/api/auth/logout', (req, res, next) => {
+  req.logout((err) => {
+    if (err) return next(err);
+    return req.session.destroy((destroyErr) => (destroyErr ? next(destroyErr) : res.json({ ok: true })));
+  });
+});
+
+const server = http.createServer(app);
+server.listen(port, host, () => console.log(`express-service listening on ${host}:${port}`));
+
+// Docker sends SIGTERM on stop; close cleanly so `docker compose down` is quick.
+for (const signal of ['SIGTERM', 'SIGINT']) {
+  process.on(signal, () => {
+    server.close(() => redis.quit().finally(() => process.exit(0)));
+    setTimeout(() => process.exit(0), 3000).unref();
+  });
+}
