@@ -1,0 +1,145 @@
+// The store against a real socket.io server (the npm package) speaking both event modes of the
+// presence service, and a small HTTP stand-in for the demo service's /api/auth routes.
+import http from 'node:http';
+import { afterEach, beforeEach, describe, expect, it } from 'vitest';
+import { Server } from 'socket.io';
+import { createSessionStore } from './session.js';
+
+const alice = { id: 'alice', name: 'Alice Archer' };
+const bob = { id: 'bob', name: 'Bob Baker' };
+
+let server;
+let io;
+let baseUrl;
+let signedIn; // the stand-in's one session: who is logged in, or null
+let sockets; // server-side sockets, in connection order
+
+function standIn(req, res) {
+  const reply = (status, body) => {
+    res.writeHead(status, { 'content-type': 'application/json' });
+    res.end(JSON.stringify(body));
+  };
+  if (req.method === 'GET' && req.url === '/api/auth/user') return signedIn ? reply(200, { user: signedIn }) : reply(401, { user: null });
+  if (req.method === 'POST' && req.url === '/api/auth/logout') {
+    signedIn = null;
+    return reply(200, { ok: true });
+  }
+  if (req.method === 'POST' && req.url === '/api/auth/login') {
+    let body = '';
+    req.on('data', (chunk) => (body += chunk));
+    req.on('end', () => {
+      const { username, password } = JSON.parse(body);
+      if (username === 'alice' && password === 'alice-pass') {
+        signedIn = alice;
+        reply(200, { user: alice });
+      } else reply(401, { error: 'invalid username or password' });
+    });
+    return undefined;
+  }
+  return undefined; // socket.io handles its own path
+}
+
+beforeEach(async () => {
+  signedIn = null;
+  sockets = [];
+  server = http.createServer(standIn);
+  io = new Server(server);
+  io.on('connection', (socket) => sockets.push(socket));
+  await new Promise((ok) => server.listen(0, '127.0.0.1', ok));
+  baseUrl = `http://127.0.0.1:${server.address().port}`;
+});
+
+afterEach(async () => {
+  io.close();
+  await new Promise((ok) => server.close(ok));
+});
+
+/** Resolves once the store's state satisfies `predicate` (no polling, no sleeps). */
+function until(store, predicate, what) {
+  return new Promise((resolve, reject) => {
+    if (predicate(store.getState())) return resolve(store.getState());
+    const timer = setTimeout(() => {
+      unsubscribe();
+      reject(new Error(`timed out waiting for ${what}`));
+    }, 5000);
+    const unsubscribe = store.subscribe((state) => {
+      if (predicate(state)) {
+        clearTimeout(timer);
+        unsubscribe();
+        resolve(state);
+      }
+    });
+    return undefined;
+  });
+}
+
+const ids = (state) => state.onlineUsers.map((u) => u.id).join(',');
+
+async function signedInStore(transports) {
+  const store = createSessionStore({ baseUrl, socketOptions: { transports } });
+  expect(await store.getState().login('alice', 'alice-pass')).toBe(true);
+  await until(store, (s) => s.connection === 'online', 'socket connected');
+  return store;
+}
+
+describe.each([['polling', 'websocket'], ['websocket']])('session store over %s', (...transports) => {
+  it('follows compat-mode events', async () => {
+    const store = await signedInStore(transports);
+    sockets[0].emit('online_users', { onlineUsers: [alice] });
+    await until(store, (s) => ids(s) === 'alice', 'alice alone');
+    io.emit('user_connected', { onlineUsers: [alice, bob], user: bob });
+    await until(store, (s) => ids(s) === 'alice,bob', 'bob joins');
+    io.emit('user_disconnected', { onlineUsers: [alice], userId: 'bob' });
+    await until(store, (s) => ids(s) === 'alice', 'bob leaves');
+    await store.getState().logout();
+  });
+
+  it('follows diff-mode events', async () => {
+    const store = await signedInStore(transports);
+    sockets[0].emit('online_users', { onlineUsers: [alice] });
+    await until(store, (s) => ids(s) === 'alice', 'snapshot');
+    io.emit('presence_diff', { joins: [bob], leaves: [] });
+    await until(store, (s) => ids(s) === 'alice,bob', 'bob joins');
+    io.emit('presence_diff', { joins: [], leaves: ['bob'] });
+    await until(store, (s) => ids(s) === 'alice', 'bob leaves');
+    await store.getState().logout();
+  });
+});
+
+describe('session store lifecycle', () => {
+  it('restores a login, and reports anonymous without one', async () => {
+    const anonymous = createSessionStore({ baseUrl });
+    await anonymous.getState().restore();
+    expect(anonymous.getState()).toMatchObject({ status: 'anonymous', user: null, socket: null });
+
+    signedIn = alice;
+    const restored = createSessionStore({ baseUrl });
+    await restored.getState().restore();
+    expect(restored.getState()).toMatchObject({ status: 'authenticated', user: alice });
+    await until(restored, (s) => s.connection === 'online', 'socket connected');
+    await restored.getState().logout();
+  });
+
+  it('a wrong password leaves the user signed out with no socket', async () => {
+    const store = createSessionStore({ baseUrl });
+    expect(await store.getState().login('alice', 'nope')).toBe(false);
+    expect(store.getState()).toMatchObject({ user: null, socket: null, loginError: 'Wrong username or password.' });
+  });
+
+  it('logout closes the socket on the server side too', async () => {
+    const store = await signedInStore(['websocket']);
+    const gone = new Promise((ok) => sockets[0].on('disconnect', ok));
+    await store.getState().logout();
+    expect(await gone).toBe('client namespace disconnect');
+    expect(store.getState()).toMatchObject({ status: 'anonymous', user: null, socket: null, onlineUsers: [] });
+    expect(signedIn).toBe(null);
+  });
+
+  it('a server-side disconnect after logout elsewhere signs this tab out', async () => {
+    const store = await signedInStore(['websocket']);
+    signedIn = null; // the session ended (logout in another tab)
+    sockets[0].disconnect(true);
+    await until(store, (s) => s.status === 'anonymous', 'signed out');
+    expect(store.getState()).toMatchObject({ user: null, socket: null, connection: 'offline' });
+  });
+});
