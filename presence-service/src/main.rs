@@ -1,1 +1,67 @@
-fn main() {}
+//! `presence-service --config config/presence.toml`: Socket.IO presence behind the gateway.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::Parser;
+
+mod announcer;
+mod app;
+mod backend;
+mod config;
+mod diff;
+mod http_api;
+mod metrics;
+mod model;
+mod sockets;
+mod trust;
+
+#[derive(Parser)]
+#[command(about = "Socket.IO presence that trusts only the gateway's signed assertion")]
+struct Cli {
+    /// TOML config; without it the embedded default runs (127.0.0.1:3001, in memory).
+    #[arg(long)]
+    config: Option<PathBuf>,
+}
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| "presence_service=info,socketioxide=warn".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let cli = Cli::parse();
+    let cfg = match config::Config::load(cli.config.as_deref()) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("presence-service: config error: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let shutdown = async {
+        let ctrl_c = tokio::signal::ctrl_c();
+        #[cfg(unix)]
+        {
+            let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(s) => s,
+                Err(_) => return std::future::pending().await,
+            };
+            tokio::select! {
+                _ = ctrl_c => {}
+                _ = term.recv() => {}
+            }
+        }
+        #[cfg(not(unix))]
+        let _ = ctrl_c.await;
+    };
+    match app::run(cfg, shutdown).await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("presence-service: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,278 @@
+//! Applies the model's effects to the shared backend, in order, and announces the resulting
+//! changes to clients: the seed's events (compat) or batched diffs (diff mode). One task per
+//! node, so effects for one user can never overtake each other.
+
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use serde::Serialize;
+use socketioxide::adapter::Adapter;
+use socketioxide::extract::SocketRef;
+use socketioxide::SocketIo;
+use tokio::sync::{mpsc, Notify};
+
+use crate::backend::{Changes, PresenceBackend};
+use crate::config::EventMode;
+use crate::diff::DiffBatch;
+use crate::metrics::Metrics;
+use crate::model::{Effect, PresenceModel, TooManySockets, User};
+
+pub enum Command<A: Adapter> {
+    Apply(Effect),
+    /// Send `online_users` to a socket that just connected (after its own `Hold`).
+    Snapshot(SocketRef<A>),
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct OnlineUsers<'a> {
+    pub online_users: &'a [User],
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct UserConnected<'a> {
+    online_users: &'a [User],
+    user: &'a User,
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct UserDisconnected<'a> {
+    online_users: &'a [User],
+    user_id: &'a str,
+}
+
+/// The node's presence: the model plus the queue to the announcer. Every model change and the
+/// enqueueing of its effect happen under one lock, so the queue order is the model's order.
+pub struct Presence<A: Adapter> {
+    model: Mutex<PresenceModel>,
+    tx: mpsc::UnboundedSender<Command<A>>,
+    release_changed: Notify,
+    metrics: Metrics,
+}
+
+impl<A: Adapter> Presence<A> {
+    fn model(&self) -> MutexGuard<'_, PresenceModel> {
+        // Model methods do not panic midway; a poisoned lock still holds consistent state.
+        self.model.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn send(&self, cmd: Command<A>) {
+        // The announcer lives as long as the server; if it is gone we are shutting down.
+        let _ = self.tx.send(cmd);
+    }
+
+    /// Counts a socket of `user`, or refuses it past the per-user cap.
+    pub fn admit(&self, user: User) -> Result<(), TooManySockets> {
+        let mut model = self.model();
+        let effect = model.connect(user)?;
+        self.metrics.connected_sockets.set(model.socket_count() as i64);
+        if let Some(effect) = effect {
+            self.send(Command::Apply(effect));
+        }
+        Ok(())
+    }
+
+    pub fn snapshot(&self, socket: SocketRef<A>) {
+        self.send(Command::Snapshot(socket));
+    }
+
+    pub fn disconnect(&self, user_id: &str) {
+        let mut model = self.model();
+        model.disconnect(user_id, Instant::now());
+        self.metrics.connected_sockets.set(model.socket_count() as i64);
+        drop(model);
+        self.release_changed.notify_one();
+    }
+
+    fn expire(&self, now: Instant) -> Option<Instant> {
+        let mut model = self.model();
+        for effect in model.expire(now) {
+            self.send(Command::Apply(effect));
+        }
+        model.next_release()
+    }
+
+    fn held(&self) -> Vec<User> {
+        self.model().held()
+    }
+}
+
+pub struct AnnouncerConfig {
+    pub mode: EventMode,
+    pub diff_window: Duration,
+    pub heartbeat_interval: Duration,
+    pub emit_timeout: Duration,
+}
+
+/// Creates the node's presence and spawns its announcer task.
+pub fn start<A: Adapter>(
+    io: SocketIo<A>,
+    backend: Arc<dyn PresenceBackend>,
+    model: PresenceModel,
+    metrics: Metrics,
+    cfg: AnnouncerConfig,
+) -> Arc<Presence<A>> {
+    let (tx, rx) = mpsc::unbounded_channel();
+    let presence = Arc::new(Presence {
+        model: Mutex::new(model),
+        tx,
+        release_changed: Notify::new(),
+        metrics: metrics.clone(),
+    });
+    let announcer = Announcer {
+        io,
+        backend,
+        metrics,
+        cfg,
+        batch: DiffBatch::default(),
+    };
+    tokio::spawn(announcer.run(presence.clone(), rx));
+    presence
+}
+
+struct Announcer<A: Adapter> {
+    io: SocketIo<A>,
+    backend: Arc<dyn PresenceBackend>,
+    metrics: Metrics,
+    cfg: AnnouncerConfig,
+    batch: DiffBatch,
+}
+
+impl<A: Adapter> Announcer<A> {
+    async fn run(mut self, presence: Arc<Presence<A>>, mut rx: mpsc::UnboundedReceiver<Command<A>>) {
+        let mut heartbeat = tokio::time::interval(self.cfg.heartbeat_interval);
+        heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut flush = tokio::time::interval(self.cfg.diff_window);
+        flush.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let far = Duration::from_secs(3600);
+        let mut next_release: Option<Instant> = None;
+        loop {
+            let release_at = next_release.unwrap_or_else(|| Instant::now() + far);
+            tokio::select! {
+                biased;
+                cmd = rx.recv() => match cmd {
+                    Some(Command::Apply(effect)) => self.apply(effect).await,
+                    Some(Command::Snapshot(socket)) => self.snapshot(socket).await,
+                    None => break,
+                },
+                _ = tokio::time::sleep_until(release_at.into()) => {
+                    next_release = presence.expire(Instant::now());
+                }
+                _ = presence.release_changed.notified() => {
+                    next_release = presence.expire(Instant::now());
+                }
+                _ = flush.tick(), if !self.batch.is_empty() => self.flush().await,
+                _ = heartbeat.tick() => self.maintain(&presence).await,
+            }
+        }
+    }
+
+    async fn apply(&mut self, effect: Effect) {
+        match effect {
+            Effect::Hold(user) => match self.backend.hold(&user).await {
+                Ok(true) => self.joined(user).await,
+                Ok(false) => {}
+                Err(e) => tracing::warn!(error = %e, user = %user.id, "hold not stored; re-synced when the backend is back"),
+            },
+            Effect::Release(id) => match self.backend.release(&id).await {
+                Ok(true) => self.left(id).await,
+                Ok(false) => {}
+                Err(e) => tracing::warn!(error = %e, user = %id, "release not stored; re-synced when the backend is back"),
+            },
+        }
+    }
+
+    async fn maintain(&mut self, presence: &Presence<A>) {
+        let held = presence.held();
+        match self.backend.maintain(&held).await {
+            Ok(Changes { joins, leaves }) => {
+                for id in leaves {
+                    tracing::info!(user = %id, "user removed (its node stopped heartbeating, or re-sync)");
+                    self.left(id).await;
+                }
+                for user in joins {
+                    self.joined(user).await;
+                }
+            }
+            Err(e) => tracing::warn!(error = %e, "presence heartbeat failed"),
+        }
+        self.metrics.backend_healthy.set(self.backend.is_healthy() as i64);
+    }
+
+    async fn online(&self) -> Vec<User> {
+        match self.backend.online().await {
+            Ok(users) => {
+                self.metrics.online_users.set(users.len() as i64);
+                users
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot read who is online");
+                Vec::new()
+            }
+        }
+    }
+
+    async fn joined(&mut self, user: User) {
+        tracing::debug!(user = %user.id, "online");
+        match self.cfg.mode {
+            EventMode::Compat => {
+                let online = self.online().await;
+                let payload = UserConnected {
+                    online_users: &online,
+                    user: &user,
+                };
+                self.broadcast("user_connected", &payload).await;
+            }
+            EventMode::Diff => self.batch.join(user),
+        }
+    }
+
+    async fn left(&mut self, user_id: String) {
+        tracing::debug!(user = %user_id, "offline");
+        match self.cfg.mode {
+            EventMode::Compat => {
+                let online = self.online().await;
+                let payload = UserDisconnected {
+                    online_users: &online,
+                    user_id: &user_id,
+                };
+                self.broadcast("user_disconnected", &payload).await;
+            }
+            EventMode::Diff => self.batch.leave(user_id),
+        }
+    }
+
+    async fn flush(&mut self) {
+        if let Some(diff) = self.batch.take() {
+            self.broadcast("presence_diff", &diff).await;
+            // Keep the gauge fresh in diff mode too (compat reads the list on every change).
+            self.online().await;
+        }
+    }
+
+    async fn snapshot(&self, socket: SocketRef<A>) {
+        let online = self.online().await;
+        if let Err(e) = socket.emit("online_users", &OnlineUsers { online_users: &online }) {
+            tracing::debug!(error = %e, sid = %socket.id, "snapshot not sent (socket gone?)");
+        } else {
+            self.metrics.emitted("online_users");
+        }
+    }
+
+    /// To every socket on every node. If the adapter cannot reach the other nodes (Redis
+    /// outage), this node's own sockets are still told.
+    async fn broadcast<T: Serialize + ?Sized>(&self, event: &'static str, payload: &T) {
+        let sent = tokio::time::timeout(self.cfg.emit_timeout, self.io.emit(event, payload)).await;
+        let ok = matches!(sent, Ok(Ok(())));
+        if !ok {
+            tracing::warn!(event, "cluster broadcast failed; emitting to local sockets only");
+            if let Err(e) = self.io.local().emit(event, payload).await {
+                tracing::warn!(event, error = %e, "local broadcast failed");
+                return;
+            }
+        }
+        self.metrics.emitted(event);
+    }
+}

@@ -1,0 +1,159 @@
+//! The one place where the service is assembled from its config: keys, backend, Socket.IO
+//! (with the local or the Redis adapter), the announcer, the HTTP routes, the listener.
+
+use std::future::Future;
+use std::sync::Arc;
+
+use socketioxide::adapter::Adapter;
+use socketioxide::{SocketIo, SocketIoBuilder};
+use socketioxide_core::adapter::DefinedAdapter;
+use socketioxide_redis::{RedisAdapter, RedisAdapterCtr};
+use tokio::net::TcpListener;
+
+use crate::announcer::{self, AnnouncerConfig};
+use crate::backend::{MemoryBackend, PresenceBackend, RedisBackend};
+use crate::config::{ms, BackendKind, Config};
+use crate::http_api::{self, HttpContext};
+use crate::metrics::Metrics;
+use crate::model::PresenceModel;
+use crate::sockets::{self, SocketContext};
+use crate::trust::Trust;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error(transparent)]
+    Keys(#[from] crate::trust::KeyLoadError),
+    #[error("metrics: {0}")]
+    Metrics(#[from] prometheus::Error),
+    #[error("redis: {0}")]
+    Redis(#[from] redis::RedisError),
+    #[error("presence store: {0}")]
+    Backend(#[from] crate::backend::BackendError),
+    #[error("redis adapter: {0}")]
+    Adapter(String),
+    #[error("cannot listen on {addr}: {source}")]
+    Listen { addr: std::net::SocketAddr, source: std::io::Error },
+}
+
+fn socketio_builder(cfg: &Config) -> SocketIoBuilder {
+    let l = &cfg.limits;
+    SocketIo::builder()
+        .ping_interval(ms(l.ping_interval_ms))
+        .ping_timeout(ms(l.ping_timeout_ms))
+        .max_payload(l.max_payload)
+        .max_buffer_size(l.max_buffer_size)
+        .ws_read_buffer_size(l.ws_read_buffer_size)
+}
+
+/// Starts the service and runs until `shutdown` resolves.
+pub async fn run(cfg: Config, shutdown: impl Future<Output = ()> + Send + 'static) -> Result<(), StartError> {
+    let metrics = Metrics::new()?;
+    let trust = Trust::from_config(&cfg.trust)?;
+    trust.warm_up().await;
+    let listener = TcpListener::bind(cfg.listen_addr()).await.map_err(|source| StartError::Listen {
+        addr: cfg.listen_addr(),
+        source,
+    })?;
+    match cfg.backend.kind {
+        BackendKind::Memory => {
+            let (layer, io) = socketio_builder(&cfg).build_layer();
+            let backend: Arc<dyn PresenceBackend> = Arc::new(MemoryBackend::default());
+            let (router, ()) = assemble(&cfg, io, backend, trust, metrics.clone());
+            serve(listener, router.layer(layer), shutdown).await
+        }
+        BackendKind::Redis => {
+            let b = &cfg.backend;
+            let url = b.redis_url.get_ref();
+            let node_id = if b.node_id.is_empty() {
+                uuid::Uuid::new_v4().simple().to_string()
+            } else {
+                b.node_id.clone()
+            };
+            let backend = RedisBackend::connect(
+                redis::Client::open(url.as_str())?,
+                node_id.clone(),
+                b.key_prefix.clone(),
+                ms(b.node_ttl_ms),
+                ms(b.op_timeout_ms),
+            )
+            .await?;
+            // The adapter's pub/sub driver needs RESP3 push messages.
+            let adapter_url = if url.contains("protocol=") {
+                url.clone()
+            } else if url.contains('?') {
+                format!("{url}&protocol=resp3")
+            } else {
+                format!("{url}?protocol=resp3")
+            };
+            let adapter = RedisAdapterCtr::new_with_redis(&redis::Client::open(adapter_url)?).await?;
+            let (layer, io) = socketio_builder(&cfg)
+                .with_adapter::<RedisAdapter<_>>(adapter)
+                .build_layer();
+            let backend: Arc<dyn PresenceBackend> = Arc::new(backend);
+            let (router, init) = assemble(&cfg, io, backend, trust, metrics.clone());
+            init.await.map_err(|e| StartError::Adapter(e.to_string()))?;
+            tracing::info!(node = %node_id, "redis backend and adapter ready");
+            serve(listener, router.layer(layer), shutdown).await
+        }
+    }
+}
+
+fn assemble<A: Adapter + DefinedAdapter>(
+    cfg: &Config,
+    io: SocketIo<A>,
+    backend: Arc<dyn PresenceBackend>,
+    trust: Trust,
+    metrics: Metrics,
+) -> (axum::Router, A::InitRes) {
+    let p = &cfg.presence;
+    let presence = announcer::start(
+        io.clone(),
+        backend.clone(),
+        PresenceModel::new(ms(p.grace_ms), p.max_sockets_per_user),
+        metrics.clone(),
+        AnnouncerConfig {
+            mode: p.mode,
+            diff_window: ms(p.diff_window_ms.max(1)),
+            heartbeat_interval: ms(cfg.backend.heartbeat_interval_ms),
+            emit_timeout: ms(cfg.backend.op_timeout_ms),
+        },
+    );
+    let init = sockets::register(
+        &io,
+        Arc::new(SocketContext {
+            trust: trust.clone(),
+            presence,
+            backend: backend.clone(),
+            metrics: metrics.clone(),
+        }),
+    );
+    let router = http_api::router(Arc::new(HttpContext {
+        trust,
+        backend,
+        metrics,
+        io,
+    }));
+    (router, init)
+}
+
+async fn serve(
+    listener: TcpListener,
+    router: axum::Router,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), StartError> {
+    let addr = listener.local_addr().map_err(|source| StartError::Listen {
+        addr: ([0, 0, 0, 0], 0).into(),
+        source,
+    })?;
+    // Tests and scripts that bind port 0 read the real address from this line on stdout.
+    println!("presence-service listening on {addr}");
+    tracing::info!(%addr, "listening");
+    let server = axum::serve(listener, router);
+    tokio::select! {
+        res = server => res.map_err(|source| StartError::Listen { addr, source }),
+        () = shutdown => {
+            tracing::info!("shutting down");
+            Ok(())
+        }
+    }
+}

@@ -1,0 +1,312 @@
+//! The TOML config, one struct per table, mirroring the file one to one.
+//!
+//! Every field has a default, so `presence-service` with no config file runs the embedded default:
+//! 127.0.0.1:3001, in-memory presence, keys from the gateway's JWKS on 127.0.0.1:9180.
+//! Errors name the file, the line and the key; relative paths resolve against the config's folder.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+use serde_spanned::Spanned;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("{path}: cannot read: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    /// The toml crate's message already carries line, column and key.
+    #[error("{path}: {source}")]
+    Parse {
+        path: PathBuf,
+        source: Box<toml::de::Error>,
+    },
+    #[error("{path}:{line}: `{key}`: {reason}")]
+    Invalid {
+        path: PathBuf,
+        line: usize,
+        key: &'static str,
+        reason: String,
+    },
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    pub server: ServerConfig,
+    pub trust: TrustConfig,
+    pub presence: PresenceConfig,
+    pub limits: LimitsConfig,
+    pub backend: BackendConfig,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ServerConfig {
+    /// Address to listen on; port 0 picks a free port (the bound address is logged and, with
+    /// `--print-addr`, printed on stdout).
+    pub listen: Spanned<String>,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        Self {
+            listen: Spanned::new(0..0, "127.0.0.1:3001".into()),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TrustConfig {
+    pub issuer: String,
+    pub audience: String,
+    /// Clock skew allowed on `exp` / `iat`.
+    pub leeway_secs: u64,
+    /// Header that carries the assertion on the handshake and on `/presence`.
+    pub header: String,
+    /// Where the gateway publishes its keys. Used when `public_keys` is empty.
+    pub jwks_url: String,
+    /// At most one JWKS refetch per this interval, however many unknown kids arrive: a flood of
+    /// forged kids must not turn into a flood of requests to the gateway.
+    pub jwks_refetch_min_interval_ms: u64,
+    pub jwks_timeout_ms: u64,
+    /// Static public keys (SPKI PEM files). When set, the JWKS is not used.
+    pub public_keys: Vec<PublicKeyFile>,
+}
+
+impl Default for TrustConfig {
+    fn default() -> Self {
+        Self {
+            issuer: "edge-gateway".into(),
+            audience: "presence-service".into(),
+            leeway_secs: 5,
+            header: identity_assertion::DEFAULT_HEADER.into(),
+            jwks_url: "http://127.0.0.1:9180/.well-known/jwks.json".into(),
+            jwks_refetch_min_interval_ms: 5_000,
+            jwks_timeout_ms: 2_000,
+            public_keys: Vec::new(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PublicKeyFile {
+    pub kid: String,
+    /// Path of the PEM file, relative to the config file's folder.
+    pub pem: Spanned<PathBuf>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum EventMode {
+    /// Exactly the seed's events: whole list on every change.
+    #[default]
+    Compat,
+    /// Snapshot on connect, then batched `presence_diff`.
+    Diff,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PresenceConfig {
+    pub mode: EventMode,
+    /// How long a user stays online after their last socket left (reload without flapping).
+    pub grace_ms: u64,
+    /// Diff mode: changes within this window go out as one `presence_diff`.
+    pub diff_window_ms: u64,
+    /// Sockets one user may hold on one node.
+    pub max_sockets_per_user: usize,
+}
+
+impl Default for PresenceConfig {
+    fn default() -> Self {
+        Self {
+            mode: EventMode::Compat,
+            grace_ms: 3_000,
+            diff_window_ms: 50,
+            max_sockets_per_user: 64,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LimitsConfig {
+    /// Largest HTTP long-polling body accepted (engine.io `maxHttpBufferSize`).
+    pub max_payload: u64,
+    pub ping_interval_ms: u64,
+    pub ping_timeout_ms: u64,
+    /// Packets queued per socket before the socket is closed as too slow.
+    pub max_buffer_size: usize,
+    /// Per-websocket read buffer; the main per-idle-socket memory cost.
+    pub ws_read_buffer_size: usize,
+}
+
+impl Default for LimitsConfig {
+    fn default() -> Self {
+        // Socket.IO's own defaults, except the buffers, sized for many idle sockets (see README).
+        Self {
+            max_payload: 100_000,
+            ping_interval_ms: 25_000,
+            ping_timeout_ms: 20_000,
+            max_buffer_size: 128,
+            ws_read_buffer_size: 4096,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum BackendKind {
+    #[default]
+    Memory,
+    Redis,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct BackendConfig {
+    pub kind: BackendKind,
+    pub redis_url: Spanned<String>,
+    /// Prefix of every presence key, so several deployments can share one Redis.
+    pub key_prefix: String,
+    /// This node's id in Redis; empty picks a random one at start.
+    pub node_id: String,
+    pub heartbeat_interval_ms: u64,
+    /// A node whose heartbeat is older than this is dead: its users are removed. A crashed node's
+    /// users are therefore gone within `node_ttl_ms + heartbeat_interval_ms`.
+    pub node_ttl_ms: u64,
+    /// Bound on each Redis call, so an unreachable Redis never stalls sockets.
+    pub op_timeout_ms: u64,
+}
+
+impl Default for BackendConfig {
+    fn default() -> Self {
+        Self {
+            kind: BackendKind::Memory,
+            redis_url: Spanned::new(0..0, "redis://127.0.0.1:6379".into()),
+            key_prefix: "presence".into(),
+            node_id: String::new(),
+            heartbeat_interval_ms: 1_000,
+            node_ttl_ms: 3_000,
+            op_timeout_ms: 1_000,
+        }
+    }
+}
+
+impl Config {
+    /// Loads and checks `path`; `None` gives the embedded default.
+    pub fn load(path: Option<&Path>) -> Result<Self, ConfigError> {
+        let Some(path) = path else {
+            return Ok(Self::default());
+        };
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        Self::parse(&text, path)
+    }
+
+    /// Parses `text` as if read from `path` (for error messages and relative paths).
+    pub fn parse(text: &str, path: &Path) -> Result<Self, ConfigError> {
+        let mut config: Config = toml::from_str(text).map_err(|e| ConfigError::Parse {
+            path: path.to_path_buf(),
+            source: Box::new(e),
+        })?;
+        let invalid = |span: std::ops::Range<usize>, key: &'static str, reason: String| ConfigError::Invalid {
+            path: path.to_path_buf(),
+            line: line_of(text, span.start),
+            key,
+            reason,
+        };
+        let listen = &config.server.listen;
+        if listen.get_ref().parse::<SocketAddr>().is_err() {
+            return Err(invalid(listen.span(), "server.listen", format!("{:?} is not an ip:port", listen.get_ref())));
+        }
+        let base = path.parent().unwrap_or(Path::new("."));
+        for key in &mut config.trust.public_keys {
+            let span = key.pem.span();
+            let resolved = base.join(key.pem.get_ref());
+            if !resolved.is_file() {
+                return Err(invalid(span, "trust.public_keys.pem", format!("no such file {}", resolved.display())));
+            }
+            key.pem = Spanned::new(span, resolved);
+        }
+        let url = &config.backend.redis_url;
+        if config.backend.kind == BackendKind::Redis && redis::Client::open(url.get_ref().as_str()).is_err() {
+            return Err(invalid(url.span(), "backend.redis_url", format!("{:?} is not a redis URL", url.get_ref())));
+        }
+        if config.backend.node_ttl_ms <= config.backend.heartbeat_interval_ms {
+            return Err(invalid(0..0, "backend.node_ttl_ms", "must be larger than heartbeat_interval_ms".into()));
+        }
+        Ok(config)
+    }
+
+    pub fn listen_addr(&self) -> SocketAddr {
+        // Checked in `parse`; the default is a valid literal.
+        self.server
+            .listen
+            .get_ref()
+            .parse()
+            .unwrap_or_else(|_| SocketAddr::from(([127, 0, 0, 1], 3001)))
+    }
+}
+
+fn line_of(text: &str, offset: usize) -> usize {
+    text[..offset.min(text.len())].bytes().filter(|b| *b == b'\n').count() + 1
+}
+
+pub fn ms(v: u64) -> Duration {
+    Duration::from_millis(v)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn empty_file_is_the_embedded_default() {
+        let c = Config::parse("", Path::new("x.toml")).unwrap();
+        assert_eq!(c.listen_addr().to_string(), "127.0.0.1:3001");
+        assert_eq!(c.presence.mode, EventMode::Compat);
+        assert_eq!(c.backend.kind, BackendKind::Memory);
+        assert_eq!(c.trust.jwks_url, "http://127.0.0.1:9180/.well-known/jwks.json");
+    }
+
+    #[test]
+    fn unknown_key_names_file_line_and_key() {
+        let err = Config::parse("[presence]\nmode = \"diff\"\ngrace = 3\n", Path::new("p.toml")).unwrap_err();
+        let msg = err.to_string();
+        assert!(msg.contains("p.toml") && msg.contains("line 3") && msg.contains("grace"), "{msg}");
+    }
+
+    #[test]
+    fn bad_listen_names_line_and_key() {
+        let err = Config::parse("\n[server]\nlisten = \"nope\"\n", Path::new("p.toml")).unwrap_err();
+        assert_eq!(err.to_string(), "p.toml:3: `server.listen`: \"nope\" is not an ip:port");
+    }
+
+    #[test]
+    fn pem_paths_resolve_against_the_config_folder() {
+        let dir = std::env::temp_dir().join(format!("presence-cfg-{}", uuid::Uuid::new_v4()));
+        std::fs::create_dir_all(dir.join("keys")).unwrap();
+        std::fs::write(dir.join("keys/k.pem"), "x").unwrap();
+        let text = "[[trust.public_keys]]\nkid = \"k\"\npem = \"keys/k.pem\"\n";
+        let c = Config::parse(text, &dir.join("p.toml")).unwrap();
+        assert_eq!(c.trust.public_keys[0].pem.get_ref(), &dir.join("keys/k.pem"));
+        let err = Config::parse(text, Path::new("/nonexistent/p.toml")).unwrap_err();
+        assert!(err.to_string().starts_with("/nonexistent/p.toml:3: `trust.public_keys.pem`"), "{err}");
+        std::fs::remove_dir_all(dir).ok();
+    }
+
+    #[test]
+    fn bad_mode_is_refused() {
+        let err = Config::parse("[presence]\nmode = \"full\"\n", Path::new("p.toml")).unwrap_err();
+        assert!(err.to_string().contains("line 2"), "{err}");
+    }
+}

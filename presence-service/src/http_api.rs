@@ -1,0 +1,94 @@
+//! Plain HTTP routes beside Socket.IO: who is online, health, metrics, and the gateway's
+//! "session ended" call.
+
+use std::sync::Arc;
+
+use axum::extract::State;
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use socketioxide::adapter::Adapter;
+use socketioxide::SocketIo;
+
+use crate::announcer::OnlineUsers;
+use crate::backend::PresenceBackend;
+use crate::metrics::Metrics;
+use crate::sockets::session_room;
+use crate::trust::Trust;
+
+pub struct HttpContext<A: Adapter> {
+    pub trust: Trust,
+    pub backend: Arc<dyn PresenceBackend>,
+    pub metrics: Metrics,
+    pub io: SocketIo<A>,
+}
+
+pub fn router<A: Adapter>(ctx: Arc<HttpContext<A>>) -> Router {
+    Router::new()
+        .route("/presence", get(presence::<A>))
+        .route("/healthz", get(|| async { "ok" }))
+        .route("/readyz", get(readyz::<A>))
+        .route("/metrics", get(metrics::<A>))
+        .route("/internal/sessions/ended", post(session_ended::<A>))
+        .with_state(ctx)
+}
+
+async fn authorize<A: Adapter>(ctx: &HttpContext<A>, headers: &HeaderMap, route: &str) -> Result<identity_assertion::Claims, Response> {
+    ctx.trust.verify_headers(headers).await.map_err(|e| {
+        ctx.metrics.rejected(e.reason());
+        tracing::warn!(reason = e.reason(), detail = %e, route, "request refused");
+        (StatusCode::UNAUTHORIZED, format!("unauthorized: {}\n", e.reason())).into_response()
+    })
+}
+
+async fn presence<A: Adapter>(State(ctx): State<Arc<HttpContext<A>>>, headers: HeaderMap) -> Response {
+    if let Err(r) = authorize(&ctx, &headers, "/presence").await {
+        return r;
+    }
+    match ctx.backend.online().await {
+        Ok(users) => Json(OnlineUsers { online_users: &users }).into_response(),
+        Err(e) => {
+            tracing::warn!(error = %e, "GET /presence: backend error");
+            (StatusCode::SERVICE_UNAVAILABLE, "presence store unavailable\n").into_response()
+        }
+    }
+}
+
+async fn readyz<A: Adapter>(State(ctx): State<Arc<HttpContext<A>>>) -> Response {
+    if ctx.backend.is_healthy() {
+        "ready".into_response()
+    } else {
+        (StatusCode::SERVICE_UNAVAILABLE, "presence store unreachable\n").into_response()
+    }
+}
+
+async fn metrics<A: Adapter>(State(ctx): State<Arc<HttpContext<A>>>) -> Response {
+    (
+        [(axum::http::header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+        ctx.metrics.render(),
+    )
+        .into_response()
+}
+
+/// The gateway saw a logout: close every socket opened under that session, on every node (the
+/// adapter carries the disconnect to the others). Their users go offline after the grace period
+/// unless another session of theirs is still connected.
+async fn session_ended<A: Adapter>(State(ctx): State<Arc<HttpContext<A>>>, headers: HeaderMap) -> Response {
+    let claims = match authorize(&ctx, &headers, "/internal/sessions/ended").await {
+        Ok(c) => c,
+        Err(r) => return r,
+    };
+    let room = session_room(&claims.sid);
+    let local = ctx.io.to(room.clone()).sockets().len();
+    match ctx.io.to(room).disconnect().await {
+        Ok(()) => {
+            tracing::info!(user = %claims.sub, local_sockets = local, "session ended: sockets disconnected");
+            StatusCode::NO_CONTENT.into_response()
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, user = %claims.sub, "session ended: disconnect failed on some node");
+            (StatusCode::BAD_GATEWAY, "disconnect did not reach every node\n").into_response()
+        }
+    }
+}

@@ -1,0 +1,122 @@
+//! Socket.IO glue: who may connect (the assertion, the per-user cap) and what a socket may ask.
+//! Presence rules live in the model; this file only translates socket lifecycles into it.
+
+use std::sync::Arc;
+
+use socketioxide::adapter::Adapter;
+use socketioxide::extract::{AckSender, SocketRef};
+use socketioxide::handler::ConnectHandler;
+use socketioxide::SocketIo;
+use socketioxide_core::adapter::DefinedAdapter;
+
+use crate::announcer::{OnlineUsers, Presence};
+use crate::backend::PresenceBackend;
+use crate::metrics::Metrics;
+use crate::model::User;
+use crate::trust::Trust;
+
+/// Shared by every handler.
+pub struct SocketContext<A: Adapter> {
+    pub trust: Trust,
+    pub presence: Arc<Presence<A>>,
+    pub backend: Arc<dyn PresenceBackend>,
+    pub metrics: Metrics,
+}
+
+/// Who a socket is, fixed at the handshake from the assertion; nothing the client sends later
+/// can change it.
+#[derive(Debug, Clone)]
+struct SocketIdentity {
+    user: User,
+    session: String,
+}
+
+/// Why a connection was refused; the text is the `connect_error` message clients see.
+#[derive(Debug, thiserror::Error)]
+enum Refusal {
+    #[error("unauthorized: {0}")]
+    Unauthorized(&'static str),
+    #[error("{0}")]
+    TooManySockets(#[from] crate::model::TooManySockets),
+}
+
+/// The room of every socket opened under one gateway session (`sid` claim), so that a logout can
+/// disconnect them all, on every node.
+pub fn session_room(session: &str) -> String {
+    format!("sid:{session}")
+}
+
+/// Registers the default namespace. Returns the adapter's init result (Redis: a future that
+/// subscribes to the cluster channels and must be awaited).
+pub fn register<A: Adapter + DefinedAdapter>(io: &SocketIo<A>, ctx: Arc<SocketContext<A>>) -> A::InitRes {
+    let on_connect = {
+        let ctx = ctx.clone();
+        move |socket: SocketRef<A>| {
+            let ctx = ctx.clone();
+            async move { connected(ctx, socket) }
+        }
+    };
+    let authenticate = move |socket: SocketRef<A>| {
+        let ctx = ctx.clone();
+        async move { admit(&ctx, &socket).await }
+    };
+    io.ns("/", on_connect.with(authenticate))
+}
+
+async fn admit<A: Adapter>(ctx: &SocketContext<A>, socket: &SocketRef<A>) -> Result<(), Refusal> {
+    let claims = match ctx.trust.verify_headers(&socket.req_parts().headers).await {
+        Ok(c) => c,
+        Err(e) => {
+            ctx.metrics.rejected(e.reason());
+            // Reason only: the token itself is never logged.
+            tracing::warn!(reason = e.reason(), detail = %e, sid = %socket.id, "socket.io handshake refused");
+            return Err(Refusal::Unauthorized(e.reason()));
+        }
+    };
+    let user = User {
+        id: claims.sub.clone(),
+        name: claims.display_name().to_string(),
+    };
+    if let Err(e) = ctx.presence.admit(user.clone()) {
+        ctx.metrics.rejected("too_many_sockets");
+        tracing::warn!(reason = "too_many_sockets", user = %user.id, limit = e.limit, "socket.io handshake refused");
+        return Err(e.into());
+    }
+    socket.extensions.insert(SocketIdentity {
+        user,
+        session: claims.sid,
+    });
+    Ok(())
+}
+
+fn connected<A: Adapter>(ctx: Arc<SocketContext<A>>, socket: SocketRef<A>) {
+    let Some(identity) = socket.extensions.get::<SocketIdentity>() else {
+        // Cannot happen: the middleware inserts it before the handler runs.
+        tracing::error!(sid = %socket.id, "socket without identity; closing");
+        let _ = socket.disconnect();
+        return;
+    };
+    socket.join(session_room(&identity.session));
+
+    let backend = ctx.backend.clone();
+    let metrics = ctx.metrics.clone();
+    socket.on("get_online_users", move |ack: AckSender<A>| {
+        let backend = backend.clone();
+        let metrics = metrics.clone();
+        async move {
+            let users = backend.online().await.unwrap_or_default();
+            if ack.send(&OnlineUsers { online_users: &users }).is_ok() {
+                metrics.emitted("get_online_users_ack");
+            }
+        }
+    });
+
+    let presence = ctx.presence.clone();
+    let user_id = identity.user.id.clone();
+    socket.on_disconnect(move || {
+        let presence = presence.clone();
+        let user_id = user_id.clone();
+        async move { presence.disconnect(&user_id) }
+    });
+    ctx.presence.snapshot(socket);
+}
