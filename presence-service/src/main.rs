@@ -32,6 +32,7 @@ async fn main() -> ExitCode {
                 .unwrap_or_else(|_| "presence_service=info,socketioxide=warn".into()),
         )
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     let cli = Cli::parse();
     let cfg = match config::Config::load(cli.config.as_deref()) {

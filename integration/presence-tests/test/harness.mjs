@@ -1,0 +1,191 @@
+// Test harness: real presence-service processes, a real redis-server, real socket.io-client
+// connections, and assertions minted with Ed25519 exactly as the gateway mints them.
+import { spawn } from 'node:child_process';
+import { generateKeyPairSync, sign, randomUUID } from 'node:crypto';
+import { mkdtempSync, writeFileSync, rmSync } from 'node:fs';
+import net from 'node:net';
+import os from 'node:os';
+import path from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { io } from 'socket.io-client';
+
+const here = path.dirname(fileURLToPath(import.meta.url));
+export const BIN = process.env.PRESENCE_BIN || path.resolve(here, '../../../target/debug/presence-service');
+export const ISS = 'edge-gateway';
+export const AUD = 'presence-service';
+
+/** An Ed25519 key as the gateway holds it. */
+export function makeKey(kid) {
+  const { privateKey, publicKey } = generateKeyPairSync('ed25519');
+  return {
+    kid,
+    privateKey,
+    publicPem: publicKey.export({ type: 'spki', format: 'pem' }),
+    jwk: { ...publicKey.export({ format: 'jwk' }), kid, alg: 'EdDSA', use: 'sig' },
+  };
+}
+
+const b64 = (obj) => Buffer.from(JSON.stringify(obj)).toString('base64url');
+
+/** A compact JWS like the gateway's; `over` changes claims, `header` the JOSE header. */
+export function mint(key, { sub, name, sid = 'sess-' + sub, ...over } = {}, header = {}) {
+  const now = Math.floor(Date.now() / 1000);
+  const claims = { iss: ISS, aud: AUD, sub, name, sid, iat: now, exp: now + 60, jti: randomUUID(), ...over };
+  const input = b64({ alg: 'EdDSA', typ: 'JWT', kid: key.kid, ...header }) + '.' + b64(claims);
+  return input + '.' + sign(null, Buffer.from(input), key.privateKey).toString('base64url');
+}
+
+export function freePort() {
+  return new Promise((ok, bad) => {
+    const s = net.createServer();
+    s.listen(0, '127.0.0.1', () => { const { port } = s.address(); s.close(() => ok(port)); });
+    s.on('error', bad);
+  });
+}
+
+/** Resolves when `pred(line)` matches a line of the stream, or rejects after `ms`. */
+function waitLine(stream, pred, ms, what) {
+  return new Promise((ok, bad) => {
+    let buf = '';
+    const timer = setTimeout(() => bad(new Error(`timeout waiting for ${what}`)), ms);
+    const on = (chunk) => {
+      buf += chunk;
+      let i;
+      while ((i = buf.indexOf('\n')) >= 0) {
+        const line = buf.slice(0, i); buf = buf.slice(i + 1);
+        const m = pred(line);
+        if (m) { clearTimeout(timer); stream.off('data', on); ok(m); return; }
+      }
+    };
+    stream.setEncoding('utf8');
+    stream.on('data', on);
+  });
+}
+
+const started = new Set();
+process.on('exit', () => { for (const p of started) try { p.kill('SIGKILL'); } catch {} });
+
+export class Redis {
+  static async start() {
+    const r = new Redis();
+    r.dir = mkdtempSync(path.join(os.tmpdir(), 'presence-redis-'));
+    r.port = await freePort();
+    r.proc = spawn('redis-server', ['--port', String(r.port), '--bind', '127.0.0.1', '--save', '', '--appendonly', 'no', '--dir', r.dir], { stdio: ['ignore', 'pipe', 'inherit'] });
+    started.add(r.proc);
+    await waitLine(r.proc.stdout, (l) => l.includes('Ready to accept connections'), 10000, 'redis-server');
+    r.proc.stdout.resume();
+    r.url = `redis://127.0.0.1:${r.port}`;
+    return r;
+  }
+  pause() { this.proc.kill('SIGSTOP'); }
+  resume() { this.proc.kill('SIGCONT'); }
+  async stop() { this.proc.kill('SIGKILL'); started.delete(this.proc); rmSync(this.dir, { recursive: true, force: true }); }
+}
+
+/**
+ * Starts presence-service with a temp config (PEM key written by the test unless `jwksUrl`).
+ * `toml` is appended to the generated config: put whole tables there.
+ */
+export class Presence {
+  static async start({ keys = [], jwksUrl, presence = {}, backend, limits = {}, extra = '' } = {}) {
+    const p = new Presence();
+    p.dir = mkdtempSync(path.join(os.tmpdir(), 'presence-node-'));
+    let trust = `[trust]\nleeway_secs = 2\n`;
+    if (jwksUrl) trust += `jwks_url = "${jwksUrl}"\njwks_refetch_min_interval_ms = 200\n`;
+    for (const k of keys) {
+      writeFileSync(path.join(p.dir, `${k.kid}.pem`), k.publicPem);
+      trust += `[[trust.public_keys]]\nkid = "${k.kid}"\npem = "${k.kid}.pem"\n`;
+    }
+    const table = (name, obj) => `[${name}]\n` + Object.entries(obj).map(([k, v]) => `${k} = ${JSON.stringify(v)}`).join('\n') + '\n';
+    const config = `[server]\nlisten = "127.0.0.1:0"\n` + trust
+      + table('presence', { grace_ms: 800, diff_window_ms: 30, ...presence })
+      + table('limits', limits)
+      + (backend ? table('backend', { heartbeat_interval_ms: 300, node_ttl_ms: 1000, op_timeout_ms: 500, ...backend }) : '')
+      + extra;
+    p.configPath = path.join(p.dir, 'presence.toml');
+    writeFileSync(p.configPath, config);
+    p.stderr = '';
+    p.proc = spawn(BIN, ['--config', p.configPath], { stdio: ['ignore', 'pipe', 'pipe'], env: { ...process.env, RUST_LOG: 'presence_service=debug' } });
+    started.add(p.proc);
+    p.proc.stderr.setEncoding('utf8');
+    p.proc.stderr.on('data', (d) => { p.stderr += d; });
+    const addr = await waitLine(p.proc.stdout, (l) => l.match(/listening on (\S+)/)?.[1], 15000, 'presence-service to listen');
+    p.url = `http://${addr}`;
+    return p;
+  }
+  kill(signal = 'SIGKILL') { this.proc.kill(signal); }
+  async stop() {
+    if (this.proc.exitCode === null && this.proc.signalCode === null) {
+      const gone = new Promise((ok) => this.proc.once('exit', ok));
+      this.proc.kill('SIGTERM');
+      await gone;
+    }
+    started.delete(this.proc);
+    rmSync(this.dir, { recursive: true, force: true });
+  }
+  async get(route, token) {
+    const headers = token ? { 'x-identity-assertion': token } : {};
+    return fetch(this.url + route, { headers });
+  }
+}
+
+/** Waits until `pred()` is truthy, polling; for states with no event to await (e.g. a metric). */
+export async function eventually(pred, ms = 5000, what = 'condition') {
+  const end = Date.now() + ms;
+  for (;;) {
+    const v = await pred();
+    if (v) return v;
+    if (Date.now() > end) throw new Error(`timeout waiting for ${what}`);
+    await new Promise((r) => setTimeout(r, 25));
+  }
+}
+
+/** A browser tab: one socket.io-client connection that records every presence event. */
+export class Tab {
+  constructor(url, token, { transports = ['polling', 'websocket'], ...opts } = {}) {
+    const extraHeaders = token ? { 'x-identity-assertion': token } : {};
+    this.events = [];
+    this.waiters = [];
+    this.socket = io(url, { extraHeaders, transports, reconnection: false, forceNew: true, timeout: 5000, ...opts });
+    this.socket.onAny((event, data) => { this.events.push({ event, data, at: Date.now() }); this.check(); });
+    this.socket.on('connect_error', (err) => { this.events.push({ event: 'connect_error', data: err.message, at: Date.now() }); this.check(); });
+    this.socket.on('disconnect', (reason) => { this.events.push({ event: 'disconnect', data: reason, at: Date.now() }); this.check(); });
+  }
+  check() {
+    this.waiters = this.waiters.filter((w) => {
+      const hit = this.events.find((e, i) => i >= w.from && e.event === w.event && w.pred(e.data));
+      if (hit) { clearTimeout(w.timer); w.ok(hit.data); }
+      return !hit;
+    });
+  }
+  /** Resolves with the data of the first `event` (since index `from`) matching `pred`. */
+  waitFor(event, pred = () => true, ms = 5000, from = 0) {
+    return new Promise((ok, bad) => {
+      const w = { event, pred, ok, from };
+      w.timer = setTimeout(() => bad(new Error(`timeout waiting for ${event}; saw ${JSON.stringify(this.events.map((e) => e.event))}`)), ms);
+      this.waiters.push(w);
+      this.check();
+    });
+  }
+  mark() { return this.events.length; }
+  named(event) { return this.events.filter((e) => e.event === event).map((e) => e.data); }
+  async connected() {
+    await Promise.race([
+      this.waitFor('online_users'),
+      this.waitFor('connect_error').then((m) => { throw new Error('connect_error: ' + m); }),
+    ]);
+    return this;
+  }
+  /** The `connect_error` message; fails if the socket connects instead. */
+  async refused() {
+    return Promise.race([
+      this.waitFor('connect_error'),
+      new Promise((_, bad) => this.socket.once('connect', () => bad(new Error('connected but should be refused')))),
+    ]);
+  }
+  ask() { return this.socket.timeout(3000).emitWithAck('get_online_users'); }
+  close() { this.socket.close(); }
+}
+
+export const ids = (users) => users.map((u) => u.id).sort();
+export const sleep = (ms) => new Promise((r) => setTimeout(r, ms));

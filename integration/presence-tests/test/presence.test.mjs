@@ -1,0 +1,160 @@
+// The presence model as users see it, in both event modes, on one node (in memory).
+import { test, describe, before, after } from 'node:test';
+import assert from 'node:assert/strict';
+import { Presence, Tab, makeKey, mint, ids } from './harness.mjs';
+
+const key = makeKey('gw-1');
+const token = (sub, extra = {}) => mint(key, { sub, name: sub.toUpperCase(), ...extra });
+
+describe('compat mode (the seed events)', () => {
+  let node;
+  before(async () => { node = await Presence.start({ keys: [key], presence: { mode: 'compat', max_sockets_per_user: 3 } }); });
+  after(async () => { await node.stop(); });
+
+  test('two users see each other', async () => {
+    const alice = await new Tab(node.url, token('alice')).connected();
+    assert.deepEqual((await alice.waitFor('online_users')).onlineUsers, [{ id: 'alice', name: 'ALICE' }]);
+    const bob = await new Tab(node.url, token('bob'), { transports: ['websocket'] }).connected();
+    const seen = await alice.waitFor('user_connected', (d) => d.user.id === 'bob');
+    assert.deepEqual(seen.user, { id: 'bob', name: 'BOB' });
+    assert.deepEqual(ids(seen.onlineUsers), ['alice', 'bob']);
+    assert.deepEqual(ids((await bob.waitFor('online_users')).onlineUsers), ['alice', 'bob']);
+    bob.close();
+    const gone = await alice.waitFor('user_disconnected', (d) => d.userId === 'bob');
+    assert.deepEqual(ids(gone.onlineUsers), ['alice']);
+    alice.close();
+  });
+
+  test('a second tab does not re-announce; closing one of two tabs keeps the user online', async () => {
+    const watcher = await new Tab(node.url, token('watcher')).connected();
+    const tab1 = await new Tab(node.url, token('carol')).connected();
+    await watcher.waitFor('user_connected', (d) => d.user.id === 'carol');
+    const mark = watcher.mark();
+    const tab2 = await new Tab(node.url, token('carol'), { transports: ['websocket'] }).connected();
+    tab1.close();
+    // A sentinel user's full cycle, after both tab events, bounds the wait: anything carol's tabs
+    // caused would have been emitted before the sentinel's leave (grace is the same for both).
+    const s = await new Tab(node.url, token('sentinel1')).connected();
+    s.close();
+    await watcher.waitFor('user_disconnected', (d) => d.userId === 'sentinel1', 5000, mark);
+    const carolEvents = watcher.events.slice(mark).filter((e) => e.data?.user?.id === 'carol' || e.data?.userId === 'carol');
+    assert.deepEqual(carolEvents, []);
+    assert.ok(ids((await watcher.ask()).onlineUsers).includes('carol'));
+    tab2.close();
+    await watcher.waitFor('user_disconnected', (d) => d.userId === 'carol', 5000, mark);
+    watcher.close();
+  });
+
+  test('a reload within the grace period causes no offline/online pair', async () => {
+    const watcher = await new Tab(node.url, token('watcher2')).connected();
+    const page = await new Tab(node.url, token('dan')).connected();
+    await watcher.waitFor('user_connected', (d) => d.user.id === 'dan');
+    const mark = watcher.mark();
+    page.close();
+    const reloaded = await new Tab(node.url, token('dan')).connected(); // the reload
+    const s = await new Tab(node.url, token('sentinel2')).connected();
+    s.close();
+    await watcher.waitFor('user_disconnected', (d) => d.userId === 'sentinel2', 5000, mark);
+    const danEvents = watcher.events.slice(mark).filter((e) => e.data?.user?.id === 'dan' || e.data?.userId === 'dan');
+    assert.deepEqual(danEvents, [], 'no user_disconnected/user_connected for a reload');
+    reloaded.close();
+    watcher.close();
+  });
+
+  test('the user goes offline only after the grace period', async () => {
+    const watcher = await new Tab(node.url, token('watcher3')).connected();
+    const eve = await new Tab(node.url, token('eve')).connected();
+    await watcher.waitFor('user_connected', (d) => d.user.id === 'eve');
+    const closedAt = Date.now();
+    eve.close();
+    await watcher.waitFor('user_disconnected', (d) => d.userId === 'eve');
+    const at = watcher.events.find((e) => e.data?.userId === 'eve').at;
+    assert.ok(at - closedAt >= 700, `offline after ${at - closedAt} ms, grace is 800 ms`);
+    watcher.close();
+  });
+
+  test('get_online_users answers with the current list', async () => {
+    const a = await new Tab(node.url, token('fay')).connected();
+    const b = await new Tab(node.url, token('gus')).connected();
+    const { onlineUsers } = await a.ask();
+    assert.ok(['fay', 'gus'].every((id) => ids(onlineUsers).includes(id)));
+    assert.deepEqual(onlineUsers.find((u) => u.id === 'gus'), { id: 'gus', name: 'GUS' });
+    a.close(); b.close();
+  });
+
+  test('the per-user socket cap refuses the extra socket with a clear connect_error', async () => {
+    const tabs = [];
+    for (let i = 0; i < 3; i++) tabs.push(await new Tab(node.url, token('hal')).connected());
+    const extra = new Tab(node.url, token('hal'));
+    assert.equal(await extra.refused(), 'too many connections for this user (limit 3)');
+    const other = await new Tab(node.url, token('ida')).connected(); // others are unaffected
+    tabs.forEach((t) => t.close()); other.close(); extra.close();
+  });
+
+  test('POST /internal/sessions/ended disconnects every socket of that session only', async () => {
+    const watcher = await new Tab(node.url, token('watcher4')).connected();
+    const s1 = await new Tab(node.url, token('jo', { sid: 'h-logout' })).connected();
+    const s2 = await new Tab(node.url, token('jo', { sid: 'h-logout' }), { transports: ['websocket'] }).connected();
+    const other = await new Tab(node.url, token('jo', { sid: 'h-phone' })).connected();
+    const post = (tok) => fetch(node.url + '/internal/sessions/ended', { method: 'POST', headers: tok ? { 'x-identity-assertion': tok } : {} });
+    assert.equal((await post(null)).status, 401);
+    assert.equal((await post(mint(makeKey('gw-1'), { sub: 'jo', sid: 'h-logout' }))).status, 401);
+    assert.equal((await post(token('jo', { sid: 'h-logout' }))).status, 204);
+    assert.equal(await s1.waitFor('disconnect'), 'io server disconnect');
+    assert.equal(await s2.waitFor('disconnect'), 'io server disconnect');
+    assert.ok(other.socket.connected, 'the other session stays');
+    other.close();
+    await watcher.waitFor('user_disconnected', (d) => d.userId === 'jo');
+    watcher.close();
+  });
+});
+
+describe('diff mode', () => {
+  let node;
+  before(async () => { node = await Presence.start({ keys: [key], presence: { mode: 'diff', diff_window_ms: 100 } }); });
+  after(async () => { await node.stop(); });
+
+  test('snapshot on connect, then presence_diff joins and leaves; no seed events', async () => {
+    const alice = await new Tab(node.url, token('alice')).connected();
+    assert.deepEqual((await alice.waitFor('online_users')).onlineUsers, [{ id: 'alice', name: 'ALICE' }]);
+    const bob = await new Tab(node.url, token('bob'), { transports: ['websocket'] }).connected();
+    const join = await alice.waitFor('presence_diff', (d) => d.joins.some((u) => u.id === 'bob'));
+    assert.deepEqual(join.joins.find((u) => u.id === 'bob'), { id: 'bob', name: 'BOB' });
+    assert.deepEqual(ids((await bob.waitFor('online_users')).onlineUsers), ['alice', 'bob']);
+    bob.close();
+    const leave = await alice.waitFor('presence_diff', (d) => d.leaves.includes('bob'));
+    assert.deepEqual(leave.joins, []);
+    assert.equal(alice.named('user_connected').length + alice.named('user_disconnected').length, 0);
+    assert.deepEqual(ids((await alice.ask()).onlineUsers), ['alice']);
+    alice.close();
+  });
+
+  test('changes within one window arrive as one diff', async () => {
+    const watcher = await new Tab(node.url, token('watcher')).connected();
+    const mark = watcher.mark();
+    const tabs = ['u1', 'u2', 'u3', 'u4'].map((id) => new Tab(node.url, token(id), { transports: ['websocket'] }));
+    await Promise.all(tabs.map((t) => t.connected()));
+    const all = () => new Set(watcher.events.slice(mark).filter((e) => e.event === 'presence_diff').flatMap((e) => e.data.joins.map((u) => u.id)));
+    await watcher.waitFor('presence_diff', () => ['u1', 'u2', 'u3', 'u4'].every((id) => all().has(id)), 5000, mark);
+    const diffs = watcher.events.slice(mark).filter((e) => e.event === 'presence_diff');
+    assert.ok(diffs.length < 4, `4 joins took ${diffs.length} diffs`);
+    tabs.forEach((t) => t.close());
+    watcher.close();
+  });
+
+  test('a reload within the grace period sends no diff for the user', async () => {
+    const watcher = await new Tab(node.url, token('watcher2')).connected();
+    const page = await new Tab(node.url, token('kim')).connected();
+    await watcher.waitFor('presence_diff', (d) => d.joins.some((u) => u.id === 'kim'));
+    const mark = watcher.mark();
+    page.close();
+    const reloaded = await new Tab(node.url, token('kim')).connected();
+    const s = await new Tab(node.url, token('sentinel')).connected();
+    s.close();
+    await watcher.waitFor('presence_diff', (d) => d.leaves.includes('sentinel'), 5000, mark);
+    const kim = watcher.events.slice(mark).filter((e) => e.event === 'presence_diff' && (e.data.leaves.includes('kim') || e.data.joins.some((u) => u.id === 'kim')));
+    assert.deepEqual(kim, []);
+    reloaded.close();
+    watcher.close();
+  });
+});
