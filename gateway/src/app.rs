@@ -1,0 +1,277 @@
+//! The one place where the gateway is assembled from its config: read this file to see the
+//! whole runtime shape (listeners → proxy pipeline, admin listener, health checks, session
+//! source, signer).
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use identity_assertion::{AssertionSigner, SigningKey};
+use pingora::apps::http_app::HttpServer;
+use pingora::listeners::tls::TlsSettings;
+use pingora::server::configuration::{Opt, ServerConf};
+use pingora::server::Server;
+use pingora::services::background::background_service;
+use pingora::services::listening::Service;
+use sha2::{Digest, Sha256};
+
+use crate::admin::AdminApp;
+use crate::config::{Config, ConfigError, SessionFlavour, StoreConfig};
+use crate::forwarding::{parse_cidr, Cidr};
+use crate::logout::LogoutNotifier;
+use crate::metrics::Metrics;
+use crate::proxy::Gateway;
+use crate::routing::{LogoutRoute, Route, RouteTable};
+use crate::session::{self, SessionSource, Store};
+use crate::upstream::{balancer, UpstreamPool};
+
+/// Creates the development certificate and signing key the config asks for, if missing.
+pub fn ensure_dev_files(cfg: &Config) -> Result<(), ConfigError> {
+    for l in &cfg.listeners {
+        let Some(tls) = &l.tls else { continue };
+        let (cert, key) = (cfg.path(tls.cert.get_ref()), cfg.path(tls.key.get_ref()));
+        if tls.generate_dev_cert && (!cert.exists() || !key.exists()) {
+            let dir = cert.parent().unwrap_or(Path::new("."));
+            crate::devcerts::make_tls(dir, &[])
+                .map_err(|e| cfg.source.error_at(tls.cert.span(), "listener.tls.cert", e))?;
+            tracing::info!(dir = %dir.display(), "made a development CA and server certificate");
+        }
+    }
+    for k in &cfg.assertion.keys {
+        if let (true, Some(file)) = (k.generate_if_missing, &k.private_key.get_ref().file) {
+            let path = cfg.path(file);
+            if !path.exists() {
+                crate::devcerts::make_signing_key(&path).map_err(|e| {
+                    cfg.source
+                        .error_at(k.private_key.span(), "assertion.keys.private_key", e)
+                })?;
+                tracing::info!(path = %path.display(), "made a development assertion signing key");
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Loads signing keys and checks TLS files: everything `gateway check` can verify offline.
+pub fn load_signer(cfg: &Config) -> Result<(AssertionSigner, Vec<u8>), ConfigError> {
+    let mut keys = Vec::new();
+    let mut first_pem = Vec::new();
+    for k in &cfg.assertion.keys {
+        let err = |e: String| {
+            cfg.source.error_at(
+                k.private_key.span(),
+                &format!("assertion.keys[{}].private_key", k.kid),
+                e,
+            )
+        };
+        let pem = k.private_key.get_ref().read(&cfg.base_dir).map_err(err)?;
+        let key =
+            SigningKey::from_pkcs8_pem(k.kid.clone(), &pem).map_err(|e| err(e.to_string()))?;
+        if first_pem.is_empty() {
+            first_pem = pem.into_bytes();
+        }
+        keys.push(key);
+    }
+    let signer = AssertionSigner::new(cfg.gateway.id.clone(), cfg.assertion.ttl_secs, keys)
+        .map_err(|e| ConfigError(format!("{}: assertion.keys: {e}", cfg.source.file)))?;
+    // The session handle key is derived from the signing key so that every gateway instance
+    // sharing a key computes the same handle for a session (logout works across instances).
+    let handle_key = Sha256::new_with_prefix(b"session-handle\0")
+        .chain_update(&first_pem)
+        .finalize()
+        .to_vec();
+    for l in &cfg.listeners {
+        let Some(tls) = &l.tls else { continue };
+        for (path, key) in [
+            (&tls.cert, "listener.tls.cert"),
+            (&tls.key, "listener.tls.key"),
+        ] {
+            let full = cfg.path(path.get_ref());
+            let text = std::fs::read_to_string(&full).map_err(|e| {
+                cfg.source
+                    .error_at(path.span(), key, format!("{}: {e}", full.display()))
+            })?;
+            if !text.contains("-----BEGIN") {
+                return Err(cfg.source.error_at(
+                    path.span(),
+                    key,
+                    format!("{} is not PEM", full.display()),
+                ));
+            }
+        }
+    }
+    Ok((signer, handle_key))
+}
+
+/// Opens the session store on `rt`, the runtime that owns store connections for the life of
+/// the process (Pingora gives each service its own runtime; clients must outlive them all).
+fn build_sessions(
+    cfg: &Config,
+    handle_key: Vec<u8>,
+    rt: &tokio::runtime::Runtime,
+) -> Result<Option<Arc<SessionSource>>, ConfigError> {
+    let Some(s) = &cfg.session else {
+        return Ok(None);
+    };
+    let timeout = Duration::from_millis(s.lookup_timeout_ms);
+    let mut secrets = Vec::new();
+    for sec in &s.secrets {
+        let err = |e: String| cfg.source.error_at(sec.span(), "session.secrets", e);
+        let value = sec.get_ref().read(&cfg.base_dir).map_err(err)?;
+        secrets.push(match s.flavour {
+            SessionFlavour::Express => value.into_bytes(),
+            SessionFlavour::TowerSessions => {
+                session::signing_key_from_master(&value).map_err(err)?
+            }
+        });
+    }
+    let span = s.store.span();
+    let store = match s.store.get_ref() {
+        StoreConfig::Sqlite { path, table } => {
+            let file = cfg.path(path);
+            rt.block_on(Store::sqlite(&file, table, timeout))
+                .map_err(|e| cfg.source.error_at(span, "session.store.path", e))?
+        }
+        StoreConfig::Redis { url, prefix } => {
+            let _guard = rt.enter();
+            let pool = Store::redis_pool(url, timeout)
+                .map_err(|e| cfg.source.error_at(span, "session.store.url", e))?;
+            match s.flavour {
+                SessionFlavour::Express => {
+                    Store::connect_redis(pool, prefix.clone().unwrap_or_else(|| "sess:".into()))
+                }
+                SessionFlavour::TowerSessions => Store::tower_redis(pool),
+            }
+        }
+    };
+    Ok(Some(Arc::new(SessionSource {
+        flavour: s.flavour,
+        cookie_name: s
+            .cookie
+            .clone()
+            .unwrap_or_else(|| session::default_cookie(s.flavour).into()),
+        secrets,
+        user_id_field: s
+            .user_id_field
+            .clone()
+            .unwrap_or_else(|| session::default_user_field(s.flavour).into()),
+        display_name_field: s.display_name_field.clone(),
+        lookup_timeout: timeout,
+        store,
+        handle_key,
+        rt: rt.handle().clone(),
+    })))
+}
+
+/// Builds the Pingora server with every service; `run_forever` then serves until SIGTERM.
+pub fn build(cfg: Config) -> Result<Server, ConfigError> {
+    ensure_dev_files(&cfg)?;
+    let (signer, handle_key) = load_signer(&cfg)?;
+    let signer = Arc::new(signer);
+
+    // Leaked on purpose: store clients and notifications live as long as the process.
+    let aux_rt: &'static tokio::runtime::Runtime = Box::leak(Box::new(
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .thread_name("gateway-aux")
+            .enable_all()
+            .build()
+            .map_err(|e| ConfigError(format!("cannot start runtime: {e}")))?,
+    ));
+    let sessions = build_sessions(&cfg, handle_key, aux_rt)?;
+
+    let conf = ServerConf {
+        threads: cfg.gateway.threads.max(1),
+        grace_period_seconds: Some(cfg.gateway.shutdown_grace_secs),
+        graceful_shutdown_timeout_seconds: Some(cfg.gateway.shutdown_timeout_secs),
+        ..ServerConf::default()
+    };
+    let mut server = Server::new_with_opt_and_conf(Opt::default(), conf);
+
+    let mut routes = Vec::new();
+    for r in &cfg.routes {
+        let lb = balancer(
+            r.upstreams.get_ref(),
+            Duration::from_secs(r.health_check_interval_secs.max(1)),
+        )
+        .map_err(|e| {
+            cfg.source
+                .error_at(r.upstreams.span(), "route.upstreams", e)
+        })?;
+        let hc = background_service(&format!("health checks for route {}", r.name), lb);
+        let pool = UpstreamPool::new(hc.task());
+        server.add_service(hc);
+        routes.push(Route {
+            name: r.name.clone(),
+            path_prefix: r.path_prefix.clone(),
+            host: r.host.clone(),
+            auth: r.auth,
+            audience: r.audience.clone(),
+            assertion_header: r.assertion_header.to_ascii_lowercase(),
+            allowed_origins: r.allowed_origins.clone(),
+            pool,
+            logout: r.logout.as_ref().map(|l| LogoutRoute {
+                path: l.path.clone(),
+                notify: l.notify.iter().map(|n| n.get_ref().clone()).collect(),
+                audience: l.audience.clone(),
+                header: l.header.to_ascii_lowercase(),
+            }),
+        });
+    }
+    let routes = Arc::new(RouteTable::new(routes));
+    let metrics = Arc::new(Metrics::new());
+    let notifier = Arc::new(LogoutNotifier::new(signer.clone(), aux_rt.handle().clone()));
+    let trusted: Vec<Cidr> = cfg
+        .gateway
+        .trusted_proxies
+        .iter()
+        .filter_map(|p| parse_cidr(p.get_ref()).ok())
+        .collect();
+    let trusted = Arc::new(trusted);
+
+    for (i, l) in cfg.listeners.iter().enumerate() {
+        let gateway = Gateway {
+            routes: routes.clone(),
+            sessions: sessions.clone(),
+            signer: signer.clone(),
+            metrics: metrics.clone(),
+            notifier: notifier.clone(),
+            trusted_proxies: trusted.clone(),
+            upgraded_idle: Duration::from_secs(cfg.gateway.upgraded_idle_timeout_secs),
+            tls: l.tls.is_some(),
+        };
+        let mut svc = pingora::proxy::http_proxy_service_with_name(
+            &server.configuration,
+            gateway,
+            &format!("listener {i} {}", l.listen.get_ref()),
+        );
+        match &l.tls {
+            None => svc.add_tcp(l.listen.get_ref()),
+            Some(tls) => {
+                let cert = cfg.path(tls.cert.get_ref()).display().to_string();
+                let key = cfg.path(tls.key.get_ref()).display().to_string();
+                let mut settings = TlsSettings::intermediate(&cert, &key)
+                    .map_err(|e| cfg.source.error_at(tls.cert.span(), "listener.tls", e))?;
+                if l.http2 {
+                    settings.enable_h2();
+                }
+                svc.add_tls_with_settings(l.listen.get_ref(), None, settings);
+            }
+        }
+        server.add_service(svc);
+    }
+
+    let mut admin = Service::new(
+        "admin".to_string(),
+        HttpServer::new_app(AdminApp {
+            routes,
+            sessions,
+            metrics,
+            jwks: signer.jwks(),
+        }),
+    );
+    admin.add_tcp(cfg.admin.listen.get_ref());
+    server.add_service(admin);
+    server.bootstrap();
+    Ok(server)
+}

@@ -1,0 +1,649 @@
+//! The gateway's TOML configuration, one Rust type per TOML table.
+//!
+//! Unknown keys are errors (`deny_unknown_fields`): a typo in a security setting must not silently
+//! fall back to a default. Every error names the file, line and key. Relative paths resolve
+//! against the config file's folder so a config means the same thing from any working directory.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+use serde_spanned::Spanned;
+
+/// A config problem, already formatted as `file:line:col: key: message`.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct ConfigError(pub String);
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    #[serde(default)]
+    pub gateway: GatewaySection,
+    #[serde(default)]
+    pub admin: AdminSection,
+    #[serde(default, rename = "listener")]
+    pub listeners: Vec<ListenerConfig>,
+    #[serde(default)]
+    pub assertion: AssertionSection,
+    pub session: Option<SessionSection>,
+    #[serde(default, rename = "route")]
+    pub routes: Vec<RouteConfig>,
+    /// Folder of the config file; relative paths resolve against it.
+    #[serde(skip)]
+    pub base_dir: PathBuf,
+    #[serde(skip)]
+    pub source: ConfigSource,
+}
+
+/// Where the config came from, kept to point errors found after parsing at a line.
+#[derive(Debug, Default, Clone)]
+pub struct ConfigSource {
+    pub file: String,
+    pub text: String,
+}
+
+impl ConfigSource {
+    /// `file:line:col: key: message` for a span found after parsing.
+    pub fn error_at(
+        &self,
+        span: std::ops::Range<usize>,
+        key: &str,
+        msg: impl std::fmt::Display,
+    ) -> ConfigError {
+        let (line, col) = line_col(&self.text, span.start);
+        ConfigError(format!("{}:{line}:{col}: {key}: {msg}", self.file))
+    }
+}
+
+fn line_col(text: &str, offset: usize) -> (usize, usize) {
+    let before = &text[..offset.min(text.len())];
+    let line = before.matches('\n').count() + 1;
+    let col = before
+        .rfind('\n')
+        .map_or(before.len(), |nl| before.len() - nl - 1)
+        + 1;
+    (line, col)
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GatewaySection {
+    /// The assertion issuer (`iss`).
+    #[serde(default = "default_id")]
+    pub id: String,
+    #[serde(default = "default_threads")]
+    pub threads: usize,
+    /// On SIGTERM, keep serving this long while the orchestrator drains traffic.
+    #[serde(default = "default_grace")]
+    pub shutdown_grace_secs: u64,
+    /// Then give in-flight requests and upgraded connections this long to finish.
+    #[serde(default = "default_grace")]
+    pub shutdown_timeout_secs: u64,
+    /// How long an upgraded (WebSocket) connection may be silent in both directions. Socket.IO
+    /// pings every 25 s, so anything well above that only cuts dead peers; Pingora's own default
+    /// (60 s) would cut long-poll and quiet sockets.
+    #[serde(default = "default_upgraded_idle")]
+    pub upgraded_idle_timeout_secs: u64,
+    /// Peers (IP or CIDR) whose `X-Forwarded-*` headers are trusted and appended to.
+    #[serde(default)]
+    pub trusted_proxies: Vec<Spanned<String>>,
+}
+
+impl Default for GatewaySection {
+    fn default() -> Self {
+        Self {
+            id: default_id(),
+            threads: default_threads(),
+            shutdown_grace_secs: default_grace(),
+            shutdown_timeout_secs: default_grace(),
+            upgraded_idle_timeout_secs: default_upgraded_idle(),
+            trusted_proxies: Vec::new(),
+        }
+    }
+}
+
+fn default_id() -> String {
+    "edge-gateway".into()
+}
+fn default_threads() -> usize {
+    2
+}
+fn default_grace() -> u64 {
+    5
+}
+fn default_upgraded_idle() -> u64 {
+    3600
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AdminSection {
+    #[serde(default = "default_admin_listen")]
+    pub listen: Spanned<String>,
+}
+
+impl Default for AdminSection {
+    fn default() -> Self {
+        Self {
+            listen: Spanned::new(0..0, default_admin_listen().into_inner()),
+        }
+    }
+}
+
+fn default_admin_listen() -> Spanned<String> {
+    Spanned::new(0..0, "127.0.0.1:9180".into())
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ListenerConfig {
+    pub listen: Spanned<String>,
+    pub tls: Option<TlsConfig>,
+    /// HTTP/2 over TLS (ALPN h2). WebSocket upgrades still work: browsers open them over a
+    /// separate HTTP/1.1 connection when the server does not offer RFC 8441.
+    #[serde(default)]
+    pub http2: bool,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsConfig {
+    pub cert: Spanned<PathBuf>,
+    pub key: Spanned<PathBuf>,
+    /// Make a self-signed development certificate (and CA) here if the files are missing.
+    #[serde(default)]
+    pub generate_dev_cert: bool,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AssertionSection {
+    #[serde(default = "default_ttl")]
+    pub ttl_secs: u64,
+    /// First key signs; all keys are published in the JWKS.
+    #[serde(default)]
+    pub keys: Vec<SigningKeyConfig>,
+}
+
+impl Default for AssertionSection {
+    fn default() -> Self {
+        Self {
+            ttl_secs: default_ttl(),
+            keys: Vec::new(),
+        }
+    }
+}
+
+fn default_ttl() -> u64 {
+    60
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SigningKeyConfig {
+    pub kid: String,
+    /// PKCS#8 PEM: inline, from a file, or from an environment variable.
+    pub private_key: Spanned<SecretSource>,
+    /// Make a fresh key at `file` if it does not exist (development).
+    #[serde(default)]
+    pub generate_if_missing: bool,
+}
+
+/// A secret that should not have to live in the config file.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SecretSource {
+    pub value: Option<String>,
+    pub env: Option<String>,
+    pub file: Option<PathBuf>,
+}
+
+impl SecretSource {
+    /// Reads the secret; exactly one of `value`, `env`, `file` must be set.
+    pub fn read(&self, base: &Path) -> Result<String, String> {
+        match (&self.value, &self.env, &self.file) {
+            (Some(v), None, None) => Ok(v.clone()),
+            (None, Some(var), None) => {
+                std::env::var(var).map_err(|_| format!("environment variable {var} is not set"))
+            }
+            (None, None, Some(path)) => {
+                let path = resolve(base, path);
+                std::fs::read_to_string(&path)
+                    .map(|s| s.trim_end_matches(['\n', '\r']).to_string())
+                    .map_err(|e| format!("cannot read {}: {e}", path.display()))
+            }
+            _ => Err("set exactly one of `value`, `env`, `file`".into()),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum SessionFlavour {
+    /// tower-sessions / axum-login: MessagePack records, cookie `id`.
+    TowerSessions,
+    /// express-session + Passport: `connect.sid`, JSON in connect-redis layout.
+    Express,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SessionSection {
+    pub flavour: SessionFlavour,
+    pub cookie: Option<String>,
+    /// Dotted path to the user id in the session data.
+    pub user_id_field: Option<String>,
+    /// Dotted path to the display name; absent means the id is shown.
+    pub display_name_field: Option<String>,
+    /// express: the `secret` list (first signs, all verify). tower-sessions: the cookie
+    /// `Key` master key(s) when cookies are signed (base64 of 64 bytes).
+    #[serde(default)]
+    pub secrets: Vec<Spanned<SecretSource>>,
+    /// A store lookup slower than this counts as an outage (503): fail closed, fast.
+    #[serde(default = "default_lookup_timeout")]
+    pub lookup_timeout_ms: u64,
+    pub store: Spanned<StoreConfig>,
+}
+
+fn default_lookup_timeout() -> u64 {
+    1000
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(tag = "kind", rename_all = "kebab-case", deny_unknown_fields)]
+pub enum StoreConfig {
+    Sqlite {
+        path: PathBuf,
+        #[serde(default = "default_table")]
+        table: String,
+    },
+    Redis {
+        url: String,
+        /// Key prefix (connect-redis: `sess:`). tower-sessions' Redis store uses none.
+        prefix: Option<String>,
+    },
+}
+
+fn default_table() -> String {
+    "tower_sessions".into()
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum AuthPolicy {
+    None,
+    Session,
+    SocketioHandshake,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RouteConfig {
+    pub name: String,
+    #[serde(default = "default_prefix")]
+    pub path_prefix: String,
+    pub host: Option<String>,
+    pub upstreams: Spanned<Vec<String>>,
+    #[serde(default = "default_auth")]
+    pub auth: AuthPolicy,
+    /// `aud` of assertions minted for this route.
+    pub audience: Option<String>,
+    #[serde(default = "default_header")]
+    pub assertion_header: String,
+    /// Origins allowed to open a Socket.IO connection (checked on handshakes).
+    #[serde(default)]
+    pub allowed_origins: Vec<String>,
+    #[serde(default = "default_hc_interval")]
+    pub health_check_interval_secs: u64,
+    pub logout: Option<LogoutConfig>,
+}
+
+fn default_prefix() -> String {
+    "/".into()
+}
+fn default_auth() -> AuthPolicy {
+    AuthPolicy::None
+}
+fn default_header() -> String {
+    identity_assertion::DEFAULT_HEADER.into()
+}
+fn default_hc_interval() -> u64 {
+    2
+}
+
+/// Tell other services when a user logs out through this route, so they can end that
+/// session's live connections (see docs/logout.md).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LogoutConfig {
+    pub path: String,
+    /// URLs to POST to (first that answers 2xx wins: the receivers share state).
+    pub notify: Vec<Spanned<String>>,
+    pub audience: String,
+    #[serde(default = "default_header")]
+    pub header: String,
+}
+
+/// Resolves `path` against `base` unless it is absolute.
+pub fn resolve(base: &Path, path: &Path) -> PathBuf {
+    if path.is_absolute() {
+        path.to_path_buf()
+    } else {
+        base.join(path)
+    }
+}
+
+impl Config {
+    /// Reads and parses a config file; the error names file, line and key.
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| ConfigError(format!("{}: cannot read config: {e}", path.display())))?;
+        let base = path
+            .parent()
+            .map(|p| {
+                if p.as_os_str().is_empty() {
+                    Path::new(".")
+                } else {
+                    p
+                }
+            })
+            .unwrap_or(Path::new("."))
+            .to_path_buf();
+        Self::parse(&text, &path.display().to_string(), base)
+    }
+
+    pub fn parse(text: &str, file: &str, base_dir: PathBuf) -> Result<Self, ConfigError> {
+        let mut cfg: Config = toml::from_str(text).map_err(|e| {
+            let (line, col) = e.span().map_or((0, 0), |s| line_col(text, s.start));
+            ConfigError(format!("{file}:{line}:{col}: {}", e.message().trim()))
+        })?;
+        cfg.base_dir = base_dir;
+        cfg.source = ConfigSource {
+            file: file.to_string(),
+            text: text.to_string(),
+        };
+        cfg.validate()?;
+        Ok(cfg)
+    }
+
+    pub fn path(&self, p: &Path) -> PathBuf {
+        resolve(&self.base_dir, p)
+    }
+
+    /// Checks that need more than types: addresses parse, names are unique, policies have what
+    /// they need.
+    fn validate(&self) -> Result<(), ConfigError> {
+        let src = &self.source;
+        parse_addr(src, &self.admin.listen, "admin.listen")?;
+        if self.listeners.is_empty() {
+            return Err(ConfigError(format!(
+                "{}: at least one [[listener]] is required",
+                src.file
+            )));
+        }
+        for l in &self.listeners {
+            parse_addr(src, &l.listen, "listener.listen")?;
+        }
+        for p in &self.gateway.trusted_proxies {
+            crate::forwarding::parse_cidr(p.get_ref())
+                .map_err(|e| src.error_at(p.span(), "gateway.trusted_proxies", e))?;
+        }
+        if self.routes.is_empty() {
+            return Err(ConfigError(format!(
+                "{}: at least one [[route]] is required",
+                src.file
+            )));
+        }
+        let mut names = std::collections::HashSet::new();
+        for r in &self.routes {
+            if !names.insert(r.name.as_str()) {
+                return Err(ConfigError(format!(
+                    "{}: route.name: duplicate route name {:?}",
+                    src.file, r.name
+                )));
+            }
+            if !r.path_prefix.starts_with('/') {
+                return Err(ConfigError(format!(
+                    "{}: route {:?}: path_prefix must start with '/'",
+                    src.file, r.name
+                )));
+            }
+            if r.upstreams.get_ref().is_empty() {
+                return Err(src.error_at(
+                    r.upstreams.span(),
+                    "route.upstreams",
+                    "at least one upstream is required",
+                ));
+            }
+            for u in r.upstreams.get_ref() {
+                if crate::upstream::parse_upstream(u).is_err() {
+                    return Err(src.error_at(
+                        r.upstreams.span(),
+                        "route.upstreams",
+                        format!("{u:?} is not host:port"),
+                    ));
+                }
+            }
+            if r.auth != AuthPolicy::None {
+                if self.session.is_none() {
+                    return Err(ConfigError(format!(
+                        "{}: route {:?}: auth = {:?} needs a [session] section",
+                        src.file, r.name, r.auth
+                    )));
+                }
+                if r.audience.is_none() {
+                    return Err(ConfigError(format!(
+                        "{}: route {:?}: auth needs `audience` (the upstream's assertion audience)",
+                        src.file, r.name
+                    )));
+                }
+            }
+            if let Some(l) = &r.logout {
+                if self.session.is_none() {
+                    return Err(ConfigError(format!(
+                        "{}: route {:?}: logout needs a [session] section",
+                        src.file, r.name
+                    )));
+                }
+                for n in &l.notify {
+                    if !n.get_ref().starts_with("http://") {
+                        return Err(src.error_at(
+                            n.span(),
+                            "route.logout.notify",
+                            "must be an http:// URL",
+                        ));
+                    }
+                }
+            }
+        }
+        if self.assertion.keys.is_empty() {
+            return Err(ConfigError(format!(
+                "{}: assertion.keys: at least one [[assertion.keys]] signing key is required",
+                src.file
+            )));
+        }
+        for k in &self.assertion.keys {
+            let s = k.private_key.get_ref();
+            let set = [s.value.is_some(), s.env.is_some(), s.file.is_some()];
+            if set.iter().filter(|b| **b).count() != 1 {
+                return Err(src.error_at(
+                    k.private_key.span(),
+                    "assertion.keys.private_key",
+                    "set exactly one of `value`, `env`, `file`",
+                ));
+            }
+            if k.generate_if_missing && s.file.is_none() {
+                return Err(src.error_at(
+                    k.private_key.span(),
+                    "assertion.keys.generate_if_missing",
+                    "needs `private_key.file`",
+                ));
+            }
+        }
+        if let Some(s) = &self.session {
+            if s.flavour == SessionFlavour::Express && s.secrets.is_empty() {
+                return Err(ConfigError(format!(
+                    "{}: session.secrets: the express flavour needs at least one secret",
+                    src.file
+                )));
+            }
+            if s.flavour == SessionFlavour::Express
+                && matches!(s.store.get_ref(), StoreConfig::Sqlite { .. })
+            {
+                return Err(src.error_at(
+                    s.store.span(),
+                    "session.store",
+                    "the express flavour reads connect-redis (kind = \"redis\")",
+                ));
+            }
+            if let StoreConfig::Redis { url, .. } = s.store.get_ref() {
+                if !url.starts_with("redis://") && !url.starts_with("rediss://") {
+                    return Err(src.error_at(
+                        s.store.span(),
+                        "session.store.url",
+                        "must start with redis://",
+                    ));
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+fn parse_addr(
+    src: &ConfigSource,
+    s: &Spanned<String>,
+    key: &str,
+) -> Result<SocketAddr, ConfigError> {
+    s.get_ref().parse().map_err(|_| {
+        src.error_at(
+            s.span(),
+            key,
+            format!("{:?} is not an ip:port address", s.get_ref()),
+        )
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MINIMAL: &str = r#"
+[[listener]]
+listen = "127.0.0.1:8080"
+
+[[assertion.keys]]
+kid = "k1"
+private_key = { value = "pem" }
+
+[session]
+flavour = "express"
+cookie = "connect.sid"
+secrets = [{ value = "s1" }]
+store = { kind = "redis", url = "redis://127.0.0.1:6379", prefix = "sess:" }
+
+[[route]]
+name = "presence"
+path_prefix = "/socket.io/"
+upstreams = ["127.0.0.1:3001"]
+auth = "socketio-handshake"
+audience = "presence-service"
+"#;
+
+    fn parse(text: &str) -> Result<Config, ConfigError> {
+        Config::parse(text, "gw.toml", PathBuf::from("/etc/gw"))
+    }
+
+    #[test]
+    fn minimal_config_parses_with_defaults() {
+        let c = parse(MINIMAL).unwrap();
+        assert_eq!(c.gateway.id, "edge-gateway");
+        assert_eq!(c.admin.listen.get_ref(), "127.0.0.1:9180");
+        assert_eq!(c.routes[0].assertion_header, "x-identity-assertion");
+        assert_eq!(
+            c.path(Path::new("certs/a.pem")),
+            PathBuf::from("/etc/gw/certs/a.pem")
+        );
+        assert_eq!(c.path(Path::new("/abs")), PathBuf::from("/abs"));
+    }
+
+    #[test]
+    fn unknown_key_names_file_line_and_key() {
+        let text = MINIMAL.replace(
+            "auth = \"socketio-handshake\"",
+            "auth = \"socketio-handshake\"\nupstream_timeout = 3",
+        );
+        let err = parse(&text).unwrap_err().to_string();
+        assert!(err.starts_with("gw.toml:20:1:"), "{err}");
+        assert!(err.contains("unknown field `upstream_timeout`"), "{err}");
+    }
+
+    #[test]
+    fn bad_enum_value_is_located() {
+        let text = MINIMAL.replace("auth = \"socketio-handshake\"", "auth = \"cookie\"");
+        let err = parse(&text).unwrap_err().to_string();
+        assert!(err.starts_with("gw.toml:19:8:"), "{err}");
+        assert!(err.contains("cookie"), "{err}");
+    }
+
+    #[test]
+    fn semantic_errors_point_at_the_value() {
+        let text = MINIMAL.replace("127.0.0.1:3001", "nowhere");
+        let err = parse(&text).unwrap_err().to_string();
+        assert!(err.starts_with("gw.toml:18:"), "{err}");
+        assert!(
+            err.contains("route.upstreams") && err.contains("nowhere"),
+            "{err}"
+        );
+
+        let text = MINIMAL.replace("listen = \"127.0.0.1:8080\"", "listen = \"8080\"");
+        let err = parse(&text).unwrap_err().to_string();
+        assert!(err.starts_with("gw.toml:3:10: listener.listen"), "{err}");
+    }
+
+    #[test]
+    fn auth_route_needs_audience_and_session() {
+        let text = MINIMAL.replace("audience = \"presence-service\"", "");
+        assert!(parse(&text).unwrap_err().to_string().contains("audience"));
+        let no_session = MINIMAL
+            .split("[session]")
+            .next()
+            .unwrap()
+            .to_string()
+            + "[[route]]\nname = \"x\"\nupstreams = [\"127.0.0.1:1\"]\nauth = \"session\"\naudience = \"a\"\n";
+        assert!(parse(&no_session)
+            .unwrap_err()
+            .to_string()
+            .contains("[session]"));
+    }
+
+    #[test]
+    fn secret_sources() {
+        let base = std::env::temp_dir();
+        let f = base.join(format!("gw-secret-{}", std::process::id()));
+        std::fs::write(&f, "from-file\n").unwrap();
+        let s = SecretSource {
+            value: None,
+            env: None,
+            file: Some(f.clone()),
+        };
+        assert_eq!(s.read(&base).unwrap(), "from-file");
+        std::fs::remove_file(f).unwrap();
+        let s = SecretSource {
+            value: None,
+            env: Some("GW_TEST_SURELY_UNSET_VAR".into()),
+            file: None,
+        };
+        assert!(s
+            .read(&base)
+            .unwrap_err()
+            .contains("GW_TEST_SURELY_UNSET_VAR"));
+        let s = SecretSource {
+            value: Some("a".into()),
+            env: Some("b".into()),
+            file: None,
+        };
+        assert!(s.read(&base).is_err());
+    }
+}

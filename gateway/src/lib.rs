@@ -1,0 +1,17 @@
+//! The edge-auth gateway as a library, so integration tests and benches reach its pieces.
+//!
+//! Request pipeline (see `proxy`): classify → authenticate → choose upstream → rewrite
+//! headers → proxy → log.
+
+pub mod admin;
+pub mod app;
+pub mod classify;
+pub mod config;
+pub mod devcerts;
+pub mod forwarding;
+pub mod logout;
+pub mod metrics;
+pub mod proxy;
+pub mod routing;
+pub mod session;
+pub mod upstream;

@@ -1,0 +1,87 @@
+//! Prometheus metrics for `/metrics` on the admin listener.
+
+use prometheus::{
+    Encoder, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, Opts, Registry, TextEncoder,
+};
+
+pub struct Metrics {
+    registry: Registry,
+    /// Handshakes (and `auth = session` requests) by result: ok, or the refusal reason.
+    pub auth_results: IntCounterVec,
+    pub session_lookup_seconds: HistogramVec,
+    pub upgraded_connections: IntGauge,
+    pub upstream_errors: IntCounterVec,
+    pub requests: IntCounterVec,
+}
+
+impl Metrics {
+    pub fn new() -> Self {
+        let registry = Registry::new();
+        let auth_results = IntCounterVec::new(
+            Opts::new(
+                "gateway_handshakes_total",
+                "Authenticated requests (Socket.IO handshakes and session routes) by result",
+            ),
+            &["route", "result"],
+        )
+        .expect("valid metric");
+        let session_lookup_seconds = HistogramVec::new(
+            HistogramOpts::new(
+                "gateway_session_lookup_seconds",
+                "Session store lookup latency",
+            )
+            .buckets(vec![
+                0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0,
+            ]),
+            &["store"],
+        )
+        .expect("valid metric");
+        let upgraded_connections = IntGauge::new(
+            "gateway_upgraded_connections",
+            "Upgraded (WebSocket) connections currently proxied",
+        )
+        .expect("valid metric");
+        let upstream_errors = IntCounterVec::new(
+            Opts::new(
+                "gateway_upstream_errors_total",
+                "Failures to connect to or proxy to an upstream",
+            ),
+            &["route", "kind"],
+        )
+        .expect("valid metric");
+        let requests = IntCounterVec::new(
+            Opts::new("gateway_requests_total", "Requests by route and status"),
+            &["route", "status"],
+        )
+        .expect("valid metric");
+        for c in [
+            Box::new(auth_results.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(session_lookup_seconds.clone()),
+            Box::new(upgraded_connections.clone()),
+            Box::new(upstream_errors.clone()),
+            Box::new(requests.clone()),
+        ] {
+            registry.register(c).expect("unique metric names");
+        }
+        Self {
+            registry,
+            auth_results,
+            session_lookup_seconds,
+            upgraded_connections,
+            upstream_errors,
+            requests,
+        }
+    }
+
+    pub fn render(&self) -> Vec<u8> {
+        let mut out = Vec::new();
+        let _ = TextEncoder::new().encode(&self.registry.gather(), &mut out);
+        out
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}

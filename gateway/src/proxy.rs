@@ -1,0 +1,563 @@
+//! The request pipeline, as Pingora's `ProxyHttp` phases:
+//!
+//! `request_filter`: route → classify → authenticate (→ refuse with a status)
+//! `upstream_peer`: choose upstream (sticky for Engine.IO sessions)
+//! `upstream_request_filter`: rewrite headers (strip smuggled identity, add ours, X-Forwarded-*)
+//! `response_filter` / `response_body_filter`: note upgrades, learn Engine.IO `sid`s
+//! `logging`: one access line, metrics, logout notification
+//!
+//! Each decision is a plain function in its own module (classify, session, forwarding,
+//! routing, upstream) so it is unit-tested without a server.
+
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use identity_assertion::{AssertionSigner, Identity};
+use pingora::prelude::*;
+use pingora::proxy::FailToProxy;
+use pingora::ErrorType;
+
+use crate::classify::{self, HandshakeClass, RequestFacts, Transport};
+use crate::config::AuthPolicy;
+use crate::forwarding::{self, Cidr};
+use crate::logout::LogoutNotifier;
+use crate::metrics::Metrics;
+use crate::routing::{Route, RouteTable};
+use crate::session::{SessionError, SessionSource};
+
+/// Everything a listener's proxy needs; shared by all listeners except `tls`.
+pub struct Gateway {
+    pub routes: Arc<RouteTable>,
+    pub sessions: Option<Arc<SessionSource>>,
+    pub signer: Arc<AssertionSigner>,
+    pub metrics: Arc<Metrics>,
+    pub notifier: Arc<LogoutNotifier>,
+    pub trusted_proxies: Arc<Vec<Cidr>>,
+    pub upgraded_idle: Duration,
+    /// Whether this listener terminates TLS (for `X-Forwarded-Proto`).
+    pub tls: bool,
+}
+
+/// Per-request state, filled phase by phase.
+pub struct RequestCtx {
+    started: Instant,
+    request_id: String,
+    route: Option<Arc<Route>>,
+    class: Option<HandshakeClass>,
+    assertion: Option<String>,
+    subject: Option<String>,
+    upstream: Option<SocketAddr>,
+    connect_attempts: u8,
+    learn_sid: Option<Vec<u8>>,
+    upgraded: bool,
+    /// Identity of a logout request, notified once the upstream confirms the logout.
+    logout: Option<Identity>,
+    refused: Option<String>,
+}
+
+/// A refusal at the edge: status, short body, log reason.
+struct Refusal {
+    status: u16,
+    body: &'static str,
+    reason: String,
+}
+
+impl Refusal {
+    fn new(status: u16, body: &'static str, reason: impl Into<String>) -> Self {
+        Self {
+            status,
+            body,
+            reason: reason.into(),
+        }
+    }
+
+    fn from_session(e: &SessionError) -> Self {
+        match e.status() {
+            503 => Self::new(503, "session store unavailable\n", e.to_string()),
+            _ => Self::new(401, "authentication required\n", e.to_string()),
+        }
+    }
+}
+
+/// Origins are checked only when the client sends one: browsers always do on WebSocket and
+/// cross-site requests (the cross-site WebSocket hijacking case), while non-browser clients
+/// cannot be hijacked. With no list configured, only same-origin (Origin host = Host) passes.
+pub fn origin_allowed(origin: Option<&str>, host: Option<&str>, allowed: &[String]) -> bool {
+    let Some(origin) = origin else { return true };
+    if allowed.is_empty() {
+        let origin_host = origin
+            .split_once("://")
+            .map(|(_, rest)| rest)
+            .unwrap_or(origin);
+        return host.is_some_and(|h| h.eq_ignore_ascii_case(origin_host));
+    }
+    allowed
+        .iter()
+        .any(|a| a == "*" || a.eq_ignore_ascii_case(origin))
+}
+
+impl Gateway {
+    /// Phase 2 for one route: decide whether the request may pass, and with which identity.
+    async fn authenticate(
+        &self,
+        session: &Session,
+        route: &Route,
+        ctx: &mut RequestCtx,
+    ) -> Result<(), Refusal> {
+        let req = session.req_header();
+        match route.auth {
+            AuthPolicy::None => {
+                if route.is_logout(&req.method, req.uri.path()) {
+                    // Remember who is logging out; failure here is not ours to judge.
+                    if let Ok(a) = self.session_identity(session, route).await {
+                        ctx.logout = Some(a);
+                    }
+                }
+                Ok(())
+            }
+            AuthPolicy::Session => {
+                let identity = self.session_identity(session, route).await?;
+                if route.is_logout(&req.method, req.uri.path()) {
+                    ctx.logout = Some(identity.clone());
+                }
+                self.grant(route, identity, ctx)
+            }
+            AuthPolicy::SocketioHandshake => {
+                let class = classify::classify(&RequestFacts {
+                    method: &req.method,
+                    query: req.uri.query(),
+                    is_websocket_upgrade: classify::is_websocket_upgrade(&req.headers, req.version),
+                });
+                ctx.class = Some(class.clone());
+                match class {
+                    HandshakeClass::Malformed(why) => Err(Refusal::new(400, "bad request\n", why)),
+                    HandshakeClass::Established { .. } => Ok(()),
+                    HandshakeClass::Handshake { .. } => {
+                        let origin = header_str(req, "origin");
+                        let host =
+                            header_str(req, "host").or(req.uri.authority().map(|a| a.as_str()));
+                        if !origin_allowed(origin, host, &route.allowed_origins) {
+                            return Err(Refusal::new(
+                                403,
+                                "origin not allowed\n",
+                                format!("origin {:?} not allowed", origin.unwrap_or_default()),
+                            ));
+                        }
+                        let identity = self.session_identity(session, route).await?;
+                        self.grant(route, identity, ctx)
+                    }
+                }
+            }
+        }
+    }
+
+    async fn session_identity(
+        &self,
+        session: &Session,
+        route: &Route,
+    ) -> Result<Identity, Refusal> {
+        let Some(source) = &self.sessions else {
+            return Err(Refusal::new(
+                500,
+                "internal error\n",
+                "route needs sessions but none configured",
+            ));
+        };
+        let cookies = session
+            .req_header()
+            .headers
+            .get_all(http::header::COOKIE)
+            .iter()
+            .filter_map(|v| v.to_str().ok().map(str::to_string))
+            .collect();
+        let result = source.authenticate(cookies).await;
+        let lookup = match &result {
+            Ok(a) => a.lookup,
+            Err((_, l)) => *l,
+        };
+        if let Some(d) = lookup {
+            self.metrics
+                .session_lookup_seconds
+                .with_label_values(&[source.store.kind()])
+                .observe(d.as_secs_f64());
+        }
+        match result {
+            Ok(a) => {
+                self.metrics
+                    .auth_results
+                    .with_label_values(&[&route.name, "ok"])
+                    .inc();
+                Ok(a.identity)
+            }
+            Err((e, _)) => {
+                self.metrics
+                    .auth_results
+                    .with_label_values(&[&route.name, e.reason()])
+                    .inc();
+                Err(Refusal::from_session(&e))
+            }
+        }
+    }
+
+    fn grant(
+        &self,
+        route: &Route,
+        identity: Identity,
+        ctx: &mut RequestCtx,
+    ) -> Result<(), Refusal> {
+        let audience = route.audience.as_deref().unwrap_or_default();
+        let token = self.signer.sign(&identity, audience).map_err(|e| {
+            Refusal::new(
+                500,
+                "internal error\n",
+                format!("cannot sign assertion: {e}"),
+            )
+        })?;
+        ctx.subject = Some(identity.sub);
+        ctx.assertion = Some(token);
+        Ok(())
+    }
+
+    async fn refuse(
+        &self,
+        session: &mut Session,
+        ctx: &mut RequestCtx,
+        r: Refusal,
+    ) -> Result<bool> {
+        let route = ctx.route.as_ref().map_or("-", |r| r.name.as_str());
+        tracing::warn!(
+            request_id = %ctx.request_id,
+            route,
+            status = r.status,
+            reason = %r.reason,
+            path = %session.req_header().uri.path(),
+            "request refused"
+        );
+        ctx.refused = Some(r.reason);
+        write_short(session, r.status, r.body, &ctx.request_id).await?;
+        Ok(true)
+    }
+}
+
+fn header_str<'a>(req: &'a RequestHeader, name: &str) -> Option<&'a str> {
+    req.headers.get(name).and_then(|v| v.to_str().ok())
+}
+
+/// A short plain-text answer from the gateway itself.
+async fn write_short(
+    session: &mut Session,
+    status: u16,
+    body: &str,
+    request_id: &str,
+) -> Result<()> {
+    let mut resp = ResponseHeader::build(status, Some(4))?;
+    resp.insert_header("content-type", "text/plain; charset=utf-8")?;
+    resp.insert_header("content-length", body.len().to_string())?;
+    resp.insert_header("x-request-id", request_id)?;
+    resp.insert_header("cache-control", "no-store")?;
+    session.set_keepalive(None);
+    session.write_response_header(Box::new(resp), false).await?;
+    session
+        .write_response_body(Some(Bytes::copy_from_slice(body.as_bytes())), true)
+        .await
+}
+
+fn peer_ip(session: &Session) -> Option<IpAddr> {
+    session
+        .client_addr()
+        .and_then(|a| a.as_inet())
+        .map(|a| a.ip())
+}
+
+#[async_trait]
+impl ProxyHttp for Gateway {
+    type CTX = RequestCtx;
+
+    fn new_ctx(&self) -> RequestCtx {
+        RequestCtx {
+            started: Instant::now(),
+            request_id: String::new(),
+            route: None,
+            class: None,
+            assertion: None,
+            subject: None,
+            upstream: None,
+            connect_attempts: 0,
+            learn_sid: None,
+            upgraded: false,
+            logout: None,
+            refused: None,
+        }
+    }
+
+    async fn request_filter(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<bool> {
+        ctx.request_id = forwarding::request_id(&session.req_header().headers);
+        let req = session.req_header();
+        let host = header_str(req, "host").or(req.uri.authority().map(|a| a.as_str()));
+        let Some(route) = self.routes.find(host, req.uri.path()) else {
+            return self
+                .refuse(session, ctx, Refusal::new(404, "not found\n", "no route"))
+                .await;
+        };
+        ctx.route = Some(route.clone());
+        if let Err(r) = self.authenticate(session, &route, ctx).await {
+            return self.refuse(session, ctx, r).await;
+        }
+        Ok(false)
+    }
+
+    async fn upstream_peer(
+        &self,
+        _session: &mut Session,
+        ctx: &mut RequestCtx,
+    ) -> Result<Box<HttpPeer>> {
+        let Some(route) = ctx.route.clone() else {
+            return Err(Error::explain(
+                ErrorType::InternalError,
+                "no route in context",
+            ));
+        };
+        let addr = match &ctx.class {
+            Some(HandshakeClass::Established { sid, .. }) => route.pool.pick_for_sid(sid),
+            _ => route.pool.pick(),
+        };
+        let Some(addr) = addr else {
+            self.metrics
+                .upstream_errors
+                .with_label_values(&[&route.name, "no_healthy_upstream"])
+                .inc();
+            return Err(Error::explain(
+                ErrorType::HTTPStatus(503),
+                "no healthy upstream",
+            ));
+        };
+        ctx.upstream = Some(addr);
+        let mut peer = HttpPeer::new(addr, false, String::new());
+        peer.options.connection_timeout = Some(Duration::from_secs(2));
+        peer.options.total_connection_timeout = Some(Duration::from_secs(3));
+        // Upgraded connections relay both ways for hours; a request that is not upgraded is
+        // still bounded by the upstream's own response time.
+        peer.options.read_timeout = Some(self.upgraded_idle);
+        peer.options.idle_timeout = Some(Duration::from_secs(60));
+        Ok(Box::new(peer))
+    }
+
+    fn fail_to_connect(
+        &self,
+        _session: &mut Session,
+        _peer: &HttpPeer,
+        ctx: &mut RequestCtx,
+        mut e: Box<Error>,
+    ) -> Box<Error> {
+        let route = ctx.route.as_ref().map_or("-", |r| r.name.as_str());
+        self.metrics
+            .upstream_errors
+            .with_label_values(&[route, "connect"])
+            .inc();
+        ctx.connect_attempts += 1;
+        // One retry on another node: round-robin moves on, and health checks catch up.
+        if ctx.connect_attempts < 2 {
+            e.set_retry(true);
+        }
+        e
+    }
+
+    async fn upstream_request_filter(
+        &self,
+        session: &mut Session,
+        upstream: &mut RequestHeader,
+        ctx: &mut RequestCtx,
+    ) -> Result<()> {
+        // Never forward a client's identity header, under any spelling, on any route.
+        let smuggled = forwarding::smuggled_identity_headers(
+            upstream.headers.keys().map(|k| k.as_str()),
+            self.routes.protected_headers(),
+        );
+        for name in smuggled {
+            upstream.remove_header(&name);
+        }
+        if let (Some(token), Some(route)) = (&ctx.assertion, &ctx.route) {
+            upstream.insert_header(route.assertion_header.clone(), token.as_str())?;
+        }
+        let fwd = forwarding::forwarded_headers(
+            &upstream.headers,
+            peer_ip(session),
+            self.tls,
+            &self.trusted_proxies,
+        );
+        upstream.insert_header("x-forwarded-for", fwd.for_)?;
+        upstream.insert_header("x-forwarded-proto", fwd.proto)?;
+        match fwd.host {
+            Some(h) => upstream.insert_header("x-forwarded-host", h)?,
+            None => {
+                upstream.remove_header("x-forwarded-host");
+            }
+        }
+        upstream.insert_header("x-request-id", ctx.request_id.as_str())?;
+        Ok(())
+    }
+
+    async fn response_filter(
+        &self,
+        session: &mut Session,
+        resp: &mut ResponseHeader,
+        ctx: &mut RequestCtx,
+    ) -> Result<()> {
+        resp.insert_header("x-request-id", ctx.request_id.as_str())?;
+        if resp.status == 101 {
+            ctx.upgraded = true;
+            self.metrics.upgraded_connections.inc();
+            // Pingora's downstream read timeout (60 s) would cut quiet WebSockets.
+            session.set_read_timeout(Some(self.upgraded_idle));
+        }
+        let polling_handshake = matches!(
+            ctx.class,
+            Some(HandshakeClass::Handshake {
+                transport: Transport::Polling
+            })
+        );
+        if polling_handshake
+            && resp.status == 200
+            && ctx.route.as_ref().is_some_and(|r| r.pool.len() > 1)
+        {
+            ctx.learn_sid = Some(Vec::new());
+        }
+        Ok(())
+    }
+
+    fn response_body_filter(
+        &self,
+        _session: &mut Session,
+        body: &mut Option<Bytes>,
+        end_of_stream: bool,
+        ctx: &mut RequestCtx,
+    ) -> Result<Option<Duration>> {
+        if let Some(buf) = ctx.learn_sid.as_mut() {
+            if let Some(b) = body {
+                if buf.len() + b.len() <= 4096 {
+                    buf.extend_from_slice(b);
+                }
+            }
+            if end_of_stream {
+                let sid = crate::upstream::sid_from_open_packet(buf);
+                if let (Some(sid), Some(addr), Some(route)) = (sid, ctx.upstream, &ctx.route) {
+                    route.pool.remember_sid(sid, addr);
+                }
+                ctx.learn_sid = None;
+            }
+        }
+        Ok(None)
+    }
+
+    async fn fail_to_proxy(
+        &self,
+        session: &mut Session,
+        e: &Error,
+        ctx: &mut RequestCtx,
+    ) -> FailToProxy {
+        let code = match e.etype() {
+            ErrorType::HTTPStatus(code) => *code,
+            _ => match e.esource() {
+                pingora::ErrorSource::Upstream => 502,
+                pingora::ErrorSource::Downstream => match e.etype() {
+                    ErrorType::WriteError | ErrorType::ReadError | ErrorType::ConnectionClosed => 0,
+                    _ => 400,
+                },
+                _ => 500,
+            },
+        };
+        if matches!(e.esource(), pingora::ErrorSource::Upstream) {
+            let route = ctx.route.as_ref().map_or("-", |r| r.name.as_str());
+            self.metrics
+                .upstream_errors
+                .with_label_values(&[route, "proxy"])
+                .inc();
+        }
+        let body = match code {
+            502 => "bad gateway: upstream unavailable\n",
+            503 => "service unavailable: no healthy upstream\n",
+            400 => "bad request\n",
+            _ => "error\n",
+        };
+        if code > 0
+            && write_short(session, code, body, &ctx.request_id)
+                .await
+                .is_err()
+        {
+            tracing::debug!(request_id = %ctx.request_id, "client went away before the error response");
+        }
+        FailToProxy {
+            error_code: code,
+            can_reuse_downstream: false,
+        }
+    }
+
+    async fn logging(&self, session: &mut Session, e: Option<&Error>, ctx: &mut RequestCtx) {
+        if ctx.upgraded {
+            self.metrics.upgraded_connections.dec();
+        }
+        let status = session.response_written().map_or(0, |r| r.status.as_u16());
+        let route = ctx.route.as_ref().map_or("-", |r| r.name.as_str());
+        self.metrics
+            .requests
+            .with_label_values(&[route, &status.to_string()])
+            .inc();
+        if let (Some(identity), Some(r)) = (ctx.logout.take(), &ctx.route) {
+            if (200..300).contains(&status) {
+                if let Some(logout) = &r.logout {
+                    self.notifier
+                        .session_ended(logout.clone(), identity, ctx.request_id.clone());
+                }
+            }
+        }
+        let req = session.req_header();
+        tracing::info!(
+            request_id = %ctx.request_id,
+            route,
+            method = %req.method,
+            path = %req.uri.path(),
+            status,
+            upstream = ?ctx.upstream,
+            user = ctx.subject.as_deref().unwrap_or("-"),
+            upgraded = ctx.upgraded,
+            ms = ctx.started.elapsed().as_millis() as u64,
+            error = ?e.map(|e| e.etype().as_str()),
+            "request"
+        );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn origin_rules() {
+        let allowed = vec!["https://app.example".to_string()];
+        assert!(origin_allowed(None, Some("gw"), &allowed));
+        assert!(origin_allowed(
+            Some("https://app.example"),
+            Some("gw"),
+            &allowed
+        ));
+        assert!(!origin_allowed(
+            Some("https://evil.example"),
+            Some("gw"),
+            &allowed
+        ));
+        assert!(origin_allowed(
+            Some("https://localhost:8443"),
+            Some("localhost:8443"),
+            &[]
+        ));
+        assert!(!origin_allowed(
+            Some("https://evil.example"),
+            Some("localhost:8443"),
+            &[]
+        ));
+        assert!(origin_allowed(Some("https://x"), None, &["*".to_string()]));
+    }
+}

@@ -1,0 +1,223 @@
+//! Phase 2: authenticate a request from its session cookie.
+//!
+//! Order matters: parse the cookie, verify its signature, and only then touch the store, so a
+//! forged cookie costs no I/O. An expired session is refused even if the store still returns it.
+
+mod cookie;
+mod express;
+mod fields;
+mod store;
+mod tower;
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use hmac::{Hmac, Mac};
+use identity_assertion::Identity;
+use sha2::Sha256;
+
+pub use store::{Store, StoreError};
+pub use tower::signing_key_from_master;
+
+use crate::config::SessionFlavour;
+
+/// Why a request is not authenticated. Each maps to one status and one log reason.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SessionError {
+    #[error("no session cookie")]
+    NoCookie,
+    #[error("session cookie is not signed")]
+    Unsigned,
+    #[error("session cookie signature does not verify")]
+    BadSignature,
+    #[error("session cookie is malformed")]
+    Malformed,
+    #[error("no such session")]
+    Unknown,
+    #[error("session expired")]
+    Expired,
+    #[error("session has no user (not logged in)")]
+    NoUser,
+    #[error("session store unavailable: {0}")]
+    StoreUnavailable(String),
+    #[error("stored session unreadable: {0}")]
+    Corrupt(String),
+}
+
+impl SessionError {
+    /// Short label for metrics and logs.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            Self::NoCookie => "no_cookie",
+            Self::Unsigned => "unsigned",
+            Self::BadSignature => "bad_signature",
+            Self::Malformed => "malformed_cookie",
+            Self::Unknown => "unknown_session",
+            Self::Expired => "expired",
+            Self::NoUser => "no_user",
+            Self::StoreUnavailable(_) => "store_unavailable",
+            Self::Corrupt(_) => "corrupt_session",
+        }
+    }
+
+    /// 503 when we could not tell (fail closed, the client may retry); 401 otherwise.
+    pub fn status(&self) -> u16 {
+        match self {
+            Self::StoreUnavailable(_) => 503,
+            _ => 401,
+        }
+    }
+}
+
+/// Where sessions come from and how to read a user out of them.
+pub struct SessionSource {
+    pub flavour: SessionFlavour,
+    pub cookie_name: String,
+    /// express: the secrets; tower-sessions: the cookie signing keys (empty = unsigned).
+    pub secrets: Vec<Vec<u8>>,
+    pub user_id_field: String,
+    pub display_name_field: Option<String>,
+    pub lookup_timeout: Duration,
+    pub store: Store,
+    /// Keys the opaque `sid` claim so upstreams never see a usable session id.
+    pub handle_key: Vec<u8>,
+    /// The runtime that owns the store's connections (see `app::build`).
+    pub rt: tokio::runtime::Handle,
+}
+
+/// An authenticated session: who, and how long the lookup took (for the latency histogram).
+pub struct Authenticated {
+    pub identity: Identity,
+    pub lookup: Option<Duration>,
+}
+
+impl SessionSource {
+    /// Checks the cookie in `cookie_headers` and returns the identity it proves. Runs on the
+    /// store's runtime, whose reactor drives the store connections.
+    pub async fn authenticate(
+        self: &Arc<Self>,
+        cookie_headers: Vec<String>,
+    ) -> Result<Authenticated, (SessionError, Option<Duration>)> {
+        let this = self.clone();
+        let task = self.rt.spawn(async move {
+            this.authenticate_here(cookie_headers.iter().map(String::as_str))
+                .await
+        });
+        task.await.unwrap_or_else(|e| {
+            Err((
+                SessionError::StoreUnavailable(format!("lookup task failed: {e}")),
+                None,
+            ))
+        })
+    }
+
+    async fn authenticate_here<'a>(
+        &self,
+        cookie_headers: impl IntoIterator<Item = &'a str>,
+    ) -> Result<Authenticated, (SessionError, Option<Duration>)> {
+        let value = cookie::find(cookie_headers, &self.cookie_name)
+            .ok_or((SessionError::NoCookie, None))?;
+        // Signature first: no store I/O for a forged or unsigned cookie.
+        enum Key {
+            Tower(tower_sessions_core::session::Id),
+            Express(String),
+        }
+        let key = match self.flavour {
+            SessionFlavour::Express => {
+                Key::Express(express::unsign(value, &self.secrets).map_err(|e| (e, None))?)
+            }
+            SessionFlavour::TowerSessions => {
+                Key::Tower(tower::decode(value, &self.secrets).map_err(|e| (e, None))?)
+            }
+        };
+        let started = Instant::now();
+        let load = async {
+            match &key {
+                Key::Tower(id) => self.store.load_tower(id).await,
+                Key::Express(sid) => self.store.load_express(sid).await,
+            }
+        };
+        let loaded = tokio::time::timeout(self.lookup_timeout, load).await;
+        let took = Some(started.elapsed());
+        let stored = match loaded {
+            Err(_) => {
+                return Err((
+                    SessionError::StoreUnavailable("lookup timed out".into()),
+                    took,
+                ))
+            }
+            Ok(Err(StoreError::Unavailable(e))) => {
+                return Err((SessionError::StoreUnavailable(e), took))
+            }
+            Ok(Err(StoreError::Corrupt(e))) => return Err((SessionError::Corrupt(e), took)),
+            Ok(Ok(None)) => return Err((SessionError::Unknown, took)),
+            Ok(Ok(Some(s))) => s,
+        };
+        if stored
+            .expires
+            .is_some_and(|exp| exp <= time::OffsetDateTime::now_utc())
+        {
+            return Err((SessionError::Expired, took));
+        }
+        let sub = fields::lookup(&stored.data, &self.user_id_field)
+            .and_then(fields::as_text)
+            .ok_or((SessionError::NoUser, took))?;
+        let name = self
+            .display_name_field
+            .as_deref()
+            .and_then(|f| fields::lookup(&stored.data, f))
+            .and_then(fields::as_text);
+        let session_id = match &key {
+            Key::Tower(id) => id.to_string(),
+            Key::Express(sid) => sid.clone(),
+        };
+        Ok(Authenticated {
+            identity: Identity {
+                sub,
+                name,
+                sid: self.session_handle(&session_id),
+            },
+            lookup: took,
+        })
+    }
+
+    /// The opaque handle of a session: stable (so every connection of one login shares it, and a
+    /// logout can name it) but useless as a cookie.
+    pub fn session_handle(&self, session_id: &str) -> String {
+        use base64::Engine;
+        let mut mac =
+            Hmac::<Sha256>::new_from_slice(&self.handle_key).expect("HMAC takes any key length");
+        mac.update(session_id.as_bytes());
+        base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(&mac.finalize().into_bytes()[..16])
+    }
+
+    pub async fn ping(self: &Arc<Self>) -> Result<(), SessionError> {
+        let this = self.clone();
+        let task = self.rt.spawn(async move {
+            tokio::time::timeout(this.lookup_timeout, this.store.ping()).await
+        });
+        match task.await {
+            Ok(Ok(Ok(()))) => Ok(()),
+            Ok(Ok(Err(e))) => Err(SessionError::StoreUnavailable(e.to_string())),
+            Ok(Err(_)) => Err(SessionError::StoreUnavailable("ping timed out".into())),
+            Err(e) => Err(SessionError::StoreUnavailable(format!(
+                "ping task failed: {e}"
+            ))),
+        }
+    }
+}
+
+/// Defaults per flavour, so a config only names what differs from the framework's defaults.
+pub fn default_cookie(flavour: SessionFlavour) -> &'static str {
+    match flavour {
+        SessionFlavour::Express => "connect.sid",
+        SessionFlavour::TowerSessions => "id",
+    }
+}
+
+pub fn default_user_field(flavour: SessionFlavour) -> &'static str {
+    match flavour {
+        SessionFlavour::Express => "passport.user",
+        SessionFlavour::TowerSessions => "axum-login.data.user_id",
+    }
+}

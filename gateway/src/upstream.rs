@@ -1,0 +1,186 @@
+//! Phase 3: choose the upstream.
+//!
+//! Each route has a round-robin pool with TCP health checks (pingora-load-balancing). Engine.IO
+//! long-polling needs stickiness: every request of one Engine.IO session (and its upgrade to
+//! WebSocket) must reach the node that created it, because that node alone knows the `sid`.
+//! The gateway learns `sid -> node` from the handshake response and routes by it.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use pingora::lb::selection::RoundRobin;
+use pingora::lb::{health_check::TcpHealthCheck, LoadBalancer};
+
+/// Checks `host:port` syntax without resolving (names may resolve only once the stack is up).
+pub fn parse_upstream(s: &str) -> Result<(), String> {
+    let (host, port) = s.rsplit_once(':').ok_or("missing :port")?;
+    if host.is_empty() || port.parse::<u16>().is_err() {
+        return Err("expected host:port".into());
+    }
+    Ok(())
+}
+
+pub struct UpstreamPool {
+    pub lb: Arc<LoadBalancer<RoundRobin>>,
+    sticky: StickyTable,
+}
+
+impl UpstreamPool {
+    pub fn new(lb: Arc<LoadBalancer<RoundRobin>>) -> Self {
+        Self {
+            lb,
+            sticky: StickyTable::new(Duration::from_secs(600)),
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.lb.backends().get_backend().len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// A round-robin balancer with TCP health checks; it must also run as a background service for
+/// the checks to happen.
+pub fn balancer(
+    addrs: &[String],
+    check_every: Duration,
+) -> std::io::Result<LoadBalancer<RoundRobin>> {
+    let mut lb = LoadBalancer::<RoundRobin>::try_from_iter(addrs.iter().map(String::as_str))?;
+    let mut hc = TcpHealthCheck::new();
+    hc.consecutive_failure = 1;
+    hc.consecutive_success = 1;
+    lb.set_health_check(hc);
+    lb.health_check_frequency = Some(check_every);
+    lb.parallel_health_check = true;
+    Ok(lb)
+}
+
+impl UpstreamPool {
+    /// Next healthy upstream, round-robin.
+    pub fn pick(&self) -> Option<SocketAddr> {
+        self.lb
+            .select(b"", 256)
+            .and_then(|b| b.addr.as_inet().copied())
+    }
+
+    /// The node that owns Engine.IO session `sid`, while it is healthy; else any healthy one
+    /// (the client then gets "unknown sid" from the new node and reconnects: the only option
+    /// once the owner is gone).
+    pub fn pick_for_sid(&self, sid: &str) -> Option<SocketAddr> {
+        if let Some(addr) = self.sticky.get(sid) {
+            if self.is_healthy(addr) {
+                return Some(addr);
+            }
+        }
+        self.pick()
+    }
+
+    pub fn remember_sid(&self, sid: String, addr: SocketAddr) {
+        self.sticky.insert(sid, addr);
+    }
+
+    pub fn is_healthy(&self, addr: SocketAddr) -> bool {
+        let backends = self.lb.backends();
+        backends
+            .get_backend()
+            .iter()
+            .any(|b| b.addr.as_inet() == Some(&addr) && backends.ready(b))
+    }
+
+    pub fn healthy_count(&self) -> usize {
+        let backends = self.lb.backends();
+        backends
+            .get_backend()
+            .iter()
+            .filter(|b| backends.ready(b))
+            .count()
+    }
+}
+
+/// `sid -> node`, forgotten after `ttl` without use (a polling client is heard from at least
+/// every ping interval, 25 s by default) and bounded in size.
+struct StickyTable {
+    ttl: Duration,
+    inner: Mutex<HashMap<String, (SocketAddr, Instant)>>,
+}
+
+const STICKY_MAX: usize = 200_000;
+
+impl StickyTable {
+    fn new(ttl: Duration) -> Self {
+        Self {
+            ttl,
+            inner: Mutex::new(HashMap::new()),
+        }
+    }
+
+    fn get(&self, sid: &str) -> Option<SocketAddr> {
+        let mut map = self.inner.lock().ok()?;
+        let entry = map.get_mut(sid)?;
+        entry.1 = Instant::now();
+        Some(entry.0)
+    }
+
+    fn insert(&self, sid: String, addr: SocketAddr) {
+        let Ok(mut map) = self.inner.lock() else {
+            return;
+        };
+        if map.len() >= STICKY_MAX {
+            let ttl = self.ttl;
+            map.retain(|_, (_, seen)| seen.elapsed() < ttl);
+            if map.len() >= STICKY_MAX {
+                map.clear();
+            }
+        }
+        map.insert(sid, (addr, Instant::now()));
+    }
+}
+
+/// The `sid` of an Engine.IO v4 polling handshake response body: `0{"sid":"...",...}`.
+pub fn sid_from_open_packet(body: &[u8]) -> Option<String> {
+    let text = std::str::from_utf8(body).ok()?;
+    let json = text.strip_prefix('0')?;
+    let end = json.find('\u{1e}').unwrap_or(json.len());
+    let v: serde_json::Value = serde_json::from_str(&json[..end]).ok()?;
+    v.get("sid")?.as_str().map(str::to_string)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn upstream_syntax() {
+        assert!(parse_upstream("127.0.0.1:3001").is_ok());
+        assert!(parse_upstream("presence-1:3001").is_ok());
+        assert!(parse_upstream("[::1]:80").is_ok());
+        assert!(parse_upstream("nowhere").is_err());
+        assert!(parse_upstream(":80").is_err());
+        assert!(parse_upstream("a:99999").is_err());
+    }
+
+    #[test]
+    fn open_packet_sid() {
+        let body = br#"0{"sid":"lv_VI97HAXpY6yYWAAAC","upgrades":["websocket"],"pingInterval":25000,"pingTimeout":20000,"maxPayload":1000000}"#;
+        assert_eq!(
+            sid_from_open_packet(body).as_deref(),
+            Some("lv_VI97HAXpY6yYWAAAC")
+        );
+        assert_eq!(sid_from_open_packet(b"40"), None);
+        assert_eq!(sid_from_open_packet(b"0{bad"), None);
+    }
+
+    #[test]
+    fn sticky_table_remembers_and_refreshes() {
+        let t = StickyTable::new(Duration::from_secs(60));
+        let a: SocketAddr = "127.0.0.1:1".parse().unwrap();
+        t.insert("s1".into(), a);
+        assert_eq!(t.get("s1"), Some(a));
+        assert_eq!(t.get("s2"), None);
+    }
+}
