@@ -1,0 +1,106 @@
+#!/usr/bin/env bash
+# CI's check of README's first command: run integration/dev-stack.sh as a newcomer would, wait
+# until it says it is ready, check what the newcomer would check (the page, a login, a Socket.IO
+# handshake, the JWKS) through the real ports, stop it with Ctrl-C (SIGINT), and check that it
+# stopped cleanly and freed its ports. Then check that it refuses to start on a busy port.
+#
+#   integration/dev-stack-smoke.sh            (SMOKE_TIMEOUT: seconds for build + start, default 2400)
+set -uo pipefail
+
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cd "$ROOT"
+URL=https://localhost:8443
+ADMIN=http://127.0.0.1:9180
+TIMEOUT=${SMOKE_TIMEOUT:-2400}
+LOG=$(mktemp -t dev-stack-smoke.XXXXXX)
+passed=0
+failed=0
+STACK_PID=
+
+ok() { echo "ok - $*"; passed=$((passed + 1)); }
+not_ok() { echo "not ok - $*"; failed=$((failed + 1)); }
+check() { local what=$1; shift; if "$@"; then ok "$what"; else not_ok "$what"; fi; }
+finish() {
+  if [ -n "$STACK_PID" ] && kill -0 "$STACK_PID" 2>/dev/null; then
+    kill -TERM "$STACK_PID" 2>/dev/null
+    wait "$STACK_PID" 2>/dev/null
+  fi
+  echo "$passed passed, $failed failed"
+  [ "$failed" = 0 ]
+}
+trap 'finish; exit $?' EXIT
+trap 'exit 130' INT TERM
+
+# --- start, as README says ------------------------------------------------------------------------
+echo "# starting integration/dev-stack.sh (log: $LOG)"
+bash integration/dev-stack.sh >"$LOG" 2>&1 &
+STACK_PID=$!
+deadline=$((SECONDS + TIMEOUT))
+until grep -q '\[dev-stack\].* ready$' "$LOG"; do
+  if ! kill -0 "$STACK_PID" 2>/dev/null; then
+    tail -n 60 "$LOG"
+    not_ok "dev-stack.sh came up (it exited first)"
+    exit 1
+  fi
+  if [ "$SECONDS" -ge "$deadline" ]; then
+    tail -n 60 "$LOG"
+    not_ok "dev-stack.sh came up within ${TIMEOUT}s"
+    exit 1
+  fi
+  sleep 1
+done
+ok "dev-stack.sh came up"
+check "it printed the URL" grep -q "https://localhost:8443/" "$LOG"
+check "it printed the demo logins" grep -q "alice / alice-pass" "$LOG"
+
+# --- what a newcomer checks -------------------------------------------------------------------------
+page=$(curl -fsSk "$URL/")
+check "the page is served through TLS" grep -q '<div id="root">' <<<"$page"
+asset=$(sed -n 's/.*src="\(\/assets\/[^"]*\.js\)".*/\1/p' <<<"$page" | head -n 1)
+check "its script is served" curl -fsSk -o /dev/null "$URL$asset"
+check "/dashboard (a client route) gets the page" bash -c "curl -fsSk '$URL/dashboard' | grep -q '<div id=\"root\">'"
+check "anonymous /api/auth/user is 401" test "$(curl -sk -o /dev/null -w '%{http_code}' "$URL/api/auth/user")" = 401
+check "anonymous Socket.IO handshake is 401" \
+  test "$(curl -sk -o /dev/null -w '%{http_code}' "$URL/socket.io/?EIO=4&transport=polling")" = 401
+
+cookie=$(curl -sk -D - -o /dev/null -H 'content-type: application/json' \
+  -d '{"username":"alice","password":"alice-pass"}' "$URL/api/auth/login" |
+  sed -n 's/^[Ss]et-[Cc]ookie: \(id=[^;]*\).*/\1/p' | tr -d '\r')
+check "alice logs in (session cookie set)" test -n "$cookie"
+check "the session is restored with the cookie" \
+  bash -c "curl -fsSk -H 'cookie: $cookie' '$URL/api/auth/user' | grep -q '\"id\":\"alice\"'"
+handshake=$(curl -sk -H "cookie: $cookie" "$URL/socket.io/?EIO=4&transport=polling")
+check "alice's Socket.IO handshake is accepted" grep -q '"sid"' <<<"$handshake"
+
+jwks=$(curl -fsS "$ADMIN/.well-known/jwks.json")
+check "the JWKS has an Ed25519 key" node -e '
+  const jwks = JSON.parse(process.argv[1]);
+  process.exit(jwks.keys.some((k) => k.kty === "OKP" && k.crv === "Ed25519" && k.kid && k.x) ? 0 : 1);' "$jwks"
+check "the gateway is ready" curl -fsS -o /dev/null "$ADMIN/readyz"
+
+# --- Ctrl-C stops everything ------------------------------------------------------------------------
+kill -INT "$STACK_PID"
+stop_deadline=$((SECONDS + 40))
+while kill -0 "$STACK_PID" 2>/dev/null && [ "$SECONDS" -lt "$stop_deadline" ]; do sleep 0.2; done
+if kill -0 "$STACK_PID" 2>/dev/null; then
+  not_ok "Ctrl-C stopped dev-stack.sh within 40 s"
+else
+  wait "$STACK_PID"
+  code=$?
+  STACK_PID=
+  check "Ctrl-C stopped dev-stack.sh with exit code 0 (was $code)" test "$code" = 0
+fi
+port_free() { ! (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
+for port in 8443 9180 3000 3001; do check "port $port is free again" port_free "$port"; done
+
+# --- a busy port is refused clearly -----------------------------------------------------------------
+python3 -c 'import socket,time; s=socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1); s.bind(("127.0.0.1", 3001)); s.listen(); time.sleep(120)' &
+BLOCKER=$!
+until ! port_free 3001; do sleep 0.1; done
+refusal=$(SKIP_BUILD=1 timeout 60 bash integration/dev-stack.sh 2>&1)
+code=$?
+kill "$BLOCKER" 2>/dev/null
+wait "$BLOCKER" 2>/dev/null
+check "a busy port makes dev-stack.sh fail (exit $code)" test "$code" != 0
+check "the refusal names the port and the process" grep -q "port 3001 (needed by presence-service) is taken by python" <<<"$refusal"
+[ "$failed" = 0 ] || { echo "---- dev-stack log ----"; tail -n 40 "$LOG"; }

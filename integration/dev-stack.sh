@@ -1,0 +1,207 @@
+#!/usr/bin/env bash
+# The whole system on one machine, with one command (README's first):
+#
+#   integration/dev-stack.sh
+#
+# Builds the gateway, the presence service, the demo login service and the web app, then starts
+# them on their embedded defaults: the gateway on https://localhost:8443 (dev certificate and
+# signing key made on first run in certs/dev/), the demo service and the presence service on
+# loopback behind it, sessions in var/sessions.db (SQLite), presence in memory.
+# Ctrl-C (or SIGTERM) stops everything. Logs go to var/log/<service>.log.
+#
+# Prerequisites: cargo, node + npm, curl, cmake (for the gateway's build), ss (iproute2; optional,
+# to name the process that holds a busy port).
+#
+# Environment (all optional):
+#   GATEWAY_CONFIG   (config/gateway.toml)     PRESENCE_CONFIG (config/presence.toml)
+#   SESSIONS_DB      (var/sessions.db)         DEMO_LISTEN     (127.0.0.1:3000)
+#   SKIP_BUILD=1     start what is already built
+#   READY_TIMEOUT    seconds to wait for each service (60)
+set -euo pipefail
+
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cd "$ROOT"
+
+GATEWAY_CONFIG=${GATEWAY_CONFIG:-config/gateway.toml}
+PRESENCE_CONFIG=${PRESENCE_CONFIG:-config/presence.toml}
+SESSIONS_DB=${SESSIONS_DB:-var/sessions.db}
+DEMO_LISTEN=${DEMO_LISTEN:-127.0.0.1:3000}
+READY_TIMEOUT=${READY_TIMEOUT:-60}
+LOG_DIR=var/log
+BIN=target/debug
+
+say() { printf '\033[1m[dev-stack]\033[0m %s\n' "$*"; }
+die() { printf '\033[1;31m[dev-stack] error:\033[0m %s\n' "$*" >&2; exit 1; }
+
+# --- prerequisites --------------------------------------------------------------------------------
+for tool in cargo node npm curl; do
+  command -v "$tool" >/dev/null || die "'$tool' is not installed (needed: cargo, node + npm, curl, cmake)"
+done
+[ -f "$GATEWAY_CONFIG" ] || die "$GATEWAY_CONFIG not found"
+[ -f "$PRESENCE_CONFIG" ] || die "$PRESENCE_CONFIG not found"
+
+# --- ports ------------------------------------------------------------------------------------------
+# The ports come from the same configs the services read, so editing a config moves the check too.
+listen_ports() { sed -n 's/^[[:space:]]*listen[[:space:]]*=[[:space:]]*"\(.*\):\([0-9]*\)".*/\2/p' "$1"; }
+declare -a PORTS=() PORT_OWNERS=()
+for p in $(listen_ports "$GATEWAY_CONFIG"); do PORTS+=("$p"); PORT_OWNERS+=("gateway"); done
+for p in $(listen_ports "$PRESENCE_CONFIG"); do PORTS+=("$p"); PORT_OWNERS+=("presence-service"); done
+PORTS+=("${DEMO_LISTEN##*:}"); PORT_OWNERS+=("demo-service")
+
+# Prints who listens on TCP port $1 ("name (pid N): command line"), or nothing if it is free.
+port_holder() {
+  local port=$1 line pid name
+  if command -v ss >/dev/null; then
+    line=$(ss -Hltnp "sport = :$port" 2>/dev/null | head -n 1)
+    [ -n "$line" ] || return 0
+    pid=$(sed -n 's/.*pid=\([0-9]*\).*/\1/p' <<<"$line")
+    name=$(sed -n 's/.*users:(("\([^"]*\)".*/\1/p' <<<"$line")
+    if [ -n "$pid" ]; then
+      echo "${name:-?} (pid $pid): $(ps -o args= -p "$pid" 2>/dev/null | cut -c1-120)"
+    else
+      echo "a process this user cannot see ($(awk '{print $4}' <<<"$line"))"
+    fi
+  elif (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then
+    echo "an unknown process (install iproute2's 'ss' to see which)"
+  fi
+}
+
+check_ports() {
+  local i holder busy=0
+  for i in "${!PORTS[@]}"; do
+    holder=$(port_holder "${PORTS[$i]}")
+    if [ -n "$holder" ]; then
+      printf '\033[1;31m[dev-stack] error:\033[0m port %s (needed by %s) is taken by %s\n' \
+        "${PORTS[$i]}" "${PORT_OWNERS[$i]}" "$holder" >&2
+      busy=1
+    fi
+  done
+  [ "$busy" = 0 ] || die "stop the process(es) above, or change the port in the config, then run again"
+}
+
+check_ports
+
+# --- build ------------------------------------------------------------------------------------------
+if [ "${SKIP_BUILD:-0}" != 1 ]; then
+  say "building the gateway, the presence service and the demo service (cargo, debug)"
+  cargo build -p gateway -p presence-service -p demo-service
+  say "building the web app (integration/web)"
+  (
+    cd integration/web
+    # npm ci wipes node_modules; skip it when the installed tree already matches the lock file.
+    if [ ! -f node_modules/.package-lock.json ] || [ package-lock.json -nt node_modules/.package-lock.json ]; then
+      npm ci --no-audit --no-fund
+    fi
+    npm run build
+  )
+fi
+for b in gateway presence-service demo-service; do
+  [ -x "$BIN/$b" ] || die "$BIN/$b is missing: run without SKIP_BUILD=1"
+done
+
+# --- run --------------------------------------------------------------------------------------------
+mkdir -p "$LOG_DIR" "$(dirname "$SESSIONS_DB")"
+declare -a PIDS=() NAMES=()
+STOPPING=0
+
+stop_all() {
+  local i pid deadline
+  trap '' INT TERM # a second Ctrl-C must not leave services running without us
+  [ "${#PIDS[@]}" -gt 0 ] || return 0
+  say "stopping ${NAMES[*]}"
+  # Reverse start order: the gateway stops taking traffic before its upstreams go.
+  for ((i = ${#PIDS[@]} - 1; i >= 0; i--)); do kill -TERM "${PIDS[$i]}" 2>/dev/null || true; done
+  deadline=$((SECONDS + 20))
+  for ((i = ${#PIDS[@]} - 1; i >= 0; i--)); do
+    pid=${PIDS[$i]}
+    while kill -0 "$pid" 2>/dev/null && [ "$SECONDS" -lt "$deadline" ]; do sleep 0.1; done
+    if kill -0 "$pid" 2>/dev/null; then
+      say "${NAMES[$i]} (pid $pid) did not stop within 20 s: killing it"
+      kill -KILL "$pid" 2>/dev/null || true
+    fi
+    wait "$pid" 2>/dev/null || true
+  done
+  PIDS=()
+  say "stopped"
+}
+trap 'STOPPING=1' INT TERM
+trap 'stop_all' EXIT
+
+# Each service is started under `set -m`, which gives it its own process group: Ctrl-C then reaches
+# only this script, which stops the services in order instead of all of them racing on one signal.
+start() {
+  local name=$1; shift
+  "$@" >"$LOG_DIR/$name.log" 2>&1 &
+  PIDS+=($!); NAMES+=("$name")
+  say "started $name (pid $!), log: $LOG_DIR/$name.log"
+}
+
+# Waits until $2 answers 2xx, or fails if the process ($3) died or READY_TIMEOUT passed.
+wait_ready() {
+  local name=$1 url=$2 pid=$3 deadline=$((SECONDS + READY_TIMEOUT))
+  until curl -fsSk -o /dev/null --max-time 2 "$url" 2>/dev/null; do
+    if [ "$STOPPING" = 1 ]; then exit 130; fi
+    if ! kill -0 "$pid" 2>/dev/null; then
+      echo "---- last lines of $LOG_DIR/$name.log ----" >&2
+      tail -n 30 "$LOG_DIR/$name.log" >&2 || true
+      die "$name exited during startup (see above)"
+    fi
+    if [ "$SECONDS" -ge "$deadline" ]; then
+      tail -n 30 "$LOG_DIR/$name.log" >&2 || true
+      die "$name not ready at $url after ${READY_TIMEOUT}s"
+    fi
+    sleep 0.2
+  done
+}
+
+check_ports # again: the build may have taken minutes
+
+set -m
+start demo-service "$BIN/demo-service" --listen "$DEMO_LISTEN" --sessions-db "$SESSIONS_DB" \
+  --web-dist integration/web/dist
+set +m
+# The demo service creates the sessions table; the gateway reads it, so it goes first.
+wait_ready demo-service "http://$DEMO_LISTEN/healthz" "${PIDS[0]}"
+set -m
+start presence-service "$BIN/presence-service" --config "$PRESENCE_CONFIG"
+start gateway "$BIN/gateway" --config "$GATEWAY_CONFIG"
+set +m
+
+PRESENCE_PORT=$(listen_ports "$PRESENCE_CONFIG" | head -n 1)
+ADMIN_ADDR=$(sed -n '/^\[admin\]/,/^\[/s/^[[:space:]]*listen[[:space:]]*=[[:space:]]*"\(.*\)".*/\1/p' "$GATEWAY_CONFIG" | head -n 1)
+ADMIN_ADDR=${ADMIN_ADDR:-127.0.0.1:9180}
+GATEWAY_PORT=$(sed -n '/^\[\[listener\]\]/,/^\[/s/^[[:space:]]*listen[[:space:]]*=[[:space:]]*".*:\([0-9]*\)".*/\1/p' "$GATEWAY_CONFIG" | head -n 1)
+wait_ready presence-service "http://127.0.0.1:${PRESENCE_PORT:-3001}/healthz" "${PIDS[1]}"
+wait_ready gateway "http://$ADMIN_ADDR/readyz" "${PIDS[2]}"
+URL=https://localhost:${GATEWAY_PORT:-8443}/
+wait_ready gateway "$URL" "${PIDS[2]}"
+
+cat <<EOF
+
+  The stack is up: $URL
+  (dev certificate: accept the browser warning, or trust certs/dev/ca.crt)
+
+  Demo logins (user / password):
+    alice / alice-pass     bob / bob-pass     carol / carol-pass     dave / dave-pass
+
+  Log in as one user in one browser window and as another in a private window:
+  each sees the other come and go on the dashboard.
+  JWKS: http://$ADMIN_ADDR/.well-known/jwks.json     Logs: $LOG_DIR/
+  Press Ctrl-C to stop.
+
+EOF
+say "ready"
+
+# Runs until Ctrl-C / SIGTERM, or until a service dies (then the others are stopped too).
+while [ "$STOPPING" = 0 ]; do
+  wait -n "${PIDS[@]}" 2>/dev/null || true
+  [ "$STOPPING" = 0 ] || break
+  for i in "${!PIDS[@]}"; do
+    if ! kill -0 "${PIDS[$i]}" 2>/dev/null; then
+      echo "---- last lines of $LOG_DIR/${NAMES[$i]}.log ----" >&2
+      tail -n 30 "$LOG_DIR/${NAMES[$i]}.log" >&2 || true
+      die "${NAMES[$i]} (pid ${PIDS[$i]}) exited unexpectedly; stopping the rest"
+    fi
+  done
+done
+exit 0

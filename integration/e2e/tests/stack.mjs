@@ -1,0 +1,205 @@
+// Starts the real stack for one test run: demo-service, presence-service and the gateway (TLS),
+// each on a free loopback port, with their own config files, dev certificate, signing key and
+// SQLite file in a fresh temp folder. Everything started here is stopped by PID in stop().
+import { spawn } from 'node:child_process';
+import { once } from 'node:events';
+import fs from 'node:fs';
+import http from 'node:http';
+import https from 'node:https';
+import net from 'node:net';
+import os from 'node:os';
+import path from 'node:path';
+import { fileURLToPath } from 'node:url';
+
+export const REPO = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../../..');
+const BIN = path.join(REPO, 'target', 'debug');
+const WEB_DIST = path.join(REPO, 'integration', 'web', 'dist');
+
+/** A port nobody listens on right now (the OS picks it). */
+async function freePort() {
+  const server = net.createServer();
+  server.listen(0, '127.0.0.1');
+  await once(server, 'listening');
+  const { port } = server.address();
+  server.close();
+  await once(server, 'close');
+  return port;
+}
+
+const client = (url) => (url.startsWith('https:') ? https : http);
+
+/** GET `url` (self-signed TLS accepted); resolves to the status code, or null on a network error. */
+function probe(url) {
+  return new Promise((resolve) => {
+    const req = client(url).get(url, { rejectUnauthorized: false, timeout: 2000 }, (res) => {
+      res.resume();
+      resolve(res.statusCode);
+    });
+    req.on('error', () => resolve(null));
+    req.on('timeout', () => req.destroy());
+  });
+}
+
+/** GET `url` and return its status and body as text. */
+export function getText(url) {
+  return new Promise((resolve, reject) => {
+    client(url)
+      .get(url, { rejectUnauthorized: false }, (res) => {
+        let body = '';
+        res.setEncoding('utf8');
+        res.on('data', (c) => (body += c));
+        res.on('end', () => resolve({ status: res.statusCode, body }));
+      })
+      .on('error', reject);
+  });
+}
+
+/** Resolves once `url` answers 2xx; fails early if `child` exits, or after `timeoutMs`. */
+async function waitReady(name, url, child, timeoutMs = 60_000) {
+  const deadline = Date.now() + timeoutMs;
+  for (;;) {
+    if (child.exitCode !== null || child.signalCode !== null) {
+      throw new Error(`${name} exited (${child.exitCode ?? child.signalCode}) before it was ready:\n${child.logTail()}`);
+    }
+    const status = await probe(url);
+    if (status !== null && status >= 200 && status < 300) return;
+    if (Date.now() > deadline) throw new Error(`${name} not ready at ${url} after ${timeoutMs} ms:\n${child.logTail()}`);
+    await new Promise((r) => setTimeout(r, 100)); // readiness polling: no event exists to await
+  }
+}
+
+function gatewayToml({ tls, admin, demo, presence }) {
+  return `# written by integration/e2e/tests/stack.mjs
+[gateway]
+id = "edge-gateway"
+shutdown_grace_secs = 0
+shutdown_timeout_secs = 2
+
+[admin]
+listen = "127.0.0.1:${admin}"
+
+[[listener]]
+listen = "127.0.0.1:${tls}"
+[listener.tls]
+cert = "certs/server.crt"
+key = "certs/server.key"
+generate_dev_cert = true
+
+[[assertion.keys]]
+kid = "e2e-1"
+private_key = { file = "certs/assertion-signing.pem" }
+generate_if_missing = true
+
+[session]
+flavour = "tower-sessions"
+cookie = "id"
+user_id_field = "axum-login.data.user_id"
+display_name_field = "display_name"
+[session.store]
+kind = "sqlite"
+path = "sessions.db"
+
+[[route]]
+name = "presence"
+path_prefix = "/socket.io/"
+upstreams = ["127.0.0.1:${presence}"]
+auth = "socketio-handshake"
+audience = "presence-service"
+
+[[route]]
+name = "demo"
+path_prefix = "/"
+upstreams = ["127.0.0.1:${demo}"]
+[route.logout]
+path = "/api/auth/logout"
+notify = ["http://127.0.0.1:${presence}/internal/sessions/ended"]
+audience = "presence-service"
+`;
+}
+
+function presenceToml({ presence, admin, mode, graceMs }) {
+  return `# written by integration/e2e/tests/stack.mjs
+[server]
+listen = "127.0.0.1:${presence}"
+[trust]
+jwks_url = "http://127.0.0.1:${admin}/.well-known/jwks.json"
+jwks_refetch_min_interval_ms = 200
+[presence]
+mode = "${mode}"
+grace_ms = ${graceMs}
+`;
+}
+
+/**
+ * @param {{ mode: 'compat' | 'diff', graceMs: number }} options
+ */
+export async function startStack({ mode, graceMs }) {
+  for (const bin of ['gateway', 'presence-service', 'demo-service']) {
+    if (!fs.existsSync(path.join(BIN, bin))) {
+      throw new Error(`${BIN}/${bin} is missing: run \`cargo build -p gateway -p presence-service -p demo-service\` first`);
+    }
+  }
+  if (!fs.existsSync(path.join(WEB_DIST, 'index.html'))) {
+    throw new Error(`${WEB_DIST}/index.html is missing: run \`npm ci && npm run build\` in integration/web first`);
+  }
+  const dir = fs.mkdtempSync(path.join(os.tmpdir(), `e2e-stack-${mode}-`));
+  const ports = { tls: await freePort(), admin: await freePort(), demo: await freePort(), presence: await freePort() };
+  fs.writeFileSync(path.join(dir, 'gateway.toml'), gatewayToml(ports));
+  fs.writeFileSync(path.join(dir, 'presence.toml'), presenceToml({ ...ports, mode, graceMs }));
+
+  const children = [];
+  const start = (name, args) => {
+    const logPath = path.join(dir, `${name}.log`);
+    const log = fs.openSync(logPath, 'a');
+    const child = spawn(path.join(BIN, name), args, {
+      cwd: dir,
+      stdio: ['ignore', log, log],
+      env: { ...process.env, RUST_LOG: process.env.RUST_LOG || 'info' },
+    });
+    fs.closeSync(log);
+    child.logTail = () => fs.readFileSync(logPath, 'utf8').split('\n').slice(-30).join('\n');
+    child.stackName = name;
+    children.push(child);
+    return child;
+  };
+
+  const stop = async () => {
+    for (const child of children.reverse()) {
+      if (child.exitCode !== null || child.signalCode !== null) continue;
+      const exited = once(child, 'exit');
+      child.kill('SIGTERM');
+      const timer = setTimeout(() => child.kill('SIGKILL'), 10_000);
+      await exited;
+      clearTimeout(timer);
+    }
+    if (!process.env.E2E_KEEP_TMP) fs.rmSync(dir, { recursive: true, force: true });
+  };
+
+  try {
+    const demo = start('demo-service', ['--listen', `127.0.0.1:${ports.demo}`, '--sessions-db', 'sessions.db', '--web-dist', WEB_DIST]);
+    // The demo service creates the sessions table that the gateway reads: it goes first.
+    await waitReady('demo-service', `http://127.0.0.1:${ports.demo}/healthz`, demo);
+    const presence = start('presence-service', ['--config', 'presence.toml']);
+    const gateway = start('gateway', ['--config', 'gateway.toml']);
+    await waitReady('presence-service', `http://127.0.0.1:${ports.presence}/healthz`, presence);
+    await waitReady('gateway', `http://127.0.0.1:${ports.admin}/readyz`, gateway);
+    await waitReady('gateway (TLS)', `https://localhost:${ports.tls}/healthz`, gateway);
+  } catch (err) {
+    await stop();
+    throw err;
+  }
+  return {
+    url: `https://localhost:${ports.tls}`,
+    adminUrl: `http://127.0.0.1:${ports.admin}`,
+    presenceUrl: `http://127.0.0.1:${ports.presence}`,
+    dir,
+    stop,
+  };
+}
+
+/** Current value of a Prometheus gauge/counter (no labels) from a /metrics page. */
+export async function metric(url, name) {
+  const { body } = await getText(url);
+  const line = body.split('\n').find((l) => l.startsWith(`${name} `));
+  return line ? Number(line.split(' ')[1]) : NaN;
+}
