@@ -174,12 +174,20 @@ impl<A: Adapter> Announcer<A> {
             Effect::Hold(user) => match self.backend.hold(&user).await {
                 Ok(true) => self.joined(user).await,
                 Ok(false) => {}
-                Err(e) => tracing::warn!(error = %e, user = %user.id, "hold not stored; re-synced when the backend is back"),
+                Err(e) => {
+                    // Redis outage: this node's sockets still hear about it now; the cluster hears
+                    // when the re-sync after the outage stores it.
+                    tracing::warn!(error = %e, user = %user.id, "hold not stored; re-synced when the backend is back");
+                    self.joined(user).await;
+                }
             },
             Effect::Release(id) => match self.backend.release(&id).await {
                 Ok(true) => self.left(id).await,
                 Ok(false) => {}
-                Err(e) => tracing::warn!(error = %e, user = %id, "release not stored; re-synced when the backend is back"),
+                Err(e) => {
+                    tracing::warn!(error = %e, user = %id, "release not stored; re-synced when the backend is back");
+                    self.left(id).await;
+                }
             },
         }
     }
@@ -199,6 +207,8 @@ impl<A: Adapter> Announcer<A> {
             Err(e) => tracing::warn!(error = %e, "presence heartbeat failed"),
         }
         self.metrics.backend_healthy.set(self.backend.is_healthy() as i64);
+        // Refreshes the gauge and the backend's last known view (what an outage serves).
+        self.online().await;
     }
 
     async fn online(&self) -> Vec<User> {
@@ -218,7 +228,11 @@ impl<A: Adapter> Announcer<A> {
         tracing::debug!(user = %user.id, "online");
         match self.cfg.mode {
             EventMode::Compat => {
-                let online = self.online().await;
+                let mut online = self.online().await;
+                // During an outage the list is the last known view: keep it consistent with the event.
+                if !online.iter().any(|u| u.id == user.id) {
+                    online.push(user.clone());
+                }
                 let payload = UserConnected {
                     online_users: &online,
                     user: &user,
@@ -233,7 +247,8 @@ impl<A: Adapter> Announcer<A> {
         tracing::debug!(user = %user_id, "offline");
         match self.cfg.mode {
             EventMode::Compat => {
-                let online = self.online().await;
+                let mut online = self.online().await;
+                online.retain(|u| u.id != user_id);
                 let payload = UserDisconnected {
                     online_users: &online,
                     user_id: &user_id,
