@@ -67,7 +67,9 @@ impl<A: Adapter> Presence<A> {
     pub fn admit(&self, user: User) -> Result<(), TooManySockets> {
         let mut model = self.model();
         let effect = model.connect(user)?;
-        self.metrics.connected_sockets.set(model.socket_count() as i64);
+        self.metrics
+            .connected_sockets
+            .set(model.socket_count() as i64);
         if let Some(effect) = effect {
             self.send(Command::Apply(effect));
         }
@@ -81,7 +83,9 @@ impl<A: Adapter> Presence<A> {
     pub fn disconnect(&self, user_id: &str) {
         let mut model = self.model();
         model.disconnect(user_id, Instant::now());
-        self.metrics.connected_sockets.set(model.socket_count() as i64);
+        self.metrics
+            .connected_sockets
+            .set(model.socket_count() as i64);
         drop(model);
         self.release_changed.notify_one();
     }
@@ -141,7 +145,11 @@ struct Announcer<A: Adapter> {
 }
 
 impl<A: Adapter> Announcer<A> {
-    async fn run(mut self, presence: Arc<Presence<A>>, mut rx: mpsc::UnboundedReceiver<Command<A>>) {
+    async fn run(
+        mut self,
+        presence: Arc<Presence<A>>,
+        mut rx: mpsc::UnboundedReceiver<Command<A>>,
+    ) {
         let mut heartbeat = tokio::time::interval(self.cfg.heartbeat_interval);
         heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut flush = tokio::time::interval(self.cfg.diff_window);
@@ -206,7 +214,9 @@ impl<A: Adapter> Announcer<A> {
             }
             Err(e) => tracing::warn!(error = %e, "presence heartbeat failed"),
         }
-        self.metrics.backend_healthy.set(self.backend.is_healthy() as i64);
+        self.metrics
+            .backend_healthy
+            .set(self.backend.is_healthy() as i64);
         // Refreshes the gauge and the backend's last known view (what an outage serves).
         self.online().await;
     }
@@ -269,7 +279,12 @@ impl<A: Adapter> Announcer<A> {
 
     async fn snapshot(&self, socket: SocketRef<A>) {
         let online = self.online().await;
-        if let Err(e) = socket.emit("online_users", &OnlineUsers { online_users: &online }) {
+        if let Err(e) = socket.emit(
+            "online_users",
+            &OnlineUsers {
+                online_users: &online,
+            },
+        ) {
             tracing::debug!(error = %e, sid = %socket.id, "snapshot not sent (socket gone?)");
         } else {
             self.metrics.emitted("online_users");
@@ -282,7 +297,10 @@ impl<A: Adapter> Announcer<A> {
         let sent = tokio::time::timeout(self.cfg.emit_timeout, self.io.emit(event, payload)).await;
         let ok = matches!(sent, Ok(Ok(())));
         if !ok {
-            tracing::warn!(event, "cluster broadcast failed; emitting to local sockets only");
+            tracing::warn!(
+                event,
+                "cluster broadcast failed; emitting to local sockets only"
+            );
             if let Err(e) = self.io.local().emit(event, payload).await {
                 tracing::warn!(event, error = %e, "local broadcast failed");
                 return;

@@ -32,7 +32,10 @@ pub enum StartError {
     #[error("redis adapter: {0}")]
     Adapter(String),
     #[error("cannot listen on {addr}: {source}")]
-    Listen { addr: std::net::SocketAddr, source: std::io::Error },
+    Listen {
+        addr: std::net::SocketAddr,
+        source: std::io::Error,
+    },
 }
 
 fn socketio_builder(cfg: &Config) -> SocketIoBuilder {
@@ -46,14 +49,19 @@ fn socketio_builder(cfg: &Config) -> SocketIoBuilder {
 }
 
 /// Starts the service and runs until `shutdown` resolves.
-pub async fn run(cfg: Config, shutdown: impl Future<Output = ()> + Send + 'static) -> Result<(), StartError> {
+pub async fn run(
+    cfg: Config,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), StartError> {
     let metrics = Metrics::new()?;
     let trust = Trust::from_config(&cfg.trust)?;
     trust.warm_up().await;
-    let listener = TcpListener::bind(cfg.listen_addr()).await.map_err(|source| StartError::Listen {
-        addr: cfg.listen_addr(),
-        source,
-    })?;
+    let listener = TcpListener::bind(cfg.listen_addr())
+        .await
+        .map_err(|source| StartError::Listen {
+            addr: cfg.listen_addr(),
+            source,
+        })?;
     match cfg.backend.kind {
         BackendKind::Memory => {
             let (layer, io) = socketio_builder(&cfg).build_layer();
@@ -85,7 +93,8 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = ()> + Send + 'stati
             } else {
                 format!("{url}?protocol=resp3")
             };
-            let adapter = RedisAdapterCtr::new_with_redis(&redis::Client::open(adapter_url)?).await?;
+            let adapter =
+                RedisAdapterCtr::new_with_redis(&redis::Client::open(adapter_url)?).await?;
             let (layer, io) = socketio_builder(&cfg)
                 .with_adapter::<RedisAdapter<_>>(adapter)
                 .build_layer();

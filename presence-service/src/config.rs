@@ -218,31 +218,51 @@ impl Config {
             path: path.to_path_buf(),
             source: Box::new(e),
         })?;
-        let invalid = |span: std::ops::Range<usize>, key: &'static str, reason: String| ConfigError::Invalid {
-            path: path.to_path_buf(),
-            line: line_of(text, span.start),
-            key,
-            reason,
+        let invalid = |span: std::ops::Range<usize>, key: &'static str, reason: String| {
+            ConfigError::Invalid {
+                path: path.to_path_buf(),
+                line: line_of(text, span.start),
+                key,
+                reason,
+            }
         };
         let listen = &config.server.listen;
         if listen.get_ref().parse::<SocketAddr>().is_err() {
-            return Err(invalid(listen.span(), "server.listen", format!("{:?} is not an ip:port", listen.get_ref())));
+            return Err(invalid(
+                listen.span(),
+                "server.listen",
+                format!("{:?} is not an ip:port", listen.get_ref()),
+            ));
         }
         let base = path.parent().unwrap_or(Path::new("."));
         for key in &mut config.trust.public_keys {
             let span = key.pem.span();
             let resolved = base.join(key.pem.get_ref());
             if !resolved.is_file() {
-                return Err(invalid(span, "trust.public_keys.pem", format!("no such file {}", resolved.display())));
+                return Err(invalid(
+                    span,
+                    "trust.public_keys.pem",
+                    format!("no such file {}", resolved.display()),
+                ));
             }
             key.pem = Spanned::new(span, resolved);
         }
         let url = &config.backend.redis_url;
-        if config.backend.kind == BackendKind::Redis && redis::Client::open(url.get_ref().as_str()).is_err() {
-            return Err(invalid(url.span(), "backend.redis_url", format!("{:?} is not a redis URL", url.get_ref())));
+        if config.backend.kind == BackendKind::Redis
+            && redis::Client::open(url.get_ref().as_str()).is_err()
+        {
+            return Err(invalid(
+                url.span(),
+                "backend.redis_url",
+                format!("{:?} is not a redis URL", url.get_ref()),
+            ));
         }
         if config.backend.node_ttl_ms <= config.backend.heartbeat_interval_ms {
-            return Err(invalid(0..0, "backend.node_ttl_ms", "must be larger than heartbeat_interval_ms".into()));
+            return Err(invalid(
+                0..0,
+                "backend.node_ttl_ms",
+                "must be larger than heartbeat_interval_ms".into(),
+            ));
         }
         Ok(config)
     }
@@ -258,7 +278,11 @@ impl Config {
 }
 
 fn line_of(text: &str, offset: usize) -> usize {
-    text[..offset.min(text.len())].bytes().filter(|b| *b == b'\n').count() + 1
+    text[..offset.min(text.len())]
+        .bytes()
+        .filter(|b| *b == b'\n')
+        .count()
+        + 1
 }
 
 pub fn ms(v: u64) -> Duration {
@@ -275,20 +299,34 @@ mod tests {
         assert_eq!(c.listen_addr().to_string(), "127.0.0.1:3001");
         assert_eq!(c.presence.mode, EventMode::Compat);
         assert_eq!(c.backend.kind, BackendKind::Memory);
-        assert_eq!(c.trust.jwks_url, "http://127.0.0.1:9180/.well-known/jwks.json");
+        assert_eq!(
+            c.trust.jwks_url,
+            "http://127.0.0.1:9180/.well-known/jwks.json"
+        );
     }
 
     #[test]
     fn unknown_key_names_file_line_and_key() {
-        let err = Config::parse("[presence]\nmode = \"diff\"\ngrace = 3\n", Path::new("p.toml")).unwrap_err();
+        let err = Config::parse(
+            "[presence]\nmode = \"diff\"\ngrace = 3\n",
+            Path::new("p.toml"),
+        )
+        .unwrap_err();
         let msg = err.to_string();
-        assert!(msg.contains("p.toml") && msg.contains("line 3") && msg.contains("grace"), "{msg}");
+        assert!(
+            msg.contains("p.toml") && msg.contains("line 3") && msg.contains("grace"),
+            "{msg}"
+        );
     }
 
     #[test]
     fn bad_listen_names_line_and_key() {
-        let err = Config::parse("\n[server]\nlisten = \"nope\"\n", Path::new("p.toml")).unwrap_err();
-        assert_eq!(err.to_string(), "p.toml:3: `server.listen`: \"nope\" is not an ip:port");
+        let err =
+            Config::parse("\n[server]\nlisten = \"nope\"\n", Path::new("p.toml")).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "p.toml:3: `server.listen`: \"nope\" is not an ip:port"
+        );
     }
 
     #[test]
@@ -298,9 +336,16 @@ mod tests {
         std::fs::write(dir.join("keys/k.pem"), "x").unwrap();
         let text = "[[trust.public_keys]]\nkid = \"k\"\npem = \"keys/k.pem\"\n";
         let c = Config::parse(text, &dir.join("p.toml")).unwrap();
-        assert_eq!(c.trust.public_keys[0].pem.get_ref(), &dir.join("keys/k.pem"));
+        assert_eq!(
+            c.trust.public_keys[0].pem.get_ref(),
+            &dir.join("keys/k.pem")
+        );
         let err = Config::parse(text, Path::new("/nonexistent/p.toml")).unwrap_err();
-        assert!(err.to_string().starts_with("/nonexistent/p.toml:3: `trust.public_keys.pem`"), "{err}");
+        assert!(
+            err.to_string()
+                .starts_with("/nonexistent/p.toml:3: `trust.public_keys.pem`"),
+            "{err}"
+        );
         std::fs::remove_dir_all(dir).ok();
     }
 

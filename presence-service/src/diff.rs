@@ -97,15 +97,33 @@ mod tests {
         let mut b = DiffBatch::default();
         b.join(user("a"));
         b.leave("a".into());
-        assert_eq!(b.take().unwrap(), PresenceDiff { joins: vec![], leaves: vec!["a".into()] });
+        assert_eq!(
+            b.take().unwrap(),
+            PresenceDiff {
+                joins: vec![],
+                leaves: vec!["a".into()]
+            }
+        );
         b.leave("a".into());
         b.join(user("a"));
-        assert_eq!(b.take().unwrap(), PresenceDiff { joins: vec![user("a")], leaves: vec![] });
+        assert_eq!(
+            b.take().unwrap(),
+            PresenceDiff {
+                joins: vec![user("a")],
+                leaves: vec![]
+            }
+        );
     }
 
     #[test]
     fn serializes_as_the_documented_shape() {
-        let d = PresenceDiff { joins: vec![user("a")], leaves: vec!["b".into()] };
-        assert_eq!(serde_json::to_string(&d).unwrap(), r#"{"joins":[{"id":"a","name":"a"}],"leaves":["b"]}"#);
+        let d = PresenceDiff {
+            joins: vec![user("a")],
+            leaves: vec!["b".into()],
+        };
+        assert_eq!(
+            serde_json::to_string(&d).unwrap(),
+            r#"{"joins":[{"id":"a","name":"a"}],"leaves":["b"]}"#
+        );
     }
 }

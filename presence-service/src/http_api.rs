@@ -34,23 +34,41 @@ pub fn router<A: Adapter>(ctx: Arc<HttpContext<A>>) -> Router {
         .with_state(ctx)
 }
 
-async fn authorize<A: Adapter>(ctx: &HttpContext<A>, headers: &HeaderMap, route: &str) -> Result<identity_assertion::Claims, Response> {
+async fn authorize<A: Adapter>(
+    ctx: &HttpContext<A>,
+    headers: &HeaderMap,
+    route: &str,
+) -> Result<identity_assertion::Claims, Response> {
     ctx.trust.verify_headers(headers).await.map_err(|e| {
         ctx.metrics.rejected(e.reason());
         tracing::warn!(reason = e.reason(), detail = %e, route, "request refused");
-        (StatusCode::UNAUTHORIZED, format!("unauthorized: {}\n", e.reason())).into_response()
+        (
+            StatusCode::UNAUTHORIZED,
+            format!("unauthorized: {}\n", e.reason()),
+        )
+            .into_response()
     })
 }
 
-async fn presence<A: Adapter>(State(ctx): State<Arc<HttpContext<A>>>, headers: HeaderMap) -> Response {
+async fn presence<A: Adapter>(
+    State(ctx): State<Arc<HttpContext<A>>>,
+    headers: HeaderMap,
+) -> Response {
     if let Err(r) = authorize(&ctx, &headers, "/presence").await {
         return r;
     }
     match ctx.backend.online().await {
-        Ok(users) => Json(OnlineUsers { online_users: &users }).into_response(),
+        Ok(users) => Json(OnlineUsers {
+            online_users: &users,
+        })
+        .into_response(),
         Err(e) => {
             tracing::warn!(error = %e, "GET /presence: backend error");
-            (StatusCode::SERVICE_UNAVAILABLE, "presence store unavailable\n").into_response()
+            (
+                StatusCode::SERVICE_UNAVAILABLE,
+                "presence store unavailable\n",
+            )
+                .into_response()
         }
     }
 }
@@ -59,13 +77,20 @@ async fn readyz<A: Adapter>(State(ctx): State<Arc<HttpContext<A>>>) -> Response 
     if ctx.backend.is_healthy() {
         "ready".into_response()
     } else {
-        (StatusCode::SERVICE_UNAVAILABLE, "presence store unreachable\n").into_response()
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "presence store unreachable\n",
+        )
+            .into_response()
     }
 }
 
 async fn metrics<A: Adapter>(State(ctx): State<Arc<HttpContext<A>>>) -> Response {
     (
-        [(axum::http::header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+        [(
+            axum::http::header::CONTENT_TYPE,
+            "text/plain; version=0.0.4",
+        )],
         ctx.metrics.render(),
     )
         .into_response()
@@ -74,7 +99,10 @@ async fn metrics<A: Adapter>(State(ctx): State<Arc<HttpContext<A>>>) -> Response
 /// The gateway saw a logout: close every socket opened under that session, on every node (the
 /// adapter carries the disconnect to the others). Their users go offline after the grace period
 /// unless another session of theirs is still connected.
-async fn session_ended<A: Adapter>(State(ctx): State<Arc<HttpContext<A>>>, headers: HeaderMap) -> Response {
+async fn session_ended<A: Adapter>(
+    State(ctx): State<Arc<HttpContext<A>>>,
+    headers: HeaderMap,
+) -> Response {
     let claims = match authorize(&ctx, &headers, "/internal/sessions/ended").await {
         Ok(c) => c,
         Err(r) => return r,
@@ -88,7 +116,11 @@ async fn session_ended<A: Adapter>(State(ctx): State<Arc<HttpContext<A>>>, heade
         }
         Err(e) => {
             tracing::warn!(error = %e, user = %claims.sub, "session ended: disconnect failed on some node");
-            (StatusCode::BAD_GATEWAY, "disconnect did not reach every node\n").into_response()
+            (
+                StatusCode::BAD_GATEWAY,
+                "disconnect did not reach every node\n",
+            )
+                .into_response()
         }
     }
 }

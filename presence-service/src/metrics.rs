@@ -15,17 +15,32 @@ pub struct Metrics {
 impl Metrics {
     pub fn new() -> Result<Self, prometheus::Error> {
         let registry = Registry::new();
-        let connected_sockets = IntGauge::new("presence_connected_sockets", "Sockets connected to this node")?;
-        let online_users = IntGauge::new("presence_online_users", "Users online on any node, as last seen by this node")?;
+        let connected_sockets = IntGauge::new(
+            "presence_connected_sockets",
+            "Sockets connected to this node",
+        )?;
+        let online_users = IntGauge::new(
+            "presence_online_users",
+            "Users online on any node, as last seen by this node",
+        )?;
         let events_emitted = IntCounterVec::new(
-            Opts::new("presence_events_emitted_total", "Presence events emitted (one per broadcast or per socket snapshot)"),
+            Opts::new(
+                "presence_events_emitted_total",
+                "Presence events emitted (one per broadcast or per socket snapshot)",
+            ),
             &["event"],
         )?;
         let rejected_handshakes = IntCounterVec::new(
-            Opts::new("presence_rejected_handshakes_total", "Refused Socket.IO connections and HTTP requests, by reason"),
+            Opts::new(
+                "presence_rejected_handshakes_total",
+                "Refused Socket.IO connections and HTTP requests, by reason",
+            ),
             &["reason"],
         )?;
-        let backend_healthy = IntGauge::new("presence_backend_healthy", "1 while the shared presence store is reachable")?;
+        let backend_healthy = IntGauge::new(
+            "presence_backend_healthy",
+            "1 while the shared presence store is reachable",
+        )?;
         registry.register(Box::new(connected_sockets.clone()))?;
         registry.register(Box::new(online_users.clone()))?;
         registry.register(Box::new(events_emitted.clone()))?;

@@ -251,7 +251,10 @@ mod tests {
             id: "a".into(),
             name: "Alice".into(),
         };
-        assert_eq!(m.connect(renamed.clone()), Ok(Some(Effect::Hold(renamed.clone()))));
+        assert_eq!(
+            m.connect(renamed.clone()),
+            Ok(Some(Effect::Hold(renamed.clone())))
+        );
         assert_eq!(m.held(), vec![renamed]);
     }
 
@@ -273,7 +276,11 @@ mod tests {
         }
         assert_eq!(
             m.expire(t0 + GRACE),
-            vec![Effect::Release("a".into()), Effect::Release("b".into()), Effect::Release("c".into())]
+            vec![
+                Effect::Release("a".into()),
+                Effect::Release("b".into()),
+                Effect::Release("c".into())
+            ]
         );
     }
 }

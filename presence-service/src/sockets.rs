@@ -48,7 +48,10 @@ pub fn session_room(session: &str) -> String {
 
 /// Registers the default namespace. Returns the adapter's init result (Redis: a future that
 /// subscribes to the cluster channels and must be awaited).
-pub fn register<A: Adapter + DefinedAdapter>(io: &SocketIo<A>, ctx: Arc<SocketContext<A>>) -> A::InitRes {
+pub fn register<A: Adapter + DefinedAdapter>(
+    io: &SocketIo<A>,
+    ctx: Arc<SocketContext<A>>,
+) -> A::InitRes {
     let on_connect = {
         let ctx = ctx.clone();
         move |socket: SocketRef<A>| {
@@ -105,7 +108,12 @@ fn connected<A: Adapter>(ctx: Arc<SocketContext<A>>, socket: SocketRef<A>) {
         let metrics = metrics.clone();
         async move {
             let users = backend.online().await.unwrap_or_default();
-            if ack.send(&OnlineUsers { online_users: &users }).is_ok() {
+            if ack
+                .send(&OnlineUsers {
+                    online_users: &users,
+                })
+                .is_ok()
+            {
                 metrics.emitted("get_online_users_ack");
             }
         }

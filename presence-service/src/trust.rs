@@ -20,7 +20,11 @@ use crate::config::TrustConfig;
 #[derive(Debug, thiserror::Error)]
 pub enum KeyLoadError {
     #[error("public key {kid:?} from {path}: {reason}")]
-    Pem { kid: String, path: String, reason: String },
+    Pem {
+        kid: String,
+        path: String,
+        reason: String,
+    },
     #[error("JWKS from {url}: {reason}")]
     Jwks { url: String, reason: String },
 }
@@ -59,21 +63,25 @@ impl Trust {
             let mut keys = KeySet::new();
             for k in &cfg.public_keys {
                 let path = k.pem.get_ref().display().to_string();
-                let pem = std::fs::read_to_string(k.pem.get_ref()).map_err(|e| KeyLoadError::Pem {
-                    kid: k.kid.clone(),
-                    path: path.clone(),
-                    reason: e.to_string(),
-                })?;
-                keys.insert_public_pem(&k.kid, &pem).map_err(|e| KeyLoadError::Pem {
-                    kid: k.kid.clone(),
-                    path,
-                    reason: e.to_string(),
-                })?;
+                let pem =
+                    std::fs::read_to_string(k.pem.get_ref()).map_err(|e| KeyLoadError::Pem {
+                        kid: k.kid.clone(),
+                        path: path.clone(),
+                        reason: e.to_string(),
+                    })?;
+                keys.insert_public_pem(&k.kid, &pem)
+                    .map_err(|e| KeyLoadError::Pem {
+                        kid: k.kid.clone(),
+                        path,
+                        reason: e.to_string(),
+                    })?;
             }
             KeySource::Fixed(keys)
         };
         let header = http::HeaderName::from_bytes(cfg.header.to_ascii_lowercase().as_bytes())
-            .unwrap_or(http::HeaderName::from_static(identity_assertion::DEFAULT_HEADER));
+            .unwrap_or(http::HeaderName::from_static(
+                identity_assertion::DEFAULT_HEADER,
+            ));
         Ok(Self {
             verifier: AssertionVerifier::new(&cfg.issuer, &cfg.audience, cfg.leeway_secs),
             header,
@@ -87,7 +95,9 @@ impl Trust {
         if let KeySource::Jwks { url, .. } = &*self.source {
             match self.refetch(true).await {
                 Ok(n) => tracing::info!(%url, keys = n, "JWKS loaded"),
-                Err(e) => tracing::warn!(error = %e, "JWKS not loaded yet; will retry on the first handshake"),
+                Err(e) => {
+                    tracing::warn!(error = %e, "JWKS not loaded yet; will retry on the first handshake")
+                }
             }
         }
     }
@@ -155,7 +165,9 @@ async fn fetch_jwks(url: &str) -> Result<KeySet, KeyLoadError> {
         url: url.to_string(),
         reason,
     };
-    let uri: http::Uri = url.parse().map_err(|e: http::uri::InvalidUri| bad(e.to_string()))?;
+    let uri: http::Uri = url
+        .parse()
+        .map_err(|e: http::uri::InvalidUri| bad(e.to_string()))?;
     // The JWKS is served on the gateway's admin listener, plain HTTP on loopback / a private net.
     let client = Client::builder(TokioExecutor::new()).build_http::<Empty<Bytes>>();
     let resp = client.get(uri).await.map_err(|e| bad(e.to_string()))?;

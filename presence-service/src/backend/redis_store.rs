@@ -94,9 +94,12 @@ impl RedisBackend {
         let cfg = redis::aio::ConnectionManagerConfig::new()
             .set_response_timeout(Some(op_timeout))
             .set_connection_timeout(Some(op_timeout));
-        let conn = tokio::time::timeout(op_timeout * 5, ConnectionManager::new_with_config(client, cfg))
-            .await
-            .map_err(|_| BackendError::Timeout(op_timeout.as_millis() as u64 * 5))??;
+        let conn = tokio::time::timeout(
+            op_timeout * 5,
+            ConnectionManager::new_with_config(client, cfg),
+        )
+        .await
+        .map_err(|_| BackendError::Timeout(op_timeout.as_millis() as u64 * 5))??;
         Ok(Self {
             conn,
             node_id,
@@ -133,7 +136,9 @@ impl RedisBackend {
         };
         if res.is_err() {
             if self.healthy.swap(false, Ordering::Relaxed) {
-                tracing::warn!("redis unreachable: keeping local connections, serving the last known view");
+                tracing::warn!(
+                    "redis unreachable: keeping local connections, serving the last known view"
+                );
             }
             if write {
                 self.dirty.store(true, Ordering::Relaxed);
@@ -170,9 +175,17 @@ impl RedisBackend {
     async fn resync(&self, held: &[User], changes: &mut Changes) -> Result<(), BackendError> {
         let mut conn = self.conn.clone();
         let stored: Vec<String> = self
-            .bounded(false, redis::cmd("HKEYS").arg(self.node_key()).query_async(&mut conn))
+            .bounded(
+                false,
+                redis::cmd("HKEYS")
+                    .arg(self.node_key())
+                    .query_async(&mut conn),
+            )
             .await?;
-        for id in stored.iter().filter(|id| !held.iter().any(|u| &u.id == *id)) {
+        for id in stored
+            .iter()
+            .filter(|id| !held.iter().any(|u| &u.id == *id))
+        {
             if self.release_one(id).await? {
                 changes.leaves.push(id.clone());
             }
@@ -199,7 +212,12 @@ impl PresenceBackend for RedisBackend {
     async fn online(&self) -> Result<Vec<User>, BackendError> {
         let mut conn = self.conn.clone();
         let fetched: Result<Vec<String>, _> = self
-            .bounded(false, redis::cmd("HVALS").arg(self.key("users")).query_async(&mut conn))
+            .bounded(
+                false,
+                redis::cmd("HVALS")
+                    .arg(self.key("users"))
+                    .query_async(&mut conn),
+            )
             .await;
         let mut view = self.last_view.lock().unwrap_or_else(|p| p.into_inner());
         match fetched {
