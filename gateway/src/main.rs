@@ -37,11 +37,16 @@ enum Command {
 }
 
 fn main() -> ExitCode {
+    // Pingora logs every refused or failed request itself at error level; the gateway logs
+    // each request once, with its reason, so Pingora's own lines are kept to real faults.
     tracing_subscriber::fmt()
         .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| "info,pingora_core=warn,pingora_proxy=warn".into()),
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| {
+                "info,pingora_core=warn,pingora_proxy=off,pingora_load_balancing=error".into()
+            }),
         )
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .with_writer(std::io::stderr)
         .init();
     let cli = Cli::parse();
     match cli.command.unwrap_or(Command::Run) {

@@ -1,0 +1,518 @@
+//! Real parts for the gateway's integration tests: the gateway binary, a real redis-server, a
+//! real SQLite session file written by tower-sessions' own store, and upstreams that record
+//! what reaches them. Every process is started on a free loopback port and killed on drop.
+#![allow(dead_code)]
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper_util::rt::TokioIo;
+use identity_assertion::{AssertionVerifier, Claims, KeySet, SigningKey};
+use tokio::net::TcpListener;
+
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free port")
+}
+
+/// Polls `check` until it is true, for at most `limit`.
+pub async fn eventually<F, Fut>(limit: Duration, mut check: F) -> bool
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = tokio::time::Instant::now() + limit;
+    loop {
+        if check().await {
+            return true;
+        }
+        if tokio::time::Instant::now() > deadline {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+// ---------------------------------------------------------------- redis
+
+pub struct Redis {
+    pub port: u16,
+    dir: tempfile::TempDir,
+    child: Option<Child>,
+}
+
+impl Redis {
+    pub async fn start() -> Self {
+        let mut r = Self {
+            port: free_port(),
+            dir: tempfile::tempdir().expect("tempdir"),
+            child: None,
+        };
+        r.restart().await;
+        r
+    }
+
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+
+    /// (Re)starts redis-server on the same port, and waits until it answers PING.
+    pub async fn restart(&mut self) {
+        let child = Command::new("redis-server")
+            .args([
+                "--port",
+                &self.port.to_string(),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+            ])
+            .arg("--dir")
+            .arg(self.dir.path())
+            .stdout(Stdio::null())
+            .spawn()
+            .expect("redis-server on PATH (apt-get install redis-server)");
+        self.child = Some(child);
+        let port = self.port;
+        assert!(
+            eventually(Duration::from_secs(10), || async move {
+                redis_cmd(port, &["PING"]).await.is_some()
+            })
+            .await,
+            "redis-server did not start"
+        );
+    }
+
+    pub fn stop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    pub async fn cmd(&self, args: &[&str]) -> Option<String> {
+        redis_cmd(self.port, args).await
+    }
+}
+
+impl Drop for Redis {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// One RESP command over a fresh connection; returns the first line of the reply.
+async fn redis_cmd(port: u16, args: &[&str]) -> Option<String> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .ok()?;
+    let mut req = format!("*{}\r\n", args.len());
+    for a in args {
+        req.push_str(&format!("${}\r\n{}\r\n", a.len(), a));
+    }
+    s.write_all(req.as_bytes()).await.ok()?;
+    let mut buf = vec![0u8; 4096];
+    let n = tokio::time::timeout(Duration::from_secs(2), s.read(&mut buf))
+        .await
+        .ok()?
+        .ok()?;
+    (n > 0).then(|| String::from_utf8_lossy(&buf[..n]).to_string())
+}
+
+// ---------------------------------------------------------------- recording upstream
+
+#[derive(Debug, Clone)]
+pub struct Recorded {
+    pub method: String,
+    pub uri: String,
+    pub headers: Vec<(String, String)>,
+}
+
+impl Recorded {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+
+    /// Every header whose name, with `_` read as `-`, is `name`.
+    pub fn headers_like(&self, name: &str) -> Vec<&str> {
+        self.headers
+            .iter()
+            .filter(|(k, _)| k.replace('_', "-").eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+            .collect()
+    }
+}
+
+/// An HTTP upstream that records every request. It answers Engine.IO polling handshakes with
+/// an open packet whose `sid` names this upstream, so stickiness can be observed.
+pub struct Upstream {
+    pub addr: SocketAddr,
+    pub name: String,
+    pub seen: Arc<Mutex<Vec<Recorded>>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Upstream {
+    pub async fn start(name: &str) -> Self {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let seen: Arc<Mutex<Vec<Recorded>>> = Arc::default();
+        let (seen2, name2) = (seen.clone(), name.to_string());
+        let counter = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let task = tokio::spawn(async move {
+            loop {
+                let Ok((stream, _)) = listener.accept().await else {
+                    break;
+                };
+                let (seen, name, counter) = (seen2.clone(), name2.clone(), counter.clone());
+                tokio::spawn(async move {
+                    let svc = service_fn(move |req: hyper::Request<Incoming>| {
+                        let (seen, name, counter) = (seen.clone(), name.clone(), counter.clone());
+                        async move {
+                            let rec = Recorded {
+                                method: req.method().to_string(),
+                                uri: req.uri().to_string(),
+                                headers: req
+                                    .headers()
+                                    .iter()
+                                    .map(|(k, v)| {
+                                        (
+                                            k.as_str().to_string(),
+                                            v.to_str().unwrap_or("").to_string(),
+                                        )
+                                    })
+                                    .collect(),
+                            };
+                            let is_handshake =
+                                rec.uri.contains("EIO=") && !rec.uri.contains("sid=");
+                            seen.lock().unwrap().push(rec);
+                            let body = if is_handshake {
+                                let n = counter.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                                format!(
+                                    r#"0{{"sid":"{name}-{n}","upgrades":["websocket"],"pingInterval":25000,"pingTimeout":20000,"maxPayload":1000000}}"#
+                                )
+                            } else {
+                                format!("ok from {name}")
+                            };
+                            Ok::<_, hyper::Error>(
+                                hyper::Response::builder()
+                                    .header("x-upstream", name.as_str())
+                                    .body(Full::new(Bytes::from(body)))
+                                    .expect("response"),
+                            )
+                        }
+                    });
+                    let _ = hyper::server::conn::http1::Builder::new()
+                        .serve_connection(TokioIo::new(stream), svc)
+                        .with_upgrades()
+                        .await;
+                });
+            }
+        });
+        Self {
+            addr,
+            name: name.to_string(),
+            seen,
+            task,
+        }
+    }
+
+    pub fn requests(&self) -> Vec<Recorded> {
+        self.seen.lock().unwrap().clone()
+    }
+
+    pub fn count(&self) -> usize {
+        self.seen.lock().unwrap().len()
+    }
+}
+
+impl Drop for Upstream {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+// ---------------------------------------------------------------- sessions
+
+/// Writes a tower-sessions record with the real SQLite store, as an axum-login app would.
+pub async fn tower_session_sqlite(
+    db: &Path,
+    user_id: &str,
+    name: Option<&str>,
+    expires_in: time::Duration,
+) -> String {
+    use tower_sessions::session::{Id, Record};
+    use tower_sessions::session_store::SessionStore;
+    use tower_sessions_sqlx_store::sqlx::sqlite::SqlitePoolOptions;
+    let pool = SqlitePoolOptions::new()
+        .connect(&format!("sqlite://{}?mode=rwc", db.display()))
+        .await
+        .expect("sqlite");
+    let store = tower_sessions_sqlx_store::SqliteStore::new(pool);
+    store.migrate().await.expect("migrate");
+    let mut data = std::collections::HashMap::new();
+    data.insert(
+        "axum-login.data".to_string(),
+        serde_json::json!({"user_id": user_id, "auth_hash": [1, 2, 3]}),
+    );
+    if let Some(n) = name {
+        data.insert("display_name".to_string(), serde_json::json!(n));
+    }
+    let mut record = Record {
+        id: Id::default(),
+        data,
+        expiry_date: time::OffsetDateTime::now_utc() + expires_in,
+    };
+    store.create(&mut record).await.expect("create session");
+    record.id.to_string()
+}
+
+/// The same cookie value signed by the real `cookie` crate, as tower-sessions' `with_signed` does.
+pub fn sign_tower_cookie(value: &str, master_key: &[u8]) -> String {
+    use tower_sessions::cookie::{Cookie, CookieJar, Key};
+    let mut jar = CookieJar::new();
+    jar.signed_mut(&Key::from(master_key))
+        .add(Cookie::new("id", value.to_string()));
+    jar.get("id").expect("signed cookie").value().to_string()
+}
+
+/// express-session's cookie for `sid` signed with `secret` (cookie-signature), URL-encoded.
+pub fn express_cookie(sid: &str, secret: &str) -> String {
+    use base64::Engine;
+    use hmac::{Hmac, Mac};
+    let mut mac = Hmac::<sha2::Sha256>::new_from_slice(secret.as_bytes()).expect("key");
+    mac.update(sid.as_bytes());
+    let sig = base64::engine::general_purpose::STANDARD_NO_PAD.encode(mac.finalize().into_bytes());
+    percent_encoding::utf8_percent_encode(
+        &format!("s:{sid}.{sig}"),
+        percent_encoding::NON_ALPHANUMERIC,
+    )
+    .to_string()
+}
+
+/// A connect-redis session value with Passport's user, expiring `expires_in` from now.
+pub fn express_session_json(user: &str, expires_in: time::Duration) -> String {
+    let expires = (time::OffsetDateTime::now_utc() + expires_in)
+        .format(&time::format_description::well_known::Rfc3339)
+        .expect("rfc3339");
+    serde_json::json!({
+        "cookie": {"originalMaxAge": 2592000000u64, "expires": expires, "httpOnly": true, "path": "/"},
+        "passport": {"user": user}
+    })
+    .to_string()
+}
+
+// ---------------------------------------------------------------- the gateway
+
+pub struct Gateway {
+    pub http: u16,
+    pub admin: u16,
+    pub dir: tempfile::TempDir,
+    child: Child,
+    pub log: PathBuf,
+}
+
+pub fn gateway_bin() -> &'static str {
+    env!("CARGO_BIN_EXE_gateway")
+}
+
+impl Gateway {
+    /// Starts the gateway with `body` (the [session] and [[route]] tables) plus a plain listener,
+    /// an admin listener and a fresh signing key, and waits until it serves.
+    pub async fn start(body: &str) -> Self {
+        Self::start_with(body, "").await
+    }
+
+    pub async fn start_with(body: &str, gateway_section: &str) -> Self {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let key = SigningKey::generate("test-1");
+        std::fs::write(dir.path().join("signing.pem"), key.to_pkcs8_pem()).expect("key");
+        let (http, admin) = (free_port(), free_port());
+        let config = format!(
+            r#"
+[gateway]
+id = "edge-gateway"
+threads = 1
+shutdown_grace_secs = 0
+shutdown_timeout_secs = 1
+{gateway_section}
+
+[admin]
+listen = "127.0.0.1:{admin}"
+
+[[listener]]
+listen = "127.0.0.1:{http}"
+
+[[assertion.keys]]
+kid = "test-1"
+private_key = {{ file = "signing.pem" }}
+
+{body}
+"#
+        );
+        let cfg_path = dir.path().join("gateway.toml");
+        std::fs::write(&cfg_path, config).expect("config");
+        let log = dir.path().join("gateway.log");
+        let child = Command::new(gateway_bin())
+            .arg("--config")
+            .arg(&cfg_path)
+            .env("RUST_LOG", "info,pingora_proxy=off")
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).expect("log"))
+            .spawn()
+            .expect("gateway binary");
+        let gw = Self {
+            http,
+            admin,
+            dir,
+            child,
+            log,
+        };
+        let ok = eventually(Duration::from_secs(20), || async move {
+            get(&format!("http://127.0.0.1:{admin}/healthz"), &[])
+                .await
+                .map(|r| r.0)
+                == Some(200)
+        })
+        .await;
+        assert!(ok, "gateway did not start; log:\n{}", gw.log_text());
+        gw
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://127.0.0.1:{}{path}", self.http)
+    }
+
+    pub fn admin_url(&self, path: &str) -> String {
+        format!("http://127.0.0.1:{}{path}", self.admin)
+    }
+
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Waits until every route reports a healthy upstream (health checks ran once).
+    pub async fn wait_ready(&self) {
+        let url = self.admin_url("/readyz");
+        let ok = eventually(Duration::from_secs(15), || {
+            let url = url.clone();
+            async move { get(&url, &[]).await.map(|r| r.0) == Some(200) }
+        })
+        .await;
+        assert!(ok, "gateway never became ready: {:?}", get(&url, &[]).await);
+    }
+
+    /// Verifies an assertion against the gateway's published JWKS.
+    pub async fn verify(
+        &self,
+        token: &str,
+        audience: &str,
+    ) -> Result<Claims, identity_assertion::VerifyError> {
+        let (_, _, body) = get(&self.admin_url("/.well-known/jwks.json"), &[])
+            .await
+            .expect("jwks");
+        let keys = KeySet::from_jwks_json(&body).expect("valid jwks");
+        AssertionVerifier::new("edge-gateway", audience, 5).verify(token, &keys)
+    }
+
+    /// Sum of a Prometheus counter/histogram-count line family matching `prefix`.
+    pub async fn metric(&self, prefix: &str) -> f64 {
+        let (_, _, body) = get(&self.admin_url("/metrics"), &[])
+            .await
+            .expect("metrics");
+        body.lines()
+            .filter(|l| l.starts_with(prefix))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum()
+    }
+
+    pub fn sigterm(&self) {
+        let _ = Command::new("kill")
+            .arg("-TERM")
+            .arg(self.child.id().to_string())
+            .status();
+    }
+
+    pub fn wait_exit(&mut self, limit: Duration) -> Option<std::process::ExitStatus> {
+        let deadline = std::time::Instant::now() + limit;
+        while std::time::Instant::now() < deadline {
+            if let Ok(Some(s)) = self.child.try_wait() {
+                return Some(s);
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        None
+    }
+}
+
+impl Drop for Gateway {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+// ---------------------------------------------------------------- a tiny HTTP client
+
+/// Sends a request with exactly these headers (repeats allowed); returns status, headers, body.
+pub async fn request(
+    method: &str,
+    url: &str,
+    headers: &[(&str, &str)],
+) -> Option<(u16, Vec<(String, String)>, String)> {
+    let uri: hyper::Uri = url.parse().ok()?;
+    let host = uri.authority()?.to_string();
+    let stream = tokio::net::TcpStream::connect(&host).await.ok()?;
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+        .await
+        .ok()?;
+    tokio::spawn(conn);
+    let mut req = hyper::Request::builder()
+        .method(method)
+        .uri(uri.path_and_query().map(|p| p.as_str()).unwrap_or("/"))
+        .header("host", host);
+    for (k, v) in headers {
+        req = req.header(*k, *v);
+    }
+    let req = req.body(Full::new(Bytes::new())).ok()?;
+    let resp = tokio::time::timeout(Duration::from_secs(10), sender.send_request(req))
+        .await
+        .ok()?
+        .ok()?;
+    let status = resp.status().as_u16();
+    let hdrs = resp
+        .headers()
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_str().unwrap_or("").to_string()))
+        .collect();
+    let body = resp.into_body().collect().await.ok()?.to_bytes();
+    Some((status, hdrs, String::from_utf8_lossy(&body).to_string()))
+}
+
+pub async fn get(
+    url: &str,
+    headers: &[(&str, &str)],
+) -> Option<(u16, Vec<(String, String)>, String)> {
+    request("GET", url, headers).await
+}
+
+pub fn header<'a>(hdrs: &'a [(String, String)], name: &str) -> Option<&'a str> {
+    hdrs.iter()
+        .find(|(k, _)| k.eq_ignore_ascii_case(name))
+        .map(|(_, v)| v.as_str())
+}
