@@ -5,12 +5,18 @@
 # stopped cleanly and freed its ports. Then check that it refuses to start on a busy port.
 #
 #   integration/dev-stack-smoke.sh            (SMOKE_TIMEOUT: seconds for build + start, default 2400)
+#
+# It checks the default ports. To try it beside another running stack, point dev-stack.sh at
+# other configs (GATEWAY_CONFIG, PRESENCE_CONFIG, DEMO_LISTEN, SESSIONS_DB) and set SMOKE_URL,
+# SMOKE_ADMIN, SMOKE_PORTS and SMOKE_PRESENCE_PORT to match.
 set -uo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$ROOT"
-URL=https://localhost:8443
-ADMIN=http://127.0.0.1:9180
+URL=${SMOKE_URL:-https://localhost:8443}
+ADMIN=${SMOKE_ADMIN:-http://127.0.0.1:9180}
+PORTS=${SMOKE_PORTS:-8443 9180 3000 3001}
+PRESENCE_PORT=${SMOKE_PRESENCE_PORT:-3001}
 TIMEOUT=${SMOKE_TIMEOUT:-2400}
 LOG=$(mktemp -t dev-stack-smoke.XXXXXX)
 passed=0
@@ -33,8 +39,12 @@ trap 'exit 130' INT TERM
 
 # --- start, as README says ------------------------------------------------------------------------
 echo "# starting integration/dev-stack.sh (log: $LOG)"
+# Under `set -m` the script gets its own process group and keeps SIGINT (a plain `&` job of a
+# script starts with SIGINT ignored), so the Ctrl-C below is what a terminal would send.
+set -m
 bash integration/dev-stack.sh >"$LOG" 2>&1 &
 STACK_PID=$!
+set +m
 deadline=$((SECONDS + TIMEOUT))
 until grep -q '\[dev-stack\].* ready$' "$LOG"; do
   if ! kill -0 "$STACK_PID" 2>/dev/null; then
@@ -50,7 +60,7 @@ until grep -q '\[dev-stack\].* ready$' "$LOG"; do
   sleep 1
 done
 ok "dev-stack.sh came up"
-check "it printed the URL" grep -q "https://localhost:8443/" "$LOG"
+check "it printed the URL" grep -q "$URL/" "$LOG"
 check "it printed the demo logins" grep -q "alice / alice-pass" "$LOG"
 
 # --- what a newcomer checks -------------------------------------------------------------------------
@@ -79,7 +89,7 @@ check "the JWKS has an Ed25519 key" node -e '
 check "the gateway is ready" curl -fsS -o /dev/null "$ADMIN/readyz"
 
 # --- Ctrl-C stops everything ------------------------------------------------------------------------
-kill -INT "$STACK_PID"
+kill -INT -- "-$STACK_PID" # the whole foreground group, as a terminal's Ctrl-C does
 stop_deadline=$((SECONDS + 40))
 while kill -0 "$STACK_PID" 2>/dev/null && [ "$SECONDS" -lt "$stop_deadline" ]; do sleep 0.2; done
 if kill -0 "$STACK_PID" 2>/dev/null; then
@@ -91,16 +101,16 @@ else
   check "Ctrl-C stopped dev-stack.sh with exit code 0 (was $code)" test "$code" = 0
 fi
 port_free() { ! (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
-for port in 8443 9180 3000 3001; do check "port $port is free again" port_free "$port"; done
+for port in $PORTS; do check "port $port is free again" port_free "$port"; done
 
 # --- a busy port is refused clearly -----------------------------------------------------------------
-python3 -c 'import socket,time; s=socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1); s.bind(("127.0.0.1", 3001)); s.listen(); time.sleep(120)' &
+python3 -c 'import socket,sys,time; s=socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1); s.bind(("127.0.0.1", int(sys.argv[1]))); s.listen(); time.sleep(120)' "$PRESENCE_PORT" &
 BLOCKER=$!
-until ! port_free 3001; do sleep 0.1; done
+until ! port_free "$PRESENCE_PORT"; do sleep 0.1; done
 refusal=$(SKIP_BUILD=1 timeout 60 bash integration/dev-stack.sh 2>&1)
 code=$?
 kill "$BLOCKER" 2>/dev/null
 wait "$BLOCKER" 2>/dev/null
 check "a busy port makes dev-stack.sh fail (exit $code)" test "$code" != 0
-check "the refusal names the port and the process" grep -q "port 3001 (needed by presence-service) is taken by python" <<<"$refusal"
+check "the refusal names the port and the process" grep -q "port $PRESENCE_PORT (needed by presence-service) is taken by python" <<<"$refusal"
 [ "$failed" = 0 ] || { echo "---- dev-stack log ----"; tail -n 40 "$LOG"; }

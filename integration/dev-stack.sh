@@ -174,12 +174,16 @@ GATEWAY_PORT=$(sed -n '/^\[\[listener\]\]/,/^\[/s/^[[:space:]]*listen[[:space:]]
 wait_ready presence-service "http://127.0.0.1:${PRESENCE_PORT:-3001}/healthz" "${PIDS[1]}"
 wait_ready gateway "http://$ADMIN_ADDR/readyz" "${PIDS[2]}"
 URL=https://localhost:${GATEWAY_PORT:-8443}/
+# The dev CA sits beside the server certificate (relative paths in the config are from its folder).
+CERT=$(sed -n 's/^[[:space:]]*cert[[:space:]]*=[[:space:]]*"\(.*\)".*/\1/p' "$GATEWAY_CONFIG" | head -n 1)
+case "$CERT" in /*) ;; *) CERT="$(dirname "$GATEWAY_CONFIG")/$CERT" ;; esac
+CA="$(dirname "$CERT")/ca.crt"
 wait_ready gateway "$URL" "${PIDS[2]}"
 
 cat <<EOF
 
   The stack is up: $URL
-  (dev certificate: accept the browser warning, or trust certs/dev/ca.crt)
+  (dev certificate: accept the browser warning, or trust $CA)
 
   Demo logins (user / password):
     alice / alice-pass     bob / bob-pass     carol / carol-pass     dave / dave-pass
