@@ -32,6 +32,7 @@ finish() {
     wait "$STACK_PID" 2>/dev/null
   fi
   echo "$passed passed, $failed failed"
+  [ "$failed" = 0 ] && rm -f "$LOG"
   [ "$failed" = 0 ]
 }
 trap 'finish; exit $?' EXIT
@@ -89,6 +90,7 @@ check "the JWKS has an Ed25519 key" node -e '
 check "the gateway is ready" curl -fsS -o /dev/null "$ADMIN/readyz"
 
 # --- Ctrl-C stops everything ------------------------------------------------------------------------
+stop_started=$SECONDS
 kill -INT -- "-$STACK_PID" # the whole foreground group, as a terminal's Ctrl-C does
 stop_deadline=$((SECONDS + 40))
 while kill -0 "$STACK_PID" 2>/dev/null && [ "$SECONDS" -lt "$stop_deadline" ]; do sleep 0.2; done
@@ -98,7 +100,7 @@ else
   wait "$STACK_PID"
   code=$?
   STACK_PID=
-  check "Ctrl-C stopped dev-stack.sh with exit code 0 (was $code)" test "$code" = 0
+  check "Ctrl-C stopped dev-stack.sh in $((SECONDS - stop_started)) s with exit code 0 (was $code)" test "$code" = 0
 fi
 port_free() { ! (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
 for port in $PORTS; do check "port $port is free again" port_free "$port"; done

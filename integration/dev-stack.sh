@@ -175,9 +175,9 @@ wait_ready presence-service "http://127.0.0.1:${PRESENCE_PORT:-3001}/healthz" "$
 wait_ready gateway "http://$ADMIN_ADDR/readyz" "${PIDS[2]}"
 URL=https://localhost:${GATEWAY_PORT:-8443}/
 # The dev CA sits beside the server certificate (relative paths in the config are from its folder).
-CERT=$(sed -n 's/^[[:space:]]*cert[[:space:]]*=[[:space:]]*"\(.*\)".*/\1/p' "$GATEWAY_CONFIG" | head -n 1)
+CERT=$(sed -n 's/\(^\|.*[[:space:]{,]\)cert[[:space:]]*=[[:space:]]*"\([^"]*\)".*/\2/p' "$GATEWAY_CONFIG" | head -n 1)
 case "$CERT" in /*) ;; *) CERT="$(dirname "$GATEWAY_CONFIG")/$CERT" ;; esac
-CA="$(dirname "$CERT")/ca.crt"
+CA=$(realpath -m --relative-to="$ROOT" "$(dirname "$CERT")/ca.crt" 2>/dev/null || echo "$(dirname "$CERT")/ca.crt")
 wait_ready gateway "$URL" "${PIDS[2]}"
 
 cat <<EOF
