@@ -109,7 +109,7 @@ stop_all() {
   trap '' INT TERM # a second Ctrl-C must not leave services running without us
   [ "${#PIDS[@]}" -gt 0 ] || return 0
   say "stopping ${NAMES[*]}"
-  # Reverse start order: the gateway stops taking traffic before its upstreams go.
+  # All at once: each service drains its own connections (the gateway for shutdown_grace_secs).
   for ((i = ${#PIDS[@]} - 1; i >= 0; i--)); do kill -TERM "${PIDS[$i]}" 2>/dev/null || true; done
   deadline=$((SECONDS + 20))
   for ((i = ${#PIDS[@]} - 1; i >= 0; i--)); do
@@ -127,13 +127,17 @@ stop_all() {
 trap 'STOPPING=1' INT TERM
 trap 'stop_all' EXIT
 
-# Each service is started under `set -m`, which gives it its own process group: Ctrl-C then reaches
-# only this script, which stops the services in order instead of all of them racing on one signal.
+# Each service is started under `set -m`, which gives it its own process group: a terminal's Ctrl-C
+# then reaches only this script, which stops the services itself (and waits for them) instead of
+# them all racing on the same signal while the script exits.
 start() {
-  local name=$1; shift
+  local name=$1 pid; shift
+  set -m
   "$@" >"$LOG_DIR/$name.log" 2>&1 &
-  PIDS+=($!); NAMES+=("$name")
-  say "started $name (pid $!), log: $LOG_DIR/$name.log"
+  pid=$!
+  set +m
+  PIDS+=("$pid"); NAMES+=("$name")
+  say "started $name (pid $pid), log: $LOG_DIR/$name.log"
 }
 
 # Waits until $2 answers 2xx, or fails if the process ($3) died or READY_TIMEOUT passed.
@@ -156,16 +160,12 @@ wait_ready() {
 
 check_ports # again: the build may have taken minutes
 
-set -m
 start demo-service "$BIN/demo-service" --listen "$DEMO_LISTEN" --sessions-db "$SESSIONS_DB" \
   --web-dist integration/web/dist
-set +m
 # The demo service creates the sessions table; the gateway reads it, so it goes first.
 wait_ready demo-service "http://$DEMO_LISTEN/healthz" "${PIDS[0]}"
-set -m
 start presence-service "$BIN/presence-service" --config "$PRESENCE_CONFIG"
 start gateway "$BIN/gateway" --config "$GATEWAY_CONFIG"
-set +m
 
 PRESENCE_PORT=$(listen_ports "$PRESENCE_CONFIG" | head -n 1)
 ADMIN_ADDR=$(sed -n '/^\[admin\]/,/^\[/s/^[[:space:]]*listen[[:space:]]*=[[:space:]]*"\(.*\)".*/\1/p' "$GATEWAY_CONFIG" | head -n 1)
