@@ -27,6 +27,15 @@ export function createSessionStore({ baseUrl = '', socketOptions = {} } = {}) {
       get().disconnectSocket();
       set({ user: null, status: 'anonymous' });
     };
+    /** The session's user, or null when there is none (or the API cannot be reached). */
+    const fetchUser = async () => {
+      try {
+        const response = await fetch(`${baseUrl}/api/auth/user`, { credentials: 'include' });
+        return response.ok ? await readUser(response) : null;
+      } catch {
+        return null;
+      }
+    };
 
     return {
       /** 'unknown' until /api/auth/user answered, then 'authenticated' or 'anonymous'. */
@@ -41,18 +50,11 @@ export function createSessionStore({ baseUrl = '', socketOptions = {} } = {}) {
 
       /** Restores a login from the session cookie (a reload, a deep link to /dashboard). */
       restore() {
-        restoring ??= (async () => {
-          try {
-            const response = await fetch(`${baseUrl}/api/auth/user`, { credentials: 'include' });
-            const user = response.ok ? await readUser(response) : null;
-            if (user) signedIn(user);
-            else signedOut();
-          } catch {
-            signedOut();
-          } finally {
+        restoring ??= fetchUser()
+          .then((user) => (user ? signedIn(user) : signedOut()))
+          .finally(() => {
             restoring = null;
-          }
-        })();
+          });
         return restoring;
       },
 
@@ -89,11 +91,13 @@ export function createSessionStore({ baseUrl = '', socketOptions = {} } = {}) {
         socket.on('connect_error', (err) => set({ connection: 'refused', connectionError: err.message }));
         socket.on('disconnect', (reason) => {
           set({ connection: 'offline' });
-          // The server ends a session's sockets at logout (possibly from another tab): find out
-          // whether we are still signed in rather than reconnecting blindly.
+          // The server ends a session's sockets at logout (possibly from another tab): if the
+          // session is gone, sign this tab out. If not (say, too many tabs), stay offline rather
+          // than reconnect into the same refusal; a reload tries again.
           if (reason === 'io server disconnect' && get().socket === socket) {
             get().disconnectSocket();
-            get().restore();
+            set({ connectionError: 'disconnected by the server' });
+            fetchUser().then((user) => user || signedOut());
           }
         });
         socket.on('online_users', (data) => set({ onlineUsers: snapshot(data?.onlineUsers) }));

@@ -13,13 +13,17 @@ let io;
 let baseUrl;
 let signedIn; // the stand-in's one session: who is logged in, or null
 let sockets; // server-side sockets, in connection order
+let userChecks; // resolvers waiting for the next GET /api/auth/user
 
 function standIn(req, res) {
   const reply = (status, body) => {
     res.writeHead(status, { 'content-type': 'application/json' });
     res.end(JSON.stringify(body));
   };
-  if (req.method === 'GET' && req.url === '/api/auth/user') return signedIn ? reply(200, { user: signedIn }) : reply(401, { user: null });
+  if (req.method === 'GET' && req.url === '/api/auth/user') {
+    userChecks.splice(0).forEach((resolve) => resolve());
+    return signedIn ? reply(200, { user: signedIn }) : reply(401, { user: null });
+  }
   if (req.method === 'POST' && req.url === '/api/auth/logout') {
     signedIn = null;
     return reply(200, { ok: true });
@@ -42,6 +46,7 @@ function standIn(req, res) {
 beforeEach(async () => {
   signedIn = null;
   sockets = [];
+  userChecks = [];
   server = http.createServer(standIn);
   io = new Server(server);
   io.on('connection', (socket) => sockets.push(socket));
@@ -141,5 +146,18 @@ describe('session store lifecycle', () => {
     sockets[0].disconnect(true);
     await until(store, (s) => s.status === 'anonymous', 'signed out');
     expect(store.getState()).toMatchObject({ user: null, socket: null, connection: 'offline' });
+  });
+
+  it('a server-side disconnect with the session still valid stays signed in, offline, without a reconnect loop', async () => {
+    const store = await signedInStore(['websocket']);
+    const checked = new Promise((resolve) => userChecks.push(resolve));
+    sockets[0].disconnect(true);
+    await until(store, (s) => s.connectionError === 'disconnected by the server', 'told why');
+    await checked;
+    // Nothing should follow; give a reconnect (there must be none) time to show up.
+    await new Promise((r) => setTimeout(r, 200));
+    expect(store.getState()).toMatchObject({ status: 'authenticated', user: alice, socket: null, connection: 'offline' });
+    expect(io.engine.clientsCount).toBe(0);
+    expect(sockets).toHaveLength(1);
   });
 });
