@@ -68,8 +68,13 @@ fn main() -> ExitCode {
                 }
             }
         }
+        // Dev files the config asks to generate are made here too, so that a fresh checkout's
+        // default config checks clean.
         Command::Check => {
-            match Config::load(&cli.config).and_then(|c| gateway::app::load_signer(&c).map(|_| c)) {
+            match Config::load(&cli.config)
+                .and_then(|c| gateway::app::ensure_dev_files(&c).map(|()| c))
+                .and_then(|c| gateway::app::load_signer(&c).map(|_| c))
+            {
                 Ok(c) => {
                     println!(
                         "{}: ok ({} listeners, {} routes)",

@@ -1,0 +1,346 @@
+//! Upgrades, stickiness, health checks and lifecycle: what keeps real-time connections alive
+//! through the gateway.
+
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+use futures_util::{SinkExt, StreamExt};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpListener;
+use tokio_tungstenite::tungstenite::{client::IntoClientRequest, Message};
+
+/// A WebSocket echo upstream that reports the handshake headers it saw.
+async fn ws_echo_upstream() -> (
+    std::net::SocketAddr,
+    tokio::sync::mpsc::UnboundedReceiver<Vec<(String, String)>>,
+) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            let tx = tx.clone();
+            tokio::spawn(async move {
+                let cb = |req: &tokio_tungstenite::tungstenite::handshake::server::Request,
+                          resp| {
+                    let h = req
+                        .headers()
+                        .iter()
+                        .map(|(k, v)| (k.to_string(), v.to_str().unwrap_or("").to_string()))
+                        .collect();
+                    let _ = tx.send(h);
+                    Ok(resp)
+                };
+                let Ok(mut ws) = tokio_tungstenite::accept_hdr_async(stream, cb).await else {
+                    return;
+                };
+                while let Some(Ok(msg)) = ws.next().await {
+                    if msg.is_text() && ws.send(msg).await.is_err() {
+                        break;
+                    }
+                }
+            });
+        }
+    });
+    (addr, rx)
+}
+
+fn sio_route(upstreams: &str, db: &std::path::Path) -> String {
+    format!(
+        r#"
+[session]
+flavour = "tower-sessions"
+store = {{ kind = "sqlite", path = "{}" }}
+
+[[route]]
+name = "presence"
+path_prefix = "/socket.io/"
+upstreams = [{upstreams}]
+auth = "socketio-handshake"
+audience = "presence-service"
+health_check_interval_secs = 1
+"#,
+        db.display()
+    )
+}
+
+async fn ws_connect(
+    gw: &Gateway,
+    query: &str,
+    cookie: &str,
+) -> Result<
+    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>,
+    tokio_tungstenite::tungstenite::Error,
+> {
+    let mut req = format!("ws://127.0.0.1:{}/socket.io/?{query}", gw.http)
+        .into_client_request()
+        .unwrap();
+    req.headers_mut().insert("cookie", cookie.parse().unwrap());
+    tokio_tungstenite::connect_async(req)
+        .await
+        .map(|(ws, _)| ws)
+}
+
+#[tokio::test]
+async fn websocket_handshake_is_authenticated_and_relayed() {
+    let (up, mut seen) = ws_echo_upstream().await;
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("s.db");
+    let alice = tower_session_sqlite(&db, "alice", None, time::Duration::hours(1)).await;
+    let gw = Gateway::start(&sio_route(&format!("\"{up}\""), &db)).await;
+    gw.wait_ready().await;
+
+    let refused = ws_connect(&gw, "EIO=4&transport=websocket", "id=nope").await;
+    assert!(refused.is_err(), "no session, no upgrade");
+
+    let mut ws = ws_connect(&gw, "EIO=4&transport=websocket", &format!("id={alice}"))
+        .await
+        .expect("upgrade");
+    let headers = seen.recv().await.unwrap();
+    let token = headers
+        .iter()
+        .find(|(k, _)| k == "x-identity-assertion")
+        .map(|(_, v)| v.clone())
+        .unwrap();
+    assert_eq!(
+        gw.verify(&token, "presence-service").await.unwrap().sub,
+        "alice"
+    );
+    ws.send(Message::text("ping-1")).await.unwrap();
+    assert_eq!(ws.next().await.unwrap().unwrap(), Message::text("ping-1"));
+    assert!(
+        eventually(Duration::from_secs(5), || async {
+            gw.metric("gateway_upgraded_connections").await == 1.0
+        })
+        .await,
+        "the upgraded connection is counted"
+    );
+    ws.close(None).await.unwrap();
+    drop(ws);
+    assert!(
+        eventually(Duration::from_secs(5), || async {
+            gw.metric("gateway_upgraded_connections").await == 0.0
+        })
+        .await
+    );
+}
+
+/// Pingora issue #946: an upstream that sends its 101 and its first frame in one write.
+#[tokio::test]
+async fn an_upstream_that_answers_101_immediately_still_works() {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let up = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let mut buf = Vec::new();
+                let mut chunk = [0u8; 2048];
+                while !buf.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match s.read(&mut chunk).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                    }
+                }
+                let text = String::from_utf8_lossy(&buf).to_string();
+                let key = text
+                    .lines()
+                    .find_map(|l| {
+                        l.strip_prefix("sec-websocket-key: ")
+                            .or_else(|| l.strip_prefix("Sec-WebSocket-Key: "))
+                    })
+                    .unwrap_or("")
+                    .trim()
+                    .to_string();
+                let accept =
+                    tokio_tungstenite::tungstenite::handshake::derive_accept_key(key.as_bytes());
+                let mut out = format!(
+                    "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: {accept}\r\n\r\n"
+                )
+                .into_bytes();
+                out.extend_from_slice(&[0x81, 10]);
+                out.extend_from_slice(b"hello-fast");
+                let _ = s.write_all(&out).await;
+                let _ = s.read(&mut chunk).await;
+            });
+        }
+    });
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("s.db");
+    let alice = tower_session_sqlite(&db, "alice", None, time::Duration::hours(1)).await;
+    let gw = Gateway::start(&sio_route(&format!("\"{up}\""), &db)).await;
+    gw.wait_ready().await;
+    let mut ws = ws_connect(&gw, "EIO=4&transport=websocket", &format!("id={alice}"))
+        .await
+        .expect("upgrade");
+    let first = tokio::time::timeout(Duration::from_secs(5), ws.next())
+        .await
+        .expect("frame in time");
+    assert_eq!(first.unwrap().unwrap(), Message::text("hello-fast"));
+}
+
+#[tokio::test]
+async fn polling_sessions_stick_to_the_node_that_created_them() {
+    let (a, b) = (Upstream::start("a").await, Upstream::start("b").await);
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("s.db");
+    let alice = tower_session_sqlite(&db, "alice", None, time::Duration::hours(1)).await;
+    let gw = Gateway::start(&sio_route(&format!("\"{}\", \"{}\"", a.addr, b.addr), &db)).await;
+    gw.wait_ready().await;
+    let cookie = format!("id={alice}");
+
+    let mut owners = Vec::new();
+    for _ in 0..4 {
+        let (s, _, body) = get(
+            &gw.url("/socket.io/?EIO=4&transport=polling"),
+            &[("cookie", &cookie)],
+        )
+        .await
+        .unwrap();
+        assert_eq!(s, 200);
+        let sid = body
+            .split("\"sid\":\"")
+            .nth(1)
+            .unwrap()
+            .split('"')
+            .next()
+            .unwrap()
+            .to_string();
+        owners.push(sid);
+    }
+    assert!(
+        owners.iter().any(|s| s.starts_with("a-")) && owners.iter().any(|s| s.starts_with("b-")),
+        "handshakes are balanced: {owners:?}"
+    );
+    for sid in &owners {
+        for method in ["GET", "POST", "GET"] {
+            let (_, hdrs, _) = request(
+                method,
+                &gw.url(&format!("/socket.io/?EIO=4&transport=polling&sid={sid}")),
+                &[],
+            )
+            .await
+            .unwrap();
+            let owner = sid.split('-').next().unwrap();
+            assert_eq!(
+                header(&hdrs, "x-upstream"),
+                Some(owner),
+                "{method} for {sid}"
+            );
+        }
+    }
+}
+
+#[tokio::test]
+async fn dead_upstreams_give_502_or_503_and_are_skipped() {
+    let a = Upstream::start("a").await;
+    let dead = free_port();
+    let body = format!(
+        r#"
+[[route]]
+name = "app"
+upstreams = ["{}", "127.0.0.1:{dead}"]
+health_check_interval_secs = 1
+
+[[route]]
+name = "gone"
+path_prefix = "/gone/"
+upstreams = ["127.0.0.1:{dead}"]
+health_check_interval_secs = 1
+"#,
+        a.addr
+    );
+    let gw = Gateway::start(&body).await;
+    // Every request to `app` is answered by the live node, before and after health checks.
+    for _ in 0..6 {
+        let (s, hdrs, _) = get(&gw.url("/x"), &[]).await.unwrap();
+        assert_eq!((s, header(&hdrs, "x-upstream")), (200, Some("a")));
+    }
+    let (s, _, body) = get(&gw.url("/gone/x"), &[]).await.unwrap();
+    assert!(s == 502 || s == 503, "{s} {body}");
+    assert_eq!(
+        get(&gw.admin_url("/readyz"), &[]).await.unwrap().0,
+        503,
+        "a route without a healthy upstream is not ready"
+    );
+    assert!(gw.metric("gateway_upstream_errors_total").await >= 1.0);
+}
+
+#[tokio::test]
+async fn forwarded_headers_are_replaced_unless_the_peer_is_trusted() {
+    let a = Upstream::start("a").await;
+    let route = format!("[[route]]\nname = \"app\"\nupstreams = [\"{}\"]\n", a.addr);
+    let spoof = [
+        ("x-forwarded-for", "6.6.6.6"),
+        ("x-forwarded-proto", "https"),
+        ("x-forwarded-host", "evil"),
+    ];
+
+    let gw = Gateway::start(&route).await;
+    get(&gw.url("/"), &spoof).await.unwrap();
+    let r = &a.requests()[0];
+    assert_eq!(r.header("x-forwarded-for"), Some("127.0.0.1"));
+    assert_eq!(r.header("x-forwarded-proto"), Some("http"));
+    assert_eq!(
+        r.header("x-forwarded-host"),
+        Some(format!("127.0.0.1:{}", gw.http).as_str())
+    );
+    assert_eq!(
+        r.header("x-request-id").map(str::len),
+        Some(32),
+        "a request id is generated"
+    );
+    drop(gw);
+
+    let gw = Gateway::start_with(&route, "trusted_proxies = [\"127.0.0.0/8\"]").await;
+    get(&gw.url("/"), &spoof).await.unwrap();
+    let r = &a.requests()[1];
+    assert_eq!(r.header("x-forwarded-for"), Some("6.6.6.6, 127.0.0.1"));
+    assert_eq!(r.header("x-forwarded-proto"), Some("https"));
+    assert_eq!(r.header("x-forwarded-host"), Some("evil"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_shuts_down_gracefully() {
+    let a = Upstream::start("a").await;
+    let mut gw = Gateway::start(&format!(
+        "[[route]]\nname = \"app\"\nupstreams = [\"{}\"]\n",
+        a.addr
+    ))
+    .await;
+    assert_eq!(get(&gw.url("/"), &[]).await.unwrap().0, 200);
+    gw.sigterm();
+    let status = tokio::task::block_in_place(|| gw.wait_exit(Duration::from_secs(10)))
+        .expect("exits after SIGTERM");
+    assert!(status.success(), "{status:?}");
+}
+
+/// Slow tier (CI runs it with `--ignored`): Pingora's default 60 s downstream read timeout must
+/// not cut a quiet upgraded connection.
+#[tokio::test]
+#[ignore = "slow: 95 s of idle"]
+async fn an_idle_websocket_stays_open_past_90_seconds() {
+    let (up, _seen) = ws_echo_upstream().await;
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("s.db");
+    let alice = tower_session_sqlite(&db, "alice", None, time::Duration::hours(1)).await;
+    let gw = Gateway::start(&sio_route(&format!("\"{up}\""), &db)).await;
+    gw.wait_ready().await;
+    let mut ws = ws_connect(&gw, "EIO=4&transport=websocket", &format!("id={alice}"))
+        .await
+        .expect("upgrade");
+    ws.send(Message::text("before")).await.unwrap();
+    assert_eq!(ws.next().await.unwrap().unwrap(), Message::text("before"));
+    // Nothing is sent either way for 95 s: the wait is the test.
+    let quiet = tokio::time::timeout(Duration::from_secs(95), ws.next()).await;
+    assert!(
+        quiet.is_err(),
+        "the connection stayed silent and open, got {quiet:?}"
+    );
+    ws.send(Message::text("after 95 s")).await.unwrap();
+    assert_eq!(
+        ws.next().await.unwrap().unwrap(),
+        Message::text("after 95 s")
+    );
+}
