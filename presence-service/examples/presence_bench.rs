@@ -49,7 +49,14 @@ async fn main() -> anyhow::Result<()> {
         .spawn()?;
     let pid = server.id().unwrap_or(0);
     let mut lines = BufReader::new(server.stdout.take().expect("piped")).lines();
-    let addr = lines.next_line().await?.unwrap_or_default().rsplit(' ').next().unwrap_or_default().to_string();
+    let addr = lines
+        .next_line()
+        .await?
+        .unwrap_or_default()
+        .rsplit(' ')
+        .next()
+        .unwrap_or_default()
+        .to_string();
     tokio::time::sleep(Duration::from_millis(300)).await;
     let rss0 = rss_kb(pid);
 
@@ -59,12 +66,25 @@ async fn main() -> anyhow::Result<()> {
     let (ready_tx, mut ready_rx) = mpsc::unbounded_channel::<()>();
     let connect = |i: usize, watch: bool| {
         let token = signer
-            .sign(&Identity { sub: format!("user-{i}"), name: Some(format!("User {i}")), sid: format!("s{i}") }, "presence-service")
+            .sign(
+                &Identity {
+                    sub: format!("user-{i}"),
+                    name: Some(format!("User {i}")),
+                    sid: format!("s{i}"),
+                },
+                "presence-service",
+            )
             .expect("sign");
-        let (url, bytes, arrived_tx, ready_tx) = (url.clone(), bytes.clone(), arrived_tx.clone(), ready_tx.clone());
+        let (url, bytes, arrived_tx, ready_tx) = (
+            url.clone(),
+            bytes.clone(),
+            arrived_tx.clone(),
+            ready_tx.clone(),
+        );
         tokio::spawn(async move {
             let mut req = url.into_client_request().expect("url");
-            req.headers_mut().insert("x-identity-assertion", token.parse().expect("header"));
+            req.headers_mut()
+                .insert("x-identity-assertion", token.parse().expect("header"));
             let Ok((mut ws, _)) = tokio_tungstenite::connect_async(req).await else {
                 eprintln!("connect failed");
                 return;
@@ -107,15 +127,31 @@ async fn main() -> anyhow::Result<()> {
         }
     }
     let ramp = t0.elapsed();
-    // Let the last diffs / user_connected broadcasts of the ramp drain before measuring.
-    tokio::time::sleep(Duration::from_secs(2)).await;
+    // Let the ramp's backlog (snapshots are O(N) each) drain: wait until clients receive nothing
+    // for one second, bounded at 120 s.
+    let drain_until = Instant::now() + Duration::from_secs(120);
+    loop {
+        let before = bytes.load(Ordering::Relaxed);
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        if bytes.load(Ordering::Relaxed) == before || Instant::now() > drain_until {
+            break;
+        }
+    }
     let rss1 = rss_kb(pid);
     bytes.store(0, Ordering::Relaxed);
 
     // One presence change: a new user "probe" comes online.
-    let token = signer.sign(&Identity { sub: "probe".into(), name: Some("probe".into()), sid: "probe".into() }, "presence-service")?;
+    let token = signer.sign(
+        &Identity {
+            sub: "probe".into(),
+            name: Some("probe".into()),
+            sid: "probe".into(),
+        },
+        "presence-service",
+    )?;
     let mut req = url.clone().into_client_request()?;
-    req.headers_mut().insert("x-identity-assertion", token.parse()?);
+    req.headers_mut()
+        .insert("x-identity-assertion", token.parse()?);
     let change_at = Instant::now();
     let (mut probe, _) = tokio_tungstenite::connect_async(req).await?;
     let _ = probe.next().await;
@@ -130,9 +166,17 @@ async fn main() -> anyhow::Result<()> {
     tokio::time::sleep(Duration::from_millis(300)).await;
     let change_bytes = bytes.load(Ordering::Relaxed);
     lat.sort();
-    let pct = |p: f64| lat.get(((lat.len() as f64 * p).ceil() as usize).saturating_sub(1)).copied().unwrap_or_default();
+    let pct = |p: f64| {
+        lat.get(((lat.len() as f64 * p).ceil() as usize).saturating_sub(1))
+            .copied()
+            .unwrap_or_default()
+    };
     println!("mode={mode} N={n}");
-    println!("  connect: {n} clients in {:.2} s = {:.0} conn/s", ramp.as_secs_f64(), n as f64 / ramp.as_secs_f64());
+    println!(
+        "  connect: {n} clients in {:.2} s = {:.0} conn/s",
+        ramp.as_secs_f64(),
+        n as f64 / ramp.as_secs_f64()
+    );
     println!(
         "  one change reached {}/{n} clients: p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms",
         lat.len(),
@@ -140,7 +184,10 @@ async fn main() -> anyhow::Result<()> {
         pct(0.99).as_secs_f64() * 1e3,
         lat.last().copied().unwrap_or_default().as_secs_f64() * 1e3
     );
-    println!("  bytes sent per change: {change_bytes} ({:.1} x N)", change_bytes as f64 / n as f64);
+    println!(
+        "  bytes sent per change: {change_bytes} ({:.1} x N)",
+        change_bytes as f64 / n as f64
+    );
     println!(
         "  server RSS: {rss0} kB idle, {rss1} kB with N sockets => {:.1} KB per idle socket",
         (rss1.saturating_sub(rss0)) as f64 / n as f64
