@@ -10,7 +10,8 @@ export default defineConfig({
   server: {
     proxy: {
       '/api': { target: gateway, secure: false, changeOrigin: true },
-      '/socket.io': { target: gateway, secure: false, changeOrigin: true, ws: true },
+      // The gateway checks the Origin of Socket.IO handshakes: present the gateway's own.
+      '/socket.io': { target: gateway, secure: false, changeOrigin: true, ws: true, headers: { origin: gateway } },
     },
   },
   test: {
