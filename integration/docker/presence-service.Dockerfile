@@ -1,0 +1,50 @@
+# The Socket.IO presence service; reachable only through the gateway, it trusts only a signed assertion.
+#
+# Build context: the repository root.
+#   Connected machine (compiles in a rust image):
+#     DOCKER_BUILDKIT=1 docker build -f integration/docker/presence-service.Dockerfile -t edge/presence-service .
+#   Offline / CI (copies a binary the host built with `cargo build --release -p presence-service`):
+#     DOCKER_BUILDKIT=1 docker build -f integration/docker/presence-service.Dockerfile \
+#       --build-arg BINARY_FROM=prebuilt --build-arg BASE_IMAGE=edge-local/debian:bookworm-slim -t edge/presence-service .
+# BuildKit builds only the stages the final image uses, so the prebuilt path never pulls RUST_IMAGE,
+# and it sends only the files that COPY names (not target/ as a whole).
+ARG RUST_IMAGE=rust:1-bookworm
+ARG BASE_IMAGE=debian:bookworm-slim
+# "source": compile in RUST_IMAGE. "prebuilt": take target/release/presence-service from the context.
+ARG BINARY_FROM=source
+
+FROM ${RUST_IMAGE} AS binary-source
+WORKDIR /src
+# Every workspace member must be present for cargo to load the workspace.
+COPY Cargo.toml Cargo.lock ./
+COPY assertion assertion
+COPY gateway gateway
+COPY presence-service presence-service
+COPY integration/demo-service integration/demo-service
+RUN --mount=type=cache,target=/usr/local/cargo/registry \
+    --mount=type=cache,target=/src/target \
+    cargo build --release --locked -p presence-service && cp target/release/presence-service /presence-service
+
+FROM scratch AS binary-prebuilt
+# Folder of the host-built binary, relative to the context (target/debug works for a quick try).
+ARG BINARY_DIR=target/release
+COPY ${BINARY_DIR}/presence-service /presence-service
+
+FROM binary-${BINARY_FROM} AS binary
+
+FROM ${BASE_IMAGE} AS runtime
+# CA certificates and curl (healthcheck); the offline base already has both, debian:*-slim not.
+RUN set -eu; \
+    if ! command -v curl >/dev/null || [ ! -s /etc/ssl/certs/ca-certificates.crt ]; then \
+      apt-get update; \
+      apt-get install -y --no-install-recommends ca-certificates curl; \
+      rm -rf /var/lib/apt/lists/*; \
+    fi; \
+    useradd --system --uid 10001 --user-group --no-create-home --home-dir /nonexistent --shell /usr/sbin/nologin app
+COPY --from=binary /presence-service /usr/local/bin/presence-service
+
+USER 10001:10001
+EXPOSE 3001
+HEALTHCHECK --interval=2s --timeout=3s --start-period=20s --retries=5 \
+  CMD curl -fsS "http://127.0.0.1:3001/healthz" >/dev/null || exit 1
+ENTRYPOINT ["/usr/local/bin/presence-service"]

@@ -1,0 +1,170 @@
+#!/usr/bin/env bash
+# The compose integration suite in one command: base images (cached), host binaries (built once),
+# images, `up` until healthy, the tests from the host (node --test with socket.io-client, pytest
+# with python-socketio), then `down -v` always. Exits non-zero on any failure and prints the
+# containers' logs when something failed.
+#
+#   integration/docker/run-suite.sh
+#
+# Env (all optional):
+#   IMAGES_FROM=local     local: base images from prepare-base-images.sh (no registry needed),
+#                         binaries and node_modules built on the host and copied in (CI, offline).
+#                         registry: ordinary images pulled, everything compiled inside the images.
+#   PROFILE=release       cargo profile of the host-built binaries (debug: reuse a dev build).
+#   SKIP_HOST_BUILD=1     use the binaries already in target/$PROFILE.
+#   KEEP_STACK=1          leave the stack running afterwards (then: docker-compose -p ... down -v).
+#   TEST_FILTER=...       passed to node --test-name-pattern and pytest -k.
+set -euo pipefail
+
+started=$(date +%s)
+here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+repo=$(cd "$here/../.." && pwd)
+IMAGES_FROM=${IMAGES_FROM:-local}
+PROFILE=${PROFILE:-release}
+
+log() { printf '\n[run-suite %s] %s\n' "$(date +%T)" "$*" >&2; }
+elapsed() { echo $(($(date +%s) - started)); }
+
+# A docker CLI that can build with BuildKit: Debian's docker.io client has it built in; a newer
+# CLI needs the buildx plugin for that.
+if [[ -z ${DOCKER:-} ]]; then
+  if docker buildx version >/dev/null 2>&1; then DOCKER=docker
+  elif [[ -x /usr/bin/docker ]]; then DOCKER=/usr/bin/docker
+  else DOCKER=docker
+  fi
+fi
+export DOCKER DOCKER_BUILDKIT=1
+if command -v docker-compose >/dev/null 2>&1; then COMPOSE="docker-compose"
+else COMPOSE="$DOCKER compose"
+fi
+export COMPOSE
+
+"$DOCKER" info >/dev/null 2>&1 || { echo "the Docker engine is not reachable (start dockerd)" >&2; exit 1; }
+
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+
+export COMPOSE_FILE="$repo/integration/docker-compose.yml"
+export COMPOSE_PROJECT_NAME=${COMPOSE_PROJECT_NAME:-edgesuite}
+export IMAGE_PREFIX=${IMAGE_PREFIX:-edge}
+export IMAGE_TAG=${IMAGE_TAG:-suite}
+export GATEWAY_BIND=127.0.0.1
+export GATEWAY_PORT=${GATEWAY_PORT:-$(free_port)}
+export GATEWAY_DEMO_PORT=${GATEWAY_DEMO_PORT:-$(free_port)}
+export SESSION_SECRET=${SESSION_SECRET:-suite-secret-$RANDOM$RANDOM}
+run_dir=$(mktemp -d /tmp/compose-suite.XXXXXX)
+export CA_FILE="$run_dir/ca.crt"
+export GATEWAY_URL="https://127.0.0.1:$GATEWAY_PORT"
+export GATEWAY_DEMO_URL="https://127.0.0.1:$GATEWAY_DEMO_PORT"
+
+# ---- images ---------------------------------------------------------------------------------
+if [[ $IMAGES_FROM == local ]]; then
+  log "base images (cached after the first run)"
+  "$here/prepare-base-images.sh"
+  export BASE_IMAGE=edge-local/debian:bookworm-slim NODE_IMAGE=edge-local/node:bookworm-slim
+  export REDIS_IMAGE=edge-local/redis:bookworm
+  if [[ ${SKIP_HOST_BUILD:-0} != 1 ]]; then
+    log "host build: cargo build --profile $PROFILE (one build for all three binaries)"
+    profile_flag=(--release)
+    [[ $PROFILE == debug ]] && profile_flag=()
+    (cd "$repo" && cargo build "${profile_flag[@]}" --locked -p gateway -p presence-service -p demo-service)
+  fi
+  log "host: npm ci --omit=dev for the Express image"
+  (cd "$repo/integration/express-service" && npm ci --omit=dev --no-audit --no-fund --loglevel=error)
+  rust_args=(--build-arg BINARY_FROM=prebuilt --build-arg "BINARY_DIR=target/$PROFILE" --build-arg "BASE_IMAGE=$BASE_IMAGE")
+  node_args=(--build-arg NODE_MODULES_FROM=context --build-arg "NODE_IMAGE=$NODE_IMAGE")
+else
+  rust_args=()
+  node_args=()
+fi
+for svc in gateway presence-service demo-service; do
+  log "image $IMAGE_PREFIX/$svc:$IMAGE_TAG"
+  "$DOCKER" build -q "${rust_args[@]}" -f "$here/$svc.Dockerfile" -t "$IMAGE_PREFIX/$svc:$IMAGE_TAG" "$repo" >/dev/null
+done
+log "image $IMAGE_PREFIX/express-service:$IMAGE_TAG"
+"$DOCKER" build -q "${node_args[@]}" -f "$here/express-service.Dockerfile" \
+  -t "$IMAGE_PREFIX/express-service:$IMAGE_TAG" "$repo/integration/express-service" >/dev/null
+log "images ready after $(elapsed) s"
+
+# ---- test clients on the host ---------------------------------------------------------------
+log "test clients: npm ci (socket.io-client), venv (python-socketio, pytest)"
+(cd "$repo/integration/compose-tests" && npm ci --no-audit --no-fund --loglevel=error)
+venv="$repo/integration/compose-tests/.venv"
+[[ -x $venv/bin/python ]] || python3 -m venv "$venv"
+"$venv/bin/pip" install -q -r "$repo/integration/compose-tests/requirements.txt"
+
+# ---- stack ----------------------------------------------------------------------------------
+failed=0
+cleanup() {
+  local rc=$?
+  [[ $rc != 0 ]] && failed=1
+  if [[ $failed != 0 ]]; then
+    log "FAILED: container states and logs follow"
+    $COMPOSE ps || true
+    $COMPOSE logs --no-color --timestamps --tail=300 || true
+  fi
+  if [[ ${KEEP_STACK:-0} == 1 ]]; then
+    log "KEEP_STACK=1: stack left running ($COMPOSE -p $COMPOSE_PROJECT_NAME down -v to remove)"
+  else
+    log "down -v"
+    $COMPOSE down -v --remove-orphans --timeout 5 >/dev/null 2>&1 || true
+    local left
+    left=$( { "$DOCKER" ps -aq --filter "label=com.docker.compose.project=$COMPOSE_PROJECT_NAME"
+              "$DOCKER" volume ls -q --filter "label=com.docker.compose.project=$COMPOSE_PROJECT_NAME"
+              "$DOCKER" network ls -q --filter "label=com.docker.compose.project=$COMPOSE_PROJECT_NAME"; } | wc -l)
+    if [[ $left != 0 ]]; then
+      log "down -v left $left containers/volumes/networks behind"
+      failed=1
+    fi
+  fi
+  rm -rf "$run_dir"
+  log "total wall time $(elapsed) s"
+  if [[ $failed != 0 ]]; then
+    log "suite FAILED"
+    exit 1
+  fi
+  log "suite passed"
+  exit 0
+}
+trap cleanup EXIT
+
+# A stack left by an interrupted run would hold the names and volumes.
+$COMPOSE down -v --remove-orphans --timeout 5 >/dev/null 2>&1 || true
+
+log "up (gateway on $GATEWAY_URL, gateway-demo on $GATEWAY_DEMO_URL)"
+$COMPOSE up -d --no-build
+
+# `up --wait` is Compose v2 only; polling the health states works with both.
+wait_healthy() {
+  local deadline=$(($(date +%s) + $1)) ids unhealthy
+  while :; do
+    ids=$($COMPOSE ps -q)
+    unhealthy=$(for id in $ids; do
+      "$DOCKER" inspect --format '{{.Name}} {{if .State.Health}}{{.State.Health.Status}}{{else}}{{.State.Status}}{{end}}' "$id"
+    done | grep -v -E ' (healthy)$' || true)
+    if [[ -z $unhealthy && $(echo "$ids" | wc -w) -ge 7 ]]; then return 0; fi
+    if (($(date +%s) > deadline)); then
+      echo "not healthy in time:" >&2
+      echo "$unhealthy" >&2
+      return 1
+    fi
+    sleep 1
+  done
+}
+wait_healthy 180
+log "stack healthy after $(elapsed) s"
+"$DOCKER" cp "$($COMPOSE ps -q gateway):/var/lib/gateway/tls/ca.crt" "$CA_FILE"
+
+# ---- tests ----------------------------------------------------------------------------------
+# Python first: it only connects clients. The node files run in name order, one at a time,
+# the ones that kill containers last.
+log "pytest (python-socketio)"
+pytest_args=(-q -p no:cacheprovider)
+[[ -n ${TEST_FILTER:-} ]] && pytest_args+=(-k "$TEST_FILTER")
+(cd "$repo/integration/compose-tests" && "$venv/bin/python" -m pytest "${pytest_args[@]}" py) || failed=1
+
+log "node --test (socket.io-client)"
+node_test_args=(--test --test-concurrency=1 --test-timeout=180000 --test-reporter=spec)
+[[ -n ${TEST_FILTER:-} ]] && node_test_args+=("--test-name-pattern=$TEST_FILTER")
+(cd "$repo/integration/compose-tests" && node "${node_test_args[@]}" js/*.test.mjs) || failed=1
+
+[[ $failed == 0 ]]
