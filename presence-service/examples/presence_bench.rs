@@ -1,19 +1,31 @@
-//! Presence bench (not a test): N idle websocket clients, then one presence change.
-//! Prints connect rate, time for the change to reach all N clients (p50/p99/max), bytes sent per
-//! change, and server RSS per idle socket. Run through integration/bench/presence/run.sh.
+//! Presence bench (not a test): N idle websocket clients, then a few presence changes.
+//! Prints connect rate, time for a change to reach all N clients (p50/p99/max, and the server's
+//! own CPU time for it), bytes sent per change, and server RSS per idle socket (right after the
+//! ramp, in a steady state after a settle period, and the marginal cost between N/9 and N
+//! sockets). Run through integration/bench/presence/run.sh.
 //!
-//! Usage: presence_bench <presence-service binary> <mode: diff|compat> <N>
+//! Usage: presence_bench <presence-service binary> <mode: diff|compat> <N> [users]
+//!   users: how many distinct users the N sockets belong to (default N). With few users the
+//!   online list stays small, which isolates what a socket itself costs.
+//! Env: SERVER_CPUS=<list> runs the server under `taskset -c <list>` (pin the bench itself with
+//!   taskset in run.sh), CHANGES=<k> presence changes to time (default 5).
+//!
+//! The client is built to not be the bottleneck: one small read buffer per socket (tungstenite's
+//! default 128 KiB buffer is zero-filled on every read, which alone costs a second of CPU per
+//! broadcast to 9000 sockets), arrival times written to a shared array, no channel per message.
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use futures_util::{SinkExt, StreamExt};
 use identity_assertion::{AssertionSigner, Identity, SigningKey};
 use tokio::io::{AsyncBufReadExt, BufReader};
-use tokio::sync::mpsc;
+use tokio::sync::Notify;
+use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tokio_tungstenite::tungstenite::{client::IntoClientRequest, Message};
 
+/// Resident set of a process, in KiB.
 fn rss_kb(pid: u32) -> u64 {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
     status
@@ -24,10 +36,51 @@ fn rss_kb(pid: u32) -> u64 {
         .unwrap_or(0)
 }
 
+/// CPU time used so far by all threads of a process (ns precision, from schedstat).
+fn cpu_time(pid: &str) -> Duration {
+    let mut total = 0u64;
+    if let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) {
+        for t in tasks.flatten() {
+            let s = std::fs::read_to_string(t.path().join("schedstat")).unwrap_or_default();
+            total += s
+                .split_whitespace()
+                .next()
+                .and_then(|v| v.parse::<u64>().ok())
+                .unwrap_or(0);
+        }
+    }
+    Duration::from_nanos(total)
+}
+
+fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1e3
+}
+
+/// What every client task shares with the driver.
+struct Shared {
+    bytes: AtomicU64,
+    ready: AtomicUsize,
+    ready_changed: Notify,
+    /// The probe id the clients are waiting for (index into `changes`), and its start instant.
+    probe: AtomicUsize,
+    start: Instant,
+    /// Per client, nanoseconds since `start` at which the current probe arrived (0 = not yet).
+    arrived: Vec<AtomicU64>,
+    arrived_count: AtomicUsize,
+    all_arrived: Notify,
+}
+
+const NO_PROBE: usize = usize::MAX;
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args: Vec<String> = std::env::args().collect();
+    if args.len() < 4 {
+        anyhow::bail!("usage: presence_bench <server binary> <diff|compat> <N> [users]");
+    }
     let (bin, mode, n) = (&args[1], &args[2], args[3].parse::<usize>()?);
+    let users = args.get(4).map(|u| u.parse::<usize>()).transpose()?.unwrap_or(n).max(1);
+    let changes: usize = std::env::var("CHANGES").ok().and_then(|v| v.parse().ok()).unwrap_or(5);
     let key = SigningKey::generate("bench");
     let signer = AssertionSigner::new("edge-gateway", 3600, vec![key.clone()])?;
     let dir = std::env::temp_dir().join(format!("presence-bench-{}", uuid::Uuid::new_v4()));
@@ -40,14 +93,24 @@ async fn main() -> anyhow::Result<()> {
              [presence]\nmode = \"{mode}\"\nmax_sockets_per_user = 100000\n"
         ),
     )?;
-    let mut server = tokio::process::Command::new(bin)
+    let mut cmd = match std::env::var("SERVER_CPUS") {
+        Ok(cpus) if !cpus.is_empty() => {
+            let mut c = tokio::process::Command::new("taskset");
+            c.arg("-c").arg(cpus).arg(bin);
+            c
+        }
+        _ => tokio::process::Command::new(bin),
+    };
+    let mut server = cmd
         .arg("--config")
         .arg(dir.join("p.toml"))
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::null())
         .kill_on_drop(true)
         .spawn()?;
+    // With taskset, taskset execs the server: same pid.
     let pid = server.id().unwrap_or(0);
+    let pid_s = pid.to_string();
     let mut lines = BufReader::new(server.stdout.take().expect("piped")).lines();
     let addr = lines
         .next_line()
@@ -61,31 +124,41 @@ async fn main() -> anyhow::Result<()> {
     let rss0 = rss_kb(pid);
 
     let url = format!("ws://{addr}/socket.io/?EIO=4&transport=websocket");
-    let bytes = Arc::new(AtomicU64::new(0));
-    let (arrived_tx, mut arrived_rx) = mpsc::unbounded_channel::<Instant>();
-    let (ready_tx, mut ready_rx) = mpsc::unbounded_channel::<()>();
-    let connect = |i: usize, watch: bool| {
-        let token = signer
+    let shared = Arc::new(Shared {
+        bytes: AtomicU64::new(0),
+        ready: AtomicUsize::new(0),
+        ready_changed: Notify::new(),
+        probe: AtomicUsize::new(NO_PROBE),
+        start: Instant::now(),
+        arrived: (0..n).map(|_| AtomicU64::new(0)).collect(),
+        arrived_count: AtomicUsize::new(0),
+        all_arrived: Notify::new(),
+    });
+    let probe_names: Arc<Vec<String>> =
+        Arc::new((0..changes).map(|k| format!("\"probe-{k}\"")).collect());
+    let ws_config = WebSocketConfig::default().read_buffer_size(4096);
+    let token_for = |sub: String, sid: String| {
+        signer
             .sign(
                 &Identity {
-                    sub: format!("user-{i}"),
-                    name: Some(format!("User {i}")),
-                    sid: format!("s{i}"),
+                    name: Some(sub.to_uppercase()),
+                    sub,
+                    sid,
                 },
                 "presence-service",
             )
-            .expect("sign");
-        let (url, bytes, arrived_tx, ready_tx) = (
-            url.clone(),
-            bytes.clone(),
-            arrived_tx.clone(),
-            ready_tx.clone(),
-        );
+            .expect("sign")
+    };
+    let connect = |i: usize| {
+        let token = token_for(format!("user-{}", i % users), format!("s{i}"));
+        let (url, shared, probe_names) = (url.clone(), shared.clone(), probe_names.clone());
         tokio::spawn(async move {
             let mut req = url.into_client_request().expect("url");
             req.headers_mut()
                 .insert("x-identity-assertion", token.parse().expect("header"));
-            let Ok((mut ws, _)) = tokio_tungstenite::connect_async(req).await else {
+            let Ok((mut ws, _)) =
+                tokio_tungstenite::connect_async_with_config(req, Some(ws_config), true).await
+            else {
                 eprintln!("connect failed");
                 return;
             };
@@ -98,100 +171,197 @@ async fn main() -> anyhow::Result<()> {
                     let _ = ws.send(Message::text("3")).await;
                     continue;
                 }
-                if t.starts_with("42[\"online_users\"") && !counted {
-                    counted = true;
-                    let _ = ready_tx.send(());
+                if !counted {
+                    if t.starts_with("42[\"online_users\"") {
+                        counted = true;
+                        shared.ready.fetch_add(1, Ordering::Relaxed);
+                        shared.ready_changed.notify_one();
+                    }
                     continue;
                 }
-                if watch && counted {
-                    bytes.fetch_add(t.len() as u64, Ordering::Relaxed);
-                    if t.contains("\"probe\"") {
-                        let _ = arrived_tx.send(Instant::now());
+                shared.bytes.fetch_add(t.len() as u64, Ordering::Relaxed);
+                let probe = shared.probe.load(Ordering::Acquire);
+                if probe != NO_PROBE
+                    && shared.arrived[i].load(Ordering::Relaxed) == 0
+                    && t.contains(probe_names[probe].as_str())
+                {
+                    let at = shared.start.elapsed().as_nanos() as u64;
+                    shared.arrived[i].store(at.max(1), Ordering::Relaxed);
+                    if shared.arrived_count.fetch_add(1, Ordering::AcqRel) + 1 == n {
+                        shared.all_arrived.notify_one();
                     }
                 }
             }
         });
     };
 
+    // Ramp: at most 256 handshakes in flight; a client is ready when it got its snapshot.
+    let wait_ready = |target: usize| {
+        let shared = shared.clone();
+        async move {
+            while shared.ready.load(Ordering::Relaxed) < target {
+                let notified = shared.ready_changed.notified();
+                if shared.ready.load(Ordering::Relaxed) >= target {
+                    break;
+                }
+                if tokio::time::timeout(Duration::from_secs(30), notified)
+                    .await
+                    .is_err()
+                {
+                    anyhow::bail!(
+                        "only {}/{target} clients connected",
+                        shared.ready.load(Ordering::Relaxed)
+                    );
+                }
+            }
+            Ok(())
+        }
+    };
+    let drain = |shared: Arc<Shared>| async move {
+        // Until clients receive nothing for one second, bounded at 120 s.
+        let until = Instant::now() + Duration::from_secs(120);
+        loop {
+            let before = shared.bytes.load(Ordering::Relaxed);
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            if shared.bytes.load(Ordering::Relaxed) == before || Instant::now() > until {
+                break;
+            }
+        }
+    };
     let t0 = Instant::now();
+    let ninth = (n / 9).max(1);
+    let mut rss_ninth = 0;
     let mut started = 0;
-    let mut ready = 0;
-    while ready < n {
-        while started < n && started - ready < 256 {
-            connect(started, true);
-            started += 1;
+    let mut paused = Duration::ZERO;
+    for stage in [ninth, n] {
+        while started < stage {
+            let ready = shared.ready.load(Ordering::Relaxed);
+            while started < stage && started - ready < 256 {
+                connect(started);
+                started += 1;
+            }
+            let ready = shared.ready.load(Ordering::Relaxed);
+            wait_ready((ready + 1).min(stage)).await?;
         }
-        match tokio::time::timeout(Duration::from_secs(30), ready_rx.recv()).await {
-            Ok(Some(())) => ready += 1,
-            _ => anyhow::bail!("only {ready}/{n} clients connected"),
+        wait_ready(stage).await?;
+        if stage == ninth && ninth < n {
+            // Quiesce to read the RSS at N/9; the ramp's clock pauses meanwhile.
+            let pause = Instant::now();
+            drain(shared.clone()).await;
+            tokio::time::sleep(Duration::from_secs(2)).await;
+            rss_ninth = rss_kb(pid);
+            paused = pause.elapsed();
         }
     }
-    let ramp = t0.elapsed();
-    // Let the ramp's backlog (snapshots are O(N) each) drain: wait until clients receive nothing
-    // for one second, bounded at 120 s.
-    let drain_until = Instant::now() + Duration::from_secs(120);
-    loop {
-        let before = bytes.load(Ordering::Relaxed);
-        tokio::time::sleep(Duration::from_secs(1)).await;
-        if bytes.load(Ordering::Relaxed) == before || Instant::now() > drain_until {
-            break;
-        }
-    }
-    let rss1 = rss_kb(pid);
-    bytes.store(0, Ordering::Relaxed);
+    let ramp = t0.elapsed().saturating_sub(paused);
+    drain(shared.clone()).await;
+    let rss_ramp = rss_kb(pid);
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let rss_steady = rss_kb(pid);
 
-    // One presence change: a new user "probe" comes online.
-    let token = signer.sign(
-        &Identity {
-            sub: "probe".into(),
-            name: Some("probe".into()),
-            sid: "probe".into(),
-        },
-        "presence-service",
-    )?;
-    let mut req = url.clone().into_client_request()?;
-    req.headers_mut()
-        .insert("x-identity-assertion", token.parse()?);
-    let change_at = Instant::now();
-    let (mut probe, _) = tokio_tungstenite::connect_async(req).await?;
-    let _ = probe.next().await;
-    probe.send(Message::text("40")).await?;
-    let mut lat = Vec::with_capacity(n);
-    while lat.len() < n {
-        match tokio::time::timeout(Duration::from_secs(20), arrived_rx.recv()).await {
-            Ok(Some(at)) => lat.push(at.duration_since(change_at)),
-            _ => break,
+    // Presence changes: new users "probe-k" come online, one at a time.
+    shared.bytes.store(0, Ordering::Relaxed);
+    let mut lat: Vec<Duration> = Vec::with_capacity(n * changes);
+    let mut spreads = Vec::new();
+    let mut server_cpu = Vec::new();
+    let mut client_cpu = Vec::new();
+    let mut reached = Vec::new();
+    let mut probes = Vec::new();
+    let self_pid = std::process::id().to_string();
+    for k in 0..changes {
+        for a in &shared.arrived {
+            a.store(0, Ordering::Relaxed);
         }
+        shared.arrived_count.store(0, Ordering::Relaxed);
+        shared.probe.store(k, Ordering::Release);
+        let token = token_for(format!("probe-{k}"), format!("probe-{k}"));
+        let mut req = url.clone().into_client_request()?;
+        req.headers_mut()
+            .insert("x-identity-assertion", token.parse()?);
+        let (cpu_s0, cpu_c0) = (cpu_time(&pid_s), cpu_time(&self_pid));
+        let change_at = shared.start.elapsed();
+        let (mut probe, _) =
+            tokio_tungstenite::connect_async_with_config(req, Some(ws_config), true).await?;
+        let _ = probe.next().await;
+        probe.send(Message::text("40")).await?;
+        let all = shared.all_arrived.notified();
+        if shared.arrived_count.load(Ordering::Acquire) < n {
+            let _ = tokio::time::timeout(Duration::from_secs(20), all).await;
+        }
+        server_cpu.push(cpu_time(&pid_s).saturating_sub(cpu_s0));
+        client_cpu.push(cpu_time(&self_pid).saturating_sub(cpu_c0));
+        let mut these: Vec<Duration> = shared
+            .arrived
+            .iter()
+            .map(|a| a.load(Ordering::Relaxed))
+            .filter(|&a| a != 0)
+            .map(|a| Duration::from_nanos(a).saturating_sub(change_at))
+            .collect();
+        these.sort();
+        reached.push(these.len());
+        if let (Some(first), Some(last)) = (these.first(), these.last()) {
+            spreads.push(*last - *first);
+        }
+        lat.extend(these);
+        probes.push(probe); // stays online: the next change is another user
+        tokio::time::sleep(Duration::from_millis(300)).await;
     }
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    let change_bytes = bytes.load(Ordering::Relaxed);
+    let change_bytes = shared.bytes.load(Ordering::Relaxed) / changes.max(1) as u64;
     lat.sort();
     let pct = |p: f64| {
         lat.get(((lat.len() as f64 * p).ceil() as usize).saturating_sub(1))
             .copied()
             .unwrap_or_default()
     };
-    println!("mode={mode} N={n}");
+    let median = |v: &mut Vec<Duration>| {
+        v.sort();
+        v.get(v.len() / 2).copied().unwrap_or_default()
+    };
+    let min_reached = reached.iter().copied().min().unwrap_or(0);
+    println!(
+        "mode={mode} N={n} ({} users){}",
+        users.min(n),
+        if users < n {
+            " - few users: the online list stays small, so this isolates what one socket costs"
+        } else {
+            ""
+        }
+    );
     println!(
         "  connect: {n} clients in {:.2} s = {:.0} conn/s",
         ramp.as_secs_f64(),
         n as f64 / ramp.as_secs_f64()
     );
     println!(
-        "  one change reached {}/{n} clients: p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms",
-        lat.len(),
-        pct(0.50).as_secs_f64() * 1e3,
-        pct(0.99).as_secs_f64() * 1e3,
-        lat.last().copied().unwrap_or_default().as_secs_f64() * 1e3
+        "  {changes} changes, each reached >= {min_reached}/{n} clients: p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms \
+         (from the new user's connect to each client's read)",
+        ms(pct(0.50)),
+        ms(pct(0.99)),
+        ms(lat.last().copied().unwrap_or_default()),
+    );
+    println!(
+        "  per change (median of {changes}): first-to-last client {:.1} ms; server CPU {:.1} ms; bench client CPU {:.1} ms",
+        ms(median(&mut spreads)),
+        ms(median(&mut server_cpu)),
+        ms(median(&mut client_cpu)),
     );
     println!(
         "  bytes sent per change: {change_bytes} ({:.1} x N)",
         change_bytes as f64 / n as f64
     );
+    let per = |rss: u64, count: usize| rss.saturating_sub(rss0) as f64 / count as f64;
     println!(
-        "  server RSS: {rss0} kB idle, {rss1} kB with N sockets => {:.1} KB per idle socket",
-        (rss1.saturating_sub(rss0)) as f64 / n as f64
+        "  server RSS: {rss0} kB empty; {rss_ramp} kB after the ramp ({:.1} KB/socket); \
+         {rss_steady} kB 5 s later ({:.1} KB/socket)",
+        per(rss_ramp, n),
+        per(rss_steady, n),
     );
+    if ninth < n {
+        println!(
+            "  marginal cost: {rss_ninth} kB at {ninth} sockets -> {rss_steady} kB at {n} = {:.1} KB per extra socket",
+            rss_steady.saturating_sub(rss_ninth) as f64 / (n - ninth) as f64
+        );
+    }
     let _ = server.kill().await;
     std::fs::remove_dir_all(dir).ok();
     Ok(())

@@ -6,6 +6,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use serde::Serialize;
+use serde_json::value::RawValue;
 use socketioxide::adapter::Adapter;
 use socketioxide::extract::SocketRef;
 use socketioxide::SocketIo;
@@ -131,6 +132,8 @@ pub fn start<A: Adapter>(
         metrics,
         cfg,
         batch: DiffBatch::default(),
+        last_flush: Instant::now(),
+        waiting_snapshot: Vec::new(),
     };
     tokio::spawn(announcer.run(presence.clone(), rx));
     presence
@@ -142,7 +145,18 @@ struct Announcer<A: Adapter> {
     metrics: Metrics,
     cfg: AnnouncerConfig,
     batch: DiffBatch,
+    /// When the last `presence_diff` went out: the next one goes out at once if a window has
+    /// passed since (a lone change is not delayed), else at the end of that window (a burst
+    /// of changes is coalesced).
+    last_flush: Instant,
+    /// Sockets whose snapshot is due, served together after the queue is drained (one read
+    /// and one serialization of the list for all of them, however many connected at once).
+    waiting_snapshot: Vec<SocketRef<A>>,
 }
+
+/// Commands handled per turn of the loop before the waiting snapshots are sent: large enough
+/// that a connect burst shares one list read, small enough that timers still run in a flood.
+const DRAIN_PER_TURN: usize = 1024;
 
 impl<A: Adapter> Announcer<A> {
     async fn run(
@@ -152,18 +166,27 @@ impl<A: Adapter> Announcer<A> {
     ) {
         let mut heartbeat = tokio::time::interval(self.cfg.heartbeat_interval);
         heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        let mut flush = tokio::time::interval(self.cfg.diff_window);
-        flush.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let far = Duration::from_secs(3600);
         let mut next_release: Option<Instant> = None;
         loop {
             let release_at = next_release.unwrap_or_else(|| Instant::now() + far);
+            let flush_at = self.last_flush + self.cfg.diff_window;
             tokio::select! {
                 biased;
-                cmd = rx.recv() => match cmd {
-                    Some(Command::Apply(effect)) => self.apply(effect).await,
-                    Some(Command::Snapshot(socket)) => self.snapshot(socket).await,
-                    None => break,
+                // Before the queue, so that a flood of connects cannot hold a diff back.
+                _ = tokio::time::sleep_until(flush_at.into()), if !self.batch.is_empty() => {
+                    self.flush().await;
+                }
+                cmd = rx.recv() => {
+                    let Some(cmd) = cmd else { break };
+                    self.handle(cmd).await;
+                    for _ in 1..DRAIN_PER_TURN {
+                        match rx.try_recv() {
+                            Ok(cmd) => self.handle(cmd).await,
+                            Err(_) => break,
+                        }
+                    }
+                    self.send_snapshots().await;
                 },
                 _ = tokio::time::sleep_until(release_at.into()) => {
                     next_release = presence.expire(Instant::now());
@@ -171,9 +194,18 @@ impl<A: Adapter> Announcer<A> {
                 _ = presence.release_changed.notified() => {
                     next_release = presence.expire(Instant::now());
                 }
-                _ = flush.tick(), if !self.batch.is_empty() => self.flush().await,
                 _ = heartbeat.tick() => self.maintain(&presence).await,
             }
+        }
+    }
+
+    async fn handle(&mut self, cmd: Command<A>) {
+        match cmd {
+            Command::Apply(effect) => self.apply(effect).await,
+            // A socket's `Hold` was queued before its `Snapshot`, so the list read after the
+            // drain includes it; changes applied meanwhile are in the list too, and in diff mode
+            // also reach the socket again as a diff, which clients apply idempotently.
+            Command::Snapshot(socket) => self.waiting_snapshot.push(socket),
         }
     }
 
@@ -270,24 +302,37 @@ impl<A: Adapter> Announcer<A> {
     }
 
     async fn flush(&mut self) {
+        self.last_flush = Instant::now();
         if let Some(diff) = self.batch.take() {
+            // The online gauge is refreshed by the heartbeat: reading the whole list here would
+            // make every diff O(N).
             self.broadcast("presence_diff", &diff).await;
-            // Keep the gauge fresh in diff mode too (compat reads the list on every change).
-            self.online().await;
         }
     }
 
-    async fn snapshot(&self, socket: SocketRef<A>) {
+    /// `online_users` to every waiting socket: the list is read and serialized once; each
+    /// socket then only copies the bytes.
+    async fn send_snapshots(&mut self) {
+        if self.waiting_snapshot.is_empty() {
+            return;
+        }
         let online = self.online().await;
-        if let Err(e) = socket.emit(
-            "online_users",
-            &OnlineUsers {
-                online_users: &online,
-            },
-        ) {
-            tracing::debug!(error = %e, sid = %socket.id, "snapshot not sent (socket gone?)");
-        } else {
-            self.metrics.emitted("online_users");
+        let payload = match serde_json::value::to_raw_value(&OnlineUsers {
+            online_users: &online,
+        }) {
+            Ok(p) => p,
+            Err(e) => {
+                tracing::error!(error = %e, "cannot serialize the online list");
+                self.waiting_snapshot.clear();
+                return;
+            }
+        };
+        for socket in self.waiting_snapshot.drain(..) {
+            if let Err(e) = socket.emit("online_users", &*payload as &RawValue) {
+                tracing::debug!(error = %e, sid = %socket.id, "snapshot not sent (socket gone?)");
+            } else {
+                self.metrics.emitted("online_users");
+            }
         }
     }
 

@@ -157,6 +157,12 @@ async fn serve(
     // Tests and scripts that bind port 0 read the real address from this line on stdout.
     println!("presence-service listening on {addr}");
     tracing::info!(%addr, "listening");
+    // Presence frames are small and latency-bound: never hold one back for Nagle.
+    let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
+        if let Err(e) = tcp.set_nodelay(true) {
+            tracing::debug!(error = %e, "TCP_NODELAY not set");
+        }
+    });
     let server = axum::serve(listener, router);
     tokio::select! {
         res = server => res.map_err(|source| StartError::Listen { addr, source }),
