@@ -19,8 +19,8 @@ set -euo pipefail
 started=$(date +%s)
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 repo=$(cd "$here/../.." && pwd)
-IMAGES_FROM=${IMAGES_FROM:-local}
-PROFILE=${PROFILE:-release}
+export IMAGES_FROM=${IMAGES_FROM:-local}
+export PROFILE=${PROFILE:-release}
 
 log() { printf '\n[run-suite %s] %s\n' "$(date +%T)" "$*" >&2; }
 elapsed() { echo $(($(date +%s) - started)); }
@@ -46,43 +46,19 @@ free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",
 export COMPOSE_FILE="$repo/integration/docker-compose.yml"
 export COMPOSE_PROJECT_NAME=${COMPOSE_PROJECT_NAME:-edgesuite}
 export IMAGE_PREFIX=${IMAGE_PREFIX:-edge}
-export IMAGE_TAG=${IMAGE_TAG:-suite}
+export IMAGE_TAG=${IMAGE_TAG:-dev}
 export GATEWAY_BIND=127.0.0.1
 export GATEWAY_PORT=${GATEWAY_PORT:-$(free_port)}
 export GATEWAY_DEMO_PORT=${GATEWAY_DEMO_PORT:-$(free_port)}
 export SESSION_SECRET=${SESSION_SECRET:-suite-secret-$RANDOM$RANDOM}
-run_dir=$(mktemp -d /tmp/compose-suite.XXXXXX)
-export CA_FILE="$run_dir/ca.crt"
 export GATEWAY_URL="https://127.0.0.1:$GATEWAY_PORT"
 export GATEWAY_DEMO_URL="https://127.0.0.1:$GATEWAY_DEMO_PORT"
 
 # ---- images ---------------------------------------------------------------------------------
+"$here/build-images.sh"
 if [[ $IMAGES_FROM == local ]]; then
-  log "base images (cached after the first run)"
-  "$here/prepare-base-images.sh"
-  export BASE_IMAGE=edge-local/debian:bookworm-slim NODE_IMAGE=edge-local/node:bookworm-slim
   export REDIS_IMAGE=edge-local/redis:bookworm
-  if [[ ${SKIP_HOST_BUILD:-0} != 1 ]]; then
-    log "host build: cargo build --profile $PROFILE (one build for all three binaries)"
-    profile_flag=(--release)
-    [[ $PROFILE == debug ]] && profile_flag=()
-    (cd "$repo" && cargo build "${profile_flag[@]}" --locked -p gateway -p presence-service -p demo-service)
-  fi
-  log "host: npm ci --omit=dev for the Express image"
-  (cd "$repo/integration/express-service" && npm ci --omit=dev --no-audit --no-fund --loglevel=error)
-  rust_args=(--build-arg BINARY_FROM=prebuilt --build-arg "BINARY_DIR=target/$PROFILE" --build-arg "BASE_IMAGE=$BASE_IMAGE")
-  node_args=(--build-arg NODE_MODULES_FROM=context --build-arg "NODE_IMAGE=$NODE_IMAGE")
-else
-  rust_args=()
-  node_args=()
 fi
-for svc in gateway presence-service demo-service; do
-  log "image $IMAGE_PREFIX/$svc:$IMAGE_TAG"
-  "$DOCKER" build -q "${rust_args[@]}" -f "$here/$svc.Dockerfile" -t "$IMAGE_PREFIX/$svc:$IMAGE_TAG" "$repo" >/dev/null
-done
-log "image $IMAGE_PREFIX/express-service:$IMAGE_TAG"
-"$DOCKER" build -q "${node_args[@]}" -f "$here/express-service.Dockerfile" \
-  -t "$IMAGE_PREFIX/express-service:$IMAGE_TAG" "$repo/integration/express-service" >/dev/null
 log "images ready after $(elapsed) s"
 
 # ---- test clients on the host ---------------------------------------------------------------
@@ -93,6 +69,8 @@ venv="$repo/integration/compose-tests/.venv"
 "$venv/bin/pip" install -q -r "$repo/integration/compose-tests/requirements.txt"
 
 # ---- stack ----------------------------------------------------------------------------------
+run_dir=$(mktemp -d /tmp/compose-suite.XXXXXX)
+export CA_FILE="$run_dir/ca.crt"
 failed=0
 cleanup() {
   local rc=$?
@@ -158,7 +136,7 @@ log "stack healthy after $(elapsed) s"
 # Python first: it only connects clients. The node files run in name order, one at a time,
 # the ones that kill containers last.
 log "pytest (python-socketio)"
-pytest_args=(-q -p no:cacheprovider)
+pytest_args=(-q -p no:cacheprovider --tb=short)
 [[ -n ${TEST_FILTER:-} ]] && pytest_args+=(-k "$TEST_FILTER")
 (cd "$repo/integration/compose-tests" && "$venv/bin/python" -m pytest "${pytest_args[@]}" py) || failed=1
 

@@ -1,0 +1,66 @@
+#!/usr/bin/env bash
+# Builds the four images of the compose stack (gateway, presence-service, demo-service,
+# express-service), tagged $IMAGE_PREFIX/<name>:$IMAGE_TAG (edge/<name>:dev), as the compose file
+# names them.
+#
+#   integration/docker/build-images.sh                      # offline: local bases, host binaries
+#   IMAGES_FROM=registry integration/docker/build-images.sh # connected: pull bases, compile inside
+#
+# Env: IMAGES_FROM (local|registry, default local), PROFILE (release|debug: the cargo profile of
+# the host-built binaries, default release), SKIP_HOST_BUILD=1 (use target/$PROFILE as it is),
+# IMAGE_PREFIX (edge), IMAGE_TAG (dev), DOCKER (a CLI that builds with BuildKit).
+#
+# Offline, the Rust binaries are compiled once on the host (one cargo build for all three,
+# sharing the target dir and its cache) and copied into the slim runtime images; node_modules is
+# installed on the host and copied likewise. No image registry is needed.
+set -euo pipefail
+
+here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+repo=$(cd "$here/../.." && pwd)
+IMAGES_FROM=${IMAGES_FROM:-local}
+PROFILE=${PROFILE:-release}
+IMAGE_PREFIX=${IMAGE_PREFIX:-edge}
+IMAGE_TAG=${IMAGE_TAG:-dev}
+
+log() { printf '[build-images %s] %s\n' "$(date +%T)" "$*" >&2; }
+
+# Debian's docker.io CLI builds with BuildKit on its own; a newer CLI needs the buildx plugin.
+if [[ -z ${DOCKER:-} ]]; then
+  if docker buildx version >/dev/null 2>&1; then DOCKER=docker
+  elif [[ -x /usr/bin/docker ]]; then DOCKER=/usr/bin/docker
+  else DOCKER=docker
+  fi
+fi
+export DOCKER DOCKER_BUILDKIT=1
+
+case $IMAGES_FROM in
+  local)
+    log "base images (debootstrap + docker import; cached)"
+    DOCKER=$DOCKER "$here/prepare-base-images.sh"
+    base=edge-local/debian:bookworm-slim
+    node=edge-local/node:bookworm-slim
+    if [[ ${SKIP_HOST_BUILD:-0} != 1 ]]; then
+      log "host build: cargo build ($PROFILE) -p gateway -p presence-service -p demo-service"
+      profile_flag=(--release)
+      [[ $PROFILE == debug ]] && profile_flag=()
+      (cd "$repo" && cargo build "${profile_flag[@]}" --locked -p gateway -p presence-service -p demo-service)
+    fi
+    log "host: npm ci --omit=dev (express-service)"
+    (cd "$repo/integration/express-service" && npm ci --omit=dev --no-audit --no-fund --loglevel=error)
+    rust_args=(--build-arg BINARY_FROM=prebuilt --build-arg "BINARY_DIR=target/$PROFILE" --build-arg "BASE_IMAGE=$base")
+    node_args=(--build-arg NODE_MODULES_FROM=context --build-arg "NODE_IMAGE=$node")
+    ;;
+  registry)
+    rust_args=()
+    node_args=()
+    ;;
+  *) echo "IMAGES_FROM must be local or registry" >&2; exit 2 ;;
+esac
+
+for svc in gateway presence-service demo-service; do
+  log "$IMAGE_PREFIX/$svc:$IMAGE_TAG"
+  "$DOCKER" build -q "${rust_args[@]}" -f "$here/$svc.Dockerfile" -t "$IMAGE_PREFIX/$svc:$IMAGE_TAG" "$repo" >/dev/null
+done
+log "$IMAGE_PREFIX/express-service:$IMAGE_TAG"
+"$DOCKER" build -q "${node_args[@]}" -f "$here/express-service.Dockerfile" \
+  -t "$IMAGE_PREFIX/express-service:$IMAGE_TAG" "$repo/integration/express-service" >/dev/null
