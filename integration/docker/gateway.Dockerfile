@@ -14,6 +14,8 @@ ARG BASE_IMAGE=debian:bookworm-slim
 ARG BINARY_FROM=source
 
 FROM ${RUST_IMAGE} AS binary-source
+# libz-ng-sys (pingora's compression) builds zlib-ng with cmake.
+RUN command -v cmake >/dev/null || { apt-get update && apt-get install -y --no-install-recommends cmake && rm -rf /var/lib/apt/lists/*; }
 WORKDIR /src
 # Every workspace member must be present for cargo to load the workspace.
 COPY Cargo.toml Cargo.lock ./
