@@ -5,7 +5,7 @@
 //!   2. gateway RSS per idle upgraded WebSocket over TLS, at several thousand connections.
 //!
 //! Run it with `integration/bench/gateway-bench.sh` (release build, raised fd limit).
-//! Env: BENCH_CONCURRENCY (32), BENCH_SECS (5), BENCH_WS (5000), GATEWAY_BIN.
+//! Env: BENCH_CONCURRENCY (32), BENCH_SECS (5), BENCH_WS (5000), BENCH_GW_THREADS (2), GATEWAY_BIN.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -20,11 +20,18 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio_tungstenite::tungstenite::{protocol::Role, Message};
 
 fn env(name: &str, default: usize) -> usize {
-    std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
 }
 
 fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 /// A minimal Engine.IO-like upstream: open packet for polling handshakes, WebSocket echo for
@@ -34,35 +41,50 @@ async fn upstream() -> SocketAddr {
     let addr = listener.local_addr().unwrap();
     tokio::spawn(async move {
         loop {
-            let Ok((stream, _)) = listener.accept().await else { break };
+            let Ok((stream, _)) = listener.accept().await else {
+                break;
+            };
             let _ = stream.set_nodelay(true);
             tokio::spawn(async move {
-                let svc = hyper::service::service_fn(|mut req: hyper::Request<Incoming>| async move {
-                    if let Some(key) = req.headers().get("sec-websocket-key").cloned() {
-                        let accept = tokio_tungstenite::tungstenite::handshake::derive_accept_key(key.as_bytes());
-                        tokio::spawn(async move {
-                            if let Ok(up) = hyper::upgrade::on(&mut req).await {
-                                let mut ws = tokio_tungstenite::WebSocketStream::from_raw_socket(TokioIo::new(up), Role::Server, None).await;
-                                while let Some(Ok(m)) = ws.next().await {
-                                    if m.is_text() && ws.send(m).await.is_err() {
-                                        break;
+                let svc = hyper::service::service_fn(
+                    |mut req: hyper::Request<Incoming>| async move {
+                        if let Some(key) = req.headers().get("sec-websocket-key").cloned() {
+                            let accept =
+                                tokio_tungstenite::tungstenite::handshake::derive_accept_key(
+                                    key.as_bytes(),
+                                );
+                            tokio::spawn(async move {
+                                if let Ok(up) = hyper::upgrade::on(&mut req).await {
+                                    let mut ws =
+                                        tokio_tungstenite::WebSocketStream::from_raw_socket(
+                                            TokioIo::new(up),
+                                            Role::Server,
+                                            None,
+                                        )
+                                        .await;
+                                    while let Some(Ok(m)) = ws.next().await {
+                                        if m.is_text() && ws.send(m).await.is_err() {
+                                            break;
+                                        }
                                     }
                                 }
-                            }
-                        });
-                        return Ok::<_, hyper::Error>(
-                            hyper::Response::builder()
-                                .status(101)
-                                .header("upgrade", "websocket")
-                                .header("connection", "upgrade")
-                                .header("sec-websocket-accept", accept)
-                                .body(Full::new(Bytes::new()))
-                                .unwrap(),
-                        );
-                    }
-                    let body = r#"0{"sid":"bench","upgrades":["websocket"],"pingInterval":25000,"pingTimeout":20000,"maxPayload":1000000}"#;
-                    Ok(hyper::Response::new(Full::new(Bytes::from_static(body.as_bytes()))))
-                });
+                            });
+                            return Ok::<_, hyper::Error>(
+                                hyper::Response::builder()
+                                    .status(101)
+                                    .header("upgrade", "websocket")
+                                    .header("connection", "upgrade")
+                                    .header("sec-websocket-accept", accept)
+                                    .body(Full::new(Bytes::new()))
+                                    .unwrap(),
+                            );
+                        }
+                        let body = r#"0{"sid":"bench","upgrades":["websocket"],"pingInterval":25000,"pingTimeout":20000,"maxPayload":1000000}"#;
+                        Ok(hyper::Response::new(Full::new(Bytes::from_static(
+                            body.as_bytes(),
+                        ))))
+                    },
+                );
                 let _ = hyper::server::conn::http1::Builder::new()
                     .serve_connection(TokioIo::new(stream), svc)
                     .with_upgrades()
@@ -73,7 +95,10 @@ async fn upstream() -> SocketAddr {
     addr
 }
 
-type Tls = Option<(tokio_rustls::TlsConnector, rustls::pki_types::ServerName<'static>)>;
+type Tls = Option<(
+    tokio_rustls::TlsConnector,
+    rustls::pki_types::ServerName<'static>,
+)>;
 
 async fn connect(addr: SocketAddr, tls: &Tls) -> Box<dyn Io> {
     let tcp = TcpStream::connect(addr).await.expect("connect");
@@ -96,14 +121,24 @@ struct Run {
 }
 
 /// `concurrency` keep-alive connections sending handshakes back to back for `secs`.
-async fn handshakes(label: &'static str, addr: SocketAddr, tls: Tls, cookie: String, concurrency: usize, secs: u64) -> Run {
+async fn handshakes(
+    label: &'static str,
+    addr: SocketAddr,
+    tls: Tls,
+    cookie: String,
+    concurrency: usize,
+    secs: u64,
+) -> Run {
     let deadline = Instant::now() + Duration::from_secs(secs);
     let mut tasks = Vec::new();
     for _ in 0..concurrency {
         let (tls, cookie) = (tls.clone(), cookie.clone());
         tasks.push(tokio::spawn(async move {
             let io = connect(addr, &tls).await;
-            let (mut send, conn) = hyper::client::conn::http1::handshake::<_, Empty<Bytes>>(TokioIo::new(io)).await.unwrap();
+            let (mut send, conn) =
+                hyper::client::conn::http1::handshake::<_, Empty<Bytes>>(TokioIo::new(io))
+                    .await
+                    .unwrap();
             tokio::spawn(conn);
             let mut lat = Vec::new();
             let mut errors = 0;
@@ -136,7 +171,11 @@ async fn handshakes(label: &'static str, addr: SocketAddr, tls: Tls, cookie: Str
         errors += e;
     }
     all.sort();
-    let pct = |p: f64| all.get(((all.len() as f64 * p) as usize).min(all.len().saturating_sub(1))).copied().unwrap_or_default();
+    let pct = |p: f64| {
+        all.get(((all.len() as f64 * p) as usize).min(all.len().saturating_sub(1)))
+            .copied()
+            .unwrap_or_default()
+    };
     Run {
         label,
         rps: all.len() as f64 / secs as f64,
@@ -149,7 +188,11 @@ async fn handshakes(label: &'static str, addr: SocketAddr, tls: Tls, cookie: Str
 fn rss_kib(pid: u32) -> u64 {
     std::fs::read_to_string(format!("/proc/{pid}/status"))
         .ok()
-        .and_then(|s| s.lines().find(|l| l.starts_with("VmRSS:")).and_then(|l| l.split_whitespace().nth(1)?.parse().ok()))
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmRSS:"))
+                .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
+        })
         .unwrap_or(0)
 }
 
@@ -158,6 +201,7 @@ async fn main() {
     let concurrency = env("BENCH_CONCURRENCY", 32);
     let secs = env("BENCH_SECS", 5) as u64;
     let n_ws = env("BENCH_WS", 5000);
+    let threads = env("BENCH_GW_THREADS", 2);
     let bin = std::env::var("GATEWAY_BIN").unwrap_or_else(|_| "target/release/gateway".into());
 
     let up = upstream().await;
@@ -165,11 +209,19 @@ async fn main() {
     let db = dir.path().join("sessions.db");
     let session_id = {
         use tower_sessions::session_store::SessionStore;
-        let pool = tower_sessions_sqlx_store::sqlx::SqlitePool::connect(&format!("sqlite://{}?mode=rwc", db.display())).await.unwrap();
+        let pool = tower_sessions_sqlx_store::sqlx::SqlitePool::connect(&format!(
+            "sqlite://{}?mode=rwc",
+            db.display()
+        ))
+        .await
+        .unwrap();
         let store = tower_sessions_sqlx_store::SqliteStore::new(pool);
         store.migrate().await.unwrap();
         let mut data = std::collections::HashMap::new();
-        data.insert("axum-login.data".to_string(), serde_json::json!({"user_id": "alice", "auth_hash": []}));
+        data.insert(
+            "axum-login.data".to_string(),
+            serde_json::json!({"user_id": "alice", "auth_hash": []}),
+        );
         let mut r = tower_sessions::session::Record {
             id: Default::default(),
             data,
@@ -178,13 +230,17 @@ async fn main() {
         store.create(&mut r).await.unwrap();
         r.id.to_string()
     };
-    let status = std::process::Command::new(&bin).args(["dev-certs", "--out"]).arg(dir.path()).output().expect("gateway binary");
+    let status = std::process::Command::new(&bin)
+        .args(["dev-certs", "--out"])
+        .arg(dir.path())
+        .output()
+        .expect("gateway binary");
     assert!(status.status.success());
     let (plain, tls_port, admin) = (free_port(), free_port(), free_port());
     let config = format!(
         r#"
 [gateway]
-threads = 1
+threads = {threads}
 [admin]
 listen = "127.0.0.1:{admin}"
 [[listener]]
@@ -229,11 +285,13 @@ audience = "presence-service"
     for cert in rustls::pki_types::CertificateDer::pem_slice_iter(&ca) {
         roots.add(cert.unwrap()).unwrap();
     }
-    let client = rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
-        .with_safe_default_protocol_versions()
-        .unwrap()
-        .with_root_certificates(roots)
-        .with_no_client_auth();
+    let client = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_root_certificates(roots)
+    .with_no_client_auth();
     let tls: Tls = Some((
         tokio_rustls::TlsConnector::from(Arc::new(client)),
         rustls::pki_types::ServerName::try_from("localhost").unwrap(),
@@ -242,15 +300,47 @@ audience = "presence-service"
     let gw_plain: SocketAddr = format!("127.0.0.1:{plain}").parse().unwrap();
     let gw_tls: SocketAddr = format!("127.0.0.1:{tls_port}").parse().unwrap();
 
-    println!("== Engine.IO polling handshakes, {concurrency} keep-alive connections, {secs} s each");
+    println!(
+        "== Engine.IO polling handshakes, {concurrency} keep-alive connections, {secs} s each"
+    );
     let runs = vec![
-        handshakes("direct to upstream", up, None, cookie.clone(), concurrency, secs).await,
-        handshakes("through gateway (http)", gw_plain, None, cookie.clone(), concurrency, secs).await,
-        handshakes("through gateway (https)", gw_tls, tls.clone(), cookie.clone(), concurrency, secs).await,
+        handshakes(
+            "direct to upstream",
+            up,
+            None,
+            cookie.clone(),
+            concurrency,
+            secs,
+        )
+        .await,
+        handshakes(
+            "through gateway (http)",
+            gw_plain,
+            None,
+            cookie.clone(),
+            concurrency,
+            secs,
+        )
+        .await,
+        handshakes(
+            "through gateway (https)",
+            gw_tls,
+            tls.clone(),
+            cookie.clone(),
+            concurrency,
+            secs,
+        )
+        .await,
     ];
-    println!("{:<28} {:>12} {:>10} {:>10} {:>7}", "", "handshakes/s", "p50", "p99", "errors");
+    println!(
+        "{:<28} {:>12} {:>10} {:>10} {:>7}",
+        "", "handshakes/s", "p50", "p99", "errors"
+    );
     for r in &runs {
-        println!("{:<28} {:>12.0} {:>10.3?} {:>10.3?} {:>7}", r.label, r.rps, r.p50, r.p99, r.errors);
+        println!(
+            "{:<28} {:>12.0} {:>10.3?} {:>10.3?} {:>7}",
+            r.label, r.rps, r.p50, r.p99, r.errors
+        );
     }
     let added = |r: &Run| (r.p50.as_secs_f64() - runs[0].p50.as_secs_f64()) * 1e3;
     let added99 = |r: &Run| (r.p99.as_secs_f64() - runs[0].p99.as_secs_f64()) * 1e3;
@@ -263,7 +353,15 @@ audience = "presence-service"
     );
     // Single-connection latency: what one handshake costs when nothing queues.
     let one_direct = handshakes("direct, 1 connection", up, None, cookie.clone(), 1, 2).await;
-    let one_gw = handshakes("gateway http, 1 connection", gw_plain, None, cookie.clone(), 1, 2).await;
+    let one_gw = handshakes(
+        "gateway http, 1 connection",
+        gw_plain,
+        None,
+        cookie.clone(),
+        1,
+        2,
+    )
+    .await;
     println!(
         "one connection: direct p50 {:.3?}, gateway p50 {:.3?} (added {:+.3} ms)",
         one_direct.p50,
@@ -278,13 +376,18 @@ audience = "presence-service"
     for i in 0..n_ws {
         let io = connect(gw_tls, &tls).await;
         let req = tokio_tungstenite::tungstenite::handshake::client::Request::builder()
-            .uri(format!("wss://localhost:{tls_port}/socket.io/?EIO=4&transport=websocket"))
+            .uri(format!(
+                "wss://localhost:{tls_port}/socket.io/?EIO=4&transport=websocket"
+            ))
             .header("host", format!("localhost:{tls_port}"))
             .header("cookie", cookie.as_str())
             .header("connection", "Upgrade")
             .header("upgrade", "websocket")
             .header("sec-websocket-version", "13")
-            .header("sec-websocket-key", tokio_tungstenite::tungstenite::handshake::client::generate_key())
+            .header(
+                "sec-websocket-key",
+                tokio_tungstenite::tungstenite::handshake::client::generate_key(),
+            )
             .body(())
             .unwrap();
         match tokio_tungstenite::client_async(req, io).await {
@@ -314,6 +417,16 @@ audience = "presence-service"
         (after.saturating_sub(before)) as f64 / n
     );
     drop(sockets);
+    // SIGTERM (graceful), so a profiler wrapping the gateway can write its report.
+    let _ = std::process::Command::new("kill")
+        .args(["-TERM", &pid.to_string()])
+        .status();
+    for _ in 0..300 {
+        if let Ok(Some(_)) = child.try_wait() {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
     let _ = child.kill();
     let _ = child.wait();
 }

@@ -9,6 +9,7 @@ use std::time::Duration;
 use identity_assertion::{AssertionSigner, SigningKey};
 use pingora::apps::http_app::HttpServer;
 use pingora::listeners::tls::TlsSettings;
+use pingora::listeners::{L4BufferSettings, ListenerConfig, DEFAULT_L4_WRITE_BUFFER_SIZE};
 use pingora::server::configuration::{Opt, ServerConf};
 use pingora::server::Server;
 use pingora::services::background::background_service;
@@ -245,8 +246,10 @@ pub fn build(cfg: Config) -> Result<Server, ConfigError> {
             gateway,
             &format!("listener {i} {}", l.listen.get_ref()),
         );
+        let buffers = L4BufferSettings::new(l.read_buffer_bytes, DEFAULT_L4_WRITE_BUFFER_SIZE);
+        let endpoint = ListenerConfig::tcp(l.listen.get_ref().clone()).l4_buffer(buffers);
         match &l.tls {
-            None => svc.add_tcp(l.listen.get_ref()),
+            None => svc.add_listener(endpoint),
             Some(tls) => {
                 let cert = cfg.path(tls.cert.get_ref()).display().to_string();
                 let key = cfg.path(tls.key.get_ref()).display().to_string();
@@ -255,7 +258,7 @@ pub fn build(cfg: Config) -> Result<Server, ConfigError> {
                 if l.http2 {
                     settings.enable_h2();
                 }
-                svc.add_tls_with_settings(l.listen.get_ref(), None, settings);
+                svc.add_listener(endpoint.tls(settings));
             }
         }
         server.add_service(svc);

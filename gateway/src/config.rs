@@ -144,6 +144,12 @@ pub struct ListenerConfig {
     /// separate HTTP/1.1 connection when the server does not offer RFC 8441.
     #[serde(default)]
     pub http2: bool,
+    /// Per-connection socket read buffer under TLS/HTTP parsing (0 = none). Pingora's default
+    /// is 64 KiB per connection, held for the connection's whole life; rustls and the HTTP
+    /// parser read into their own buffers anyway, so none is the leanest choice for
+    /// long-lived WebSockets (see the gateway bench).
+    #[serde(default)]
+    pub read_buffer_bytes: usize,
 }
 
 #[derive(Debug, Deserialize)]

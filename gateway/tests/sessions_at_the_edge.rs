@@ -523,3 +523,152 @@ audience = "presence-service"
     assert_eq!(get(&gw.admin_url("/readyz"), &[]).await.unwrap().0, 200);
     assert_eq!(sio.count(), 2);
 }
+
+#[tokio::test]
+async fn tower_sessions_in_redis_are_read_through_the_real_store() {
+    use tower_sessions::session_store::SessionStore;
+    use tower_sessions_redis_store::fred::prelude::{ClientLike, Config, Pool};
+    let redis = Redis::start().await;
+    let sio = Upstream::start("sio").await;
+    // Written by tower-sessions' own Redis store, as an axum app using it would.
+    let pool = Pool::new(Config::from_url(&redis.url()).unwrap(), None, None, None, 1).unwrap();
+    pool.init().await.unwrap();
+    let store = tower_sessions_redis_store::RedisStore::new(pool);
+    let mut data = std::collections::HashMap::new();
+    data.insert(
+        "axum-login.data".to_string(),
+        serde_json::json!({"user_id": 7, "auth_hash": [0]}),
+    );
+    data.insert("display_name".to_string(), serde_json::json!("Grace"));
+    let mut record = tower_sessions::session::Record {
+        id: Default::default(),
+        data,
+        expiry_date: time::OffsetDateTime::now_utc() + ALICE_TTL,
+    };
+    store.create(&mut record).await.unwrap();
+
+    let body = format!(
+        r#"
+[session]
+flavour = "tower-sessions"
+display_name_field = "display_name"
+store = {{ kind = "redis", url = "{}" }}
+
+[[route]]
+name = "presence"
+path_prefix = "/socket.io/"
+upstreams = ["{}"]
+auth = "socketio-handshake"
+audience = "presence-service"
+"#,
+        redis.url(),
+        sio.addr
+    );
+    let gw = Gateway::start(&body).await;
+    gw.wait_ready().await;
+    let cookie = format!("id={}", record.id);
+    let (s, _, b) = get(&gw.url(HANDSHAKE), &[("cookie", &cookie)])
+        .await
+        .unwrap();
+    assert_eq!(s, 200, "{b}");
+    let token = sio.requests()[0]
+        .header("x-identity-assertion")
+        .unwrap()
+        .to_string();
+    let claims = gw.verify(&token, "presence-service").await.unwrap();
+    assert_eq!(
+        (claims.sub.as_str(), claims.name.as_deref()),
+        ("7", Some("Grace")),
+        "numeric axum-login ids work"
+    );
+    let unknown = format!("id={}", tower_sessions::session::Id::default());
+    assert_eq!(
+        get(&gw.url(HANDSHAKE), &[("cookie", &unknown)])
+            .await
+            .unwrap()
+            .0,
+        401
+    );
+}
+
+#[tokio::test]
+async fn a_logout_through_the_gateway_is_propagated_with_the_session_handle() {
+    let (sio, app, presence_internal) = (
+        Upstream::start("sio").await,
+        Upstream::start("app").await,
+        Upstream::start("presence-internal").await,
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("sessions.db");
+    let alice = tower_session_sqlite(&db, "alice", Some("Alice"), ALICE_TTL).await;
+    let logout = format!(
+        "logout = {{ path = \"/api/auth/logout\", notify = [\"http://127.0.0.1:{}/internal/sessions/ended\"], audience = \"presence-service\" }}",
+        presence_internal.addr.port()
+    );
+    // The app route is the last table of the config: the logout line belongs to it.
+    let config = tower_sqlite_config(&db, &sio, &app, "") + &format!("{logout}\n");
+    let gw = Gateway::start(&config).await;
+    gw.wait_ready().await;
+    let cookie = format!("id={alice}");
+    assert_eq!(
+        get(&gw.url(HANDSHAKE), &[("cookie", &cookie)])
+            .await
+            .unwrap()
+            .0,
+        200
+    );
+    let handshake_sid = gw
+        .verify(
+            sio.requests()[0].header("x-identity-assertion").unwrap(),
+            "presence-service",
+        )
+        .await
+        .unwrap()
+        .sid;
+
+    // A GET to the logout path is not a logout; a POST answered 2xx is.
+    get(&gw.url("/api/auth/logout"), &[("cookie", &cookie)])
+        .await
+        .unwrap();
+    let (s, _, _) = request("POST", &gw.url("/api/auth/logout"), &[("cookie", &cookie)])
+        .await
+        .unwrap();
+    assert_eq!(s, 200);
+    let notified = eventually(Duration::from_secs(5), || async {
+        presence_internal.count() == 1
+    })
+    .await;
+    assert!(
+        notified,
+        "the presence service was told; log:\n{}",
+        gw.log_text()
+    );
+    let n = &presence_internal.requests()[0];
+    assert_eq!(
+        (n.method.as_str(), n.uri.as_str()),
+        ("POST", "/internal/sessions/ended")
+    );
+    let claims = gw
+        .verify(
+            n.header("x-identity-assertion").unwrap(),
+            "presence-service",
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        (claims.sub.as_str(), claims.sid.as_str()),
+        ("alice", handshake_sid.as_str())
+    );
+    assert!(
+        app.requests()
+            .iter()
+            .all(|r| r.header("x-identity-assertion").is_none()),
+        "the app route has no auth: it gets no assertion"
+    );
+    // Without a session there is nobody to log out.
+    request("POST", &gw.url("/api/auth/logout"), &[])
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(presence_internal.count(), 1);
+}

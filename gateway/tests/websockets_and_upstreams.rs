@@ -1,5 +1,6 @@
 //! Upgrades, stickiness, health checks and lifecycle: what keeps real-time connections alive
 //! through the gateway.
+#![allow(clippy::result_large_err)] // tungstenite's handshake callback signature
 
 mod common;
 

@@ -77,13 +77,13 @@ mod tests {
         let mut mac = Hmac::<Sha256>::new_from_slice(&key).unwrap();
         mac.update(id.to_string().as_bytes());
         let cookie = format!("{}{}", STANDARD.encode(mac.finalize().into_bytes()), id);
-        assert_eq!(decode(&cookie, &[key.clone()]).unwrap(), id);
+        assert_eq!(decode(&cookie, std::slice::from_ref(&key)).unwrap(), id);
         assert_eq!(
             decode(&cookie, &[vec![8u8; 32]]),
             Err(SessionError::BadSignature)
         );
         assert_eq!(
-            decode(&id.to_string(), &[key.clone()]),
+            decode(&id.to_string(), std::slice::from_ref(&key)),
             Err(SessionError::Unsigned)
         );
         let forged = format!("{}{}", &cookie[..DIGEST_LEN], Id(43));
