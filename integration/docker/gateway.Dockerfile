@@ -53,3 +53,4 @@ EXPOSE 8443 9180
 HEALTHCHECK --interval=2s --timeout=3s --start-period=20s --retries=5 \
   CMD curl -fsS "http://127.0.0.1:9180/healthz" >/dev/null || exit 1
 ENTRYPOINT ["/usr/local/bin/gateway"]
+CMD ["--config", "/etc/gateway/gateway.toml", "run"]

@@ -50,3 +50,4 @@ EXPOSE 3001
 HEALTHCHECK --interval=2s --timeout=3s --start-period=20s --retries=5 \
   CMD curl -fsS "http://127.0.0.1:3001/healthz" >/dev/null || exit 1
 ENTRYPOINT ["/usr/local/bin/presence-service"]
+CMD ["--config", "/etc/presence/presence.toml"]
