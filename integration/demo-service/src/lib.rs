@@ -56,7 +56,26 @@ pub async fn build_app(config: &AppConfig) -> Result<Router, StartupError> {
     Ok(Router::new()
         .merge(auth_api::routes().layer(auth))
         .route("/healthz", get(|| async { "ok" }))
-        .fallback_service(spa::service(&config.web_dist)))
+        .fallback_service(spa::service(&config.web_dist))
+        .layer(axum::middleware::from_fn(access_log)))
+}
+
+/// One line per request with the gateway's `x-request-id`, so a request can be followed from
+/// the edge log into this one.
+async fn access_log(
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    let request_id = req
+        .headers()
+        .get("x-request-id")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("-")
+        .to_string();
+    let (method, path) = (req.method().clone(), req.uri().path().to_string());
+    let resp = next.run(req).await;
+    tracing::info!(request_id, %method, path, status = resp.status().as_u16(), "request");
+    resp
 }
 
 /// Binds `addr`, serves until `shutdown` completes, then drains connections.
