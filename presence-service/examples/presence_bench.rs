@@ -79,8 +79,16 @@ async fn main() -> anyhow::Result<()> {
         anyhow::bail!("usage: presence_bench <server binary> <diff|compat> <N> [users]");
     }
     let (bin, mode, n) = (&args[1], &args[2], args[3].parse::<usize>()?);
-    let users = args.get(4).map(|u| u.parse::<usize>()).transpose()?.unwrap_or(n).max(1);
-    let changes: usize = std::env::var("CHANGES").ok().and_then(|v| v.parse().ok()).unwrap_or(5);
+    let users = args
+        .get(4)
+        .map(|u| u.parse::<usize>())
+        .transpose()?
+        .unwrap_or(n)
+        .max(1);
+    let changes: usize = std::env::var("CHANGES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(5);
     let key = SigningKey::generate("bench");
     let signer = AssertionSigner::new("edge-gateway", 3600, vec![key.clone()])?;
     let dir = std::env::temp_dir().join(format!("presence-bench-{}", uuid::Uuid::new_v4()));
@@ -112,14 +120,15 @@ async fn main() -> anyhow::Result<()> {
     let pid = server.id().unwrap_or(0);
     let pid_s = pid.to_string();
     let mut lines = BufReader::new(server.stdout.take().expect("piped")).lines();
-    let addr = lines
-        .next_line()
-        .await?
-        .unwrap_or_default()
-        .rsplit(' ')
-        .next()
-        .unwrap_or_default()
-        .to_string();
+    // The server prints `presence-service listening on <addr>` (wrappers may print before it).
+    let mut addr = String::new();
+    while let Some(line) = lines.next_line().await? {
+        if let Some(a) = line.strip_prefix("presence-service listening on ") {
+            addr = a.trim().to_string();
+            break;
+        }
+    }
+    anyhow::ensure!(!addr.is_empty(), "the server did not print its address");
     tokio::time::sleep(Duration::from_millis(300)).await;
     let rss0 = rss_kb(pid);
 

@@ -163,6 +163,10 @@ async fn serve(
             tracing::debug!(error = %e, "TCP_NODELAY not set");
         }
     });
+    // Outermost, so it runs before the Socket.IO layer sees (and keeps) the handshake.
+    let router = router.layer(axum::middleware::map_request(
+        crate::handshake_memory::detach_from_read_buffer,
+    ));
     let server = axum::serve(listener, router);
     tokio::select! {
         res = server => res.map_err(|source| StartError::Listen { addr, source }),

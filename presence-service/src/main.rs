@@ -10,6 +10,7 @@ mod app;
 mod backend;
 mod config;
 mod diff;
+mod handshake_memory;
 mod http_api;
 mod metrics;
 mod model;
