@@ -3,7 +3,7 @@
 import assert from 'node:assert/strict';
 import { after, test } from 'node:test';
 import {
-  GATEWAY_URL, closeAllClients, connectClient, loginExpress, presenceMetric, users,
+  GATEWAY_URL, closeAllClients, connectClient, loginExpress, socketsPerInstance, untilNoSockets, users,
 } from './lib/stack.mjs';
 
 const open = [];
@@ -11,18 +11,12 @@ after(closeAllClients);
 
 test('eight websocket users land on both instances and every one sees all eight', async () => {
   const names = users('spread', 8);
-  const before = {
-    a: await presenceMetric('presence-a', 'presence_connected_sockets'),
-    b: await presenceMetric('presence-b', 'presence_connected_sockets'),
-  };
+  await untilNoSockets();
   const cookies = await Promise.all(names.map(loginExpress));
   for (const [i, name] of names.entries()) {
     open.push(await connectClient(GATEWAY_URL, cookies[i], { transports: ['websocket'], label: name }));
   }
-  const landed = {
-    a: (await presenceMetric('presence-a', 'presence_connected_sockets')) - before.a,
-    b: (await presenceMetric('presence-b', 'presence_connected_sockets')) - before.b,
-  };
+  const landed = await socketsPerInstance();
   assert.equal(landed.a + landed.b, 8, `sockets per instance: ${JSON.stringify(landed)}`);
   assert.ok(landed.a >= 1 && landed.b >= 1, `both instances hold sockets: ${JSON.stringify(landed)}`);
 

@@ -5,7 +5,7 @@
 import assert from 'node:assert/strict';
 import { after, test } from 'node:test';
 import {
-  GATEWAY_URL, closeAllClients, connectClient, loginExpress, presenceMetric, users,
+  GATEWAY_URL, closeAllClients, connectClient, loginExpress, socketsPerInstance, untilNoSockets, users,
 } from './lib/stack.mjs';
 
 const open = [];
@@ -13,18 +13,13 @@ after(closeAllClients);
 
 test('six polling clients keep their Engine.IO session through many requests', async () => {
   const names = users('poll', 6);
-  const before = {
-    a: await presenceMetric('presence-a', 'presence_connected_sockets'),
-    b: await presenceMetric('presence-b', 'presence_connected_sockets'),
-  };
+  await untilNoSockets();
   const cookies = await Promise.all(names.map(loginExpress));
   for (const [i, name] of names.entries()) {
     open.push(await connectClient(GATEWAY_URL, cookies[i], { transports: ['polling'], label: name }));
   }
-  const landed = {
-    a: (await presenceMetric('presence-a', 'presence_connected_sockets')) - before.a,
-    b: (await presenceMetric('presence-b', 'presence_connected_sockets')) - before.b,
-  };
+  const landed = await socketsPerInstance();
+  assert.equal(landed.a + landed.b, 6, `sockets per instance: ${JSON.stringify(landed)}`);
   assert.ok(landed.a >= 1 && landed.b >= 1, `polling sessions on both instances: ${JSON.stringify(landed)}`);
 
   const sids = open.map((c) => c.socket.io.engine.id);

@@ -5,8 +5,8 @@
 import assert from 'node:assert/strict';
 import { after, test } from 'node:test';
 import {
-  GATEWAY_URL, compose, connectClient, loginExpress, presenceMetric, presenceSetting, serviceHealthy,
-  closeAllClients, users,
+  GATEWAY_URL, closeAllClients, compose, connectClient, loginExpress, presenceMetric, presenceSetting,
+  serviceHealthy, socketsPerInstance, untilNoSockets, users,
 } from './lib/stack.mjs';
 
 const open = [];
@@ -21,12 +21,13 @@ const BOUND_MS = presenceSetting('node_ttl_ms') + presenceSetting('heartbeat_int
 
 test(`killing presence-a: its users leave the other view within ${BOUND_MS} ms, reconnecting clients move to presence-b`, async () => {
   const names = users('crash', 12);
+  await untilNoSockets();
   const cookies = await Promise.all(names.map(loginExpress));
   for (const [i, name] of names.entries()) {
     open.push(await connectClient(GATEWAY_URL, cookies[i], { reconnection: true, label: name }));
   }
-  assert.ok(await presenceMetric('presence-a', 'presence_connected_sockets') >= 2, 'presence-a holds sockets');
-  assert.ok(await presenceMetric('presence-b', 'presence_connected_sockets') >= 1, 'presence-b holds sockets');
+  const landed = await socketsPerInstance();
+  assert.ok(landed.a >= 2 && landed.b >= 1, `sockets on both instances: ${JSON.stringify(landed)}`);
   await Promise.all(open.map((c) => c.waitFor((cl) => names.every((n) => cl.online.has(n)), 5_000, 'all users')));
 
   // Clients that lose their node: every other one gives up (its user must vanish), the rest

@@ -4,8 +4,8 @@
 import assert from 'node:assert/strict';
 import { after, test } from 'node:test';
 import {
-  GATEWAY_URL, compose, connectClient, eventually, handshake, loginExpress, presenceMetric,
-  closeAllClients, serviceHealthy, users,
+  GATEWAY_URL, closeAllClients, compose, connectClient, eventually, handshake, loginExpress,
+  serviceHealthy, socketsPerInstance, untilNoSockets, users,
 } from './lib/stack.mjs';
 
 const open = [];
@@ -32,17 +32,11 @@ test('Redis stopped gives 503 at the edge; it recovers by itself when Redis retu
   await serviceHealthy('presence-b');
   const names = [user, ...users('after-outage', 3)];
   const cookies = [cookie, ...await Promise.all(names.slice(1).map(loginExpress))];
-  const before = {
-    a: await presenceMetric('presence-a', 'presence_connected_sockets'),
-    b: await presenceMetric('presence-b', 'presence_connected_sockets'),
-  };
+  await untilNoSockets();
   for (const [i, name] of names.entries()) {
     open.push(await connectClient(GATEWAY_URL, cookies[i], { label: name }));
   }
-  const landed = {
-    a: (await presenceMetric('presence-a', 'presence_connected_sockets')) - before.a,
-    b: (await presenceMetric('presence-b', 'presence_connected_sockets')) - before.b,
-  };
+  const landed = await socketsPerInstance();
   assert.ok(landed.a >= 1 && landed.b >= 1, `clients on both instances: ${JSON.stringify(landed)}`);
   await Promise.all(open.map((c) => c.waitFor(
     (cl) => names.every((n) => cl.online.has(n)), 10_000, 'every user after recovery')));

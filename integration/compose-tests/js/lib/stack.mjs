@@ -239,6 +239,25 @@ export async function presenceMetric(instance, name) {
   return total;
 }
 
+/** Sockets connected to each presence instance right now. */
+export async function socketsPerInstance() {
+  return {
+    a: await presenceMetric('presence-a', 'presence_connected_sockets'),
+    b: await presenceMetric('presence-b', 'presence_connected_sockets'),
+  };
+}
+
+/**
+ * Waits until no socket of an earlier test is left on either instance (a client's close reaches
+ * the server a moment later), so that counts taken afterwards are this test's own.
+ */
+export async function untilNoSockets() {
+  await eventually(async () => {
+    const s = await socketsPerInstance();
+    return (s.a === 0 && s.b === 0) || JSON.stringify(s);
+  }, 15_000, 'no sockets left from earlier tests');
+}
+
 /** Polls `probe` until it returns true; for states only observable by asking (HTTP status). */
 export async function eventually(probe, timeoutMs, what, everyMs = 250) {
   const deadline = Date.now() + timeoutMs;
