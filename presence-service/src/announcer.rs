@@ -201,7 +201,14 @@ impl<A: Adapter> Announcer<A> {
 
     async fn handle(&mut self, cmd: Command<A>) {
         match cmd {
-            Command::Apply(effect) => self.apply(effect).await,
+            Command::Apply(effect) => {
+                // Compat mode broadcasts the whole list on each change: a burst of those could
+                // fill a waiting socket's queue before its snapshot is in, so they go first.
+                if self.cfg.mode == EventMode::Compat {
+                    self.send_snapshots().await;
+                }
+                self.apply(effect).await
+            }
             // A socket's `Hold` was queued before its `Snapshot`, so the list read after the
             // drain includes it; changes applied meanwhile are in the list too, and in diff mode
             // also reach the socket again as a diff, which clients apply idempotently.

@@ -5,14 +5,14 @@
 #   1. diff mode, N sockets of N distinct users (the issue's case, default N = 9000);
 #   2. diff mode, N sockets of 10 users: the online list stays tiny, so this is what a socket
 #      itself costs (without the snapshot bytes it received);
-#   3. compat mode at N_COMPAT (default 1000): the whole list to everyone on every change is
+#   3. compat mode at N_COMPAT (default 300): the whole list to everyone on every change is
 #      O(N^2) per change and the ramp alone O(N^3) bytes, so it is run smaller;
 #   4. the seed's Node design at N_SEED (default 1000; it collapses at a few thousand users).
 #   integration/bench/presence/run.sh [N] [N_COMPAT] [N_SEED]
 # PIN=1 pins the server to CPU 1 and the bench client to CPU 0 (both share the machine otherwise).
 set -euo pipefail
 cd "$(dirname "$0")/../../.."
-N=${1:-9000}; N_COMPAT=${2:-1000}; N_SEED=${3:-1000}
+N=${1:-9000}; N_COMPAT=${2:-300}; N_SEED=${3:-1000}
 ulimit -n 20000
 cargo build --release -p presence-service --bin presence-service --example presence_bench
 BENCH=(./target/release/examples/presence_bench ./target/release/presence-service)
