@@ -48,6 +48,62 @@ async fn ws_echo_upstream() -> (
     (addr, rx)
 }
 
+/// A WebSocket echo upstream that answers the upgrade with its 101 the moment the request
+/// head is in, as fast local upstreams do: the timing that exposes Pingora issue #946.
+async fn fast_ws_echo_upstream() -> std::net::SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let mut buf = Vec::new();
+                let mut chunk = [0u8; 4096];
+                while !buf.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match s.read(&mut chunk).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                    }
+                }
+                let text = String::from_utf8_lossy(&buf).to_ascii_lowercase();
+                let key = text
+                    .lines()
+                    .find_map(|l| l.strip_prefix("sec-websocket-key:"))
+                    .unwrap_or("")
+                    .trim()
+                    .to_string();
+                // The key is case-sensitive base64: take it from the original bytes.
+                let original = String::from_utf8_lossy(&buf).to_string();
+                let key = original
+                    .lines()
+                    .find(|l| l.to_ascii_lowercase().starts_with("sec-websocket-key:"))
+                    .and_then(|l| l.split_once(':'))
+                    .map(|(_, v)| v.trim().to_string())
+                    .unwrap_or(key);
+                let accept =
+                    tokio_tungstenite::tungstenite::handshake::derive_accept_key(key.as_bytes());
+                let head = format!(
+                    "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: {accept}\r\n\r\n"
+                );
+                if s.write_all(head.as_bytes()).await.is_err() {
+                    return;
+                }
+                let mut ws = tokio_tungstenite::WebSocketStream::from_raw_socket(
+                    s,
+                    tokio_tungstenite::tungstenite::protocol::Role::Server,
+                    None,
+                )
+                .await;
+                while let Some(Ok(msg)) = ws.next().await {
+                    if msg.is_text() && ws.send(msg).await.is_err() {
+                        break;
+                    }
+                }
+            });
+        }
+    });
+    addr
+}
+
 fn sio_route(upstreams: &str, db: &std::path::Path) -> String {
     format!(
         r#"
@@ -125,6 +181,58 @@ async fn websocket_handshake_is_authenticated_and_relayed() {
             gw.metric("gateway_upgraded_connections").await == 0.0
         })
         .await
+    );
+}
+
+/// Pingora issue #946: when the upstream's 101 is read before the upgrade request's empty body
+/// end, the tunnel was torn down right after the 101 (a few percent of connections on a fast
+/// loopback upstream). Every one of many upgrades must relay both ways.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_upgrade_relays_both_ways() {
+    let up = fast_ws_echo_upstream().await;
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("s.db");
+    let alice = tower_session_sqlite(&db, "alice", None, time::Duration::hours(1)).await;
+    let gw = Gateway::start(&sio_route(&format!("\"{up}\""), &db)).await;
+    gw.wait_ready().await;
+    let cookie = format!("id={alice}");
+    // 300 upgrades, 20 at a time: the concurrency of a page load across many users.
+    let mut failures = Vec::new();
+    for batch in 0..15 {
+        let mut tasks = Vec::new();
+        for j in 0..20 {
+            let (gw_port, cookie) = (gw.http, cookie.clone());
+            tasks.push(tokio::spawn(async move {
+                let i = batch * 20 + j;
+                let mut req =
+                    format!("ws://127.0.0.1:{gw_port}/socket.io/?EIO=4&transport=websocket")
+                        .into_client_request()
+                        .unwrap();
+                req.headers_mut().insert("cookie", cookie.parse().unwrap());
+                let (mut ws, _) = tokio_tungstenite::connect_async(req)
+                    .await
+                    .map_err(|e| format!("{i}: {e}"))?;
+                let msg = format!("hello {i}");
+                ws.send(Message::text(msg.clone()))
+                    .await
+                    .map_err(|e| format!("{i}: send {e}"))?;
+                match tokio::time::timeout(Duration::from_secs(5), ws.next()).await {
+                    Ok(Some(Ok(m))) if m == Message::text(msg.clone()) => Ok(()),
+                    other => Err(format!("{i}: {other:?}")),
+                }
+            }));
+        }
+        for t in tasks {
+            if let Err(e) = t.await.unwrap() {
+                failures.push(e);
+            }
+        }
+    }
+    assert!(
+        failures.is_empty(),
+        "{} of 300 upgrades did not relay: {:?}",
+        failures.len(),
+        &failures[..failures.len().min(5)]
     );
 }
 

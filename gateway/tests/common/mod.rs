@@ -327,8 +327,9 @@ pub struct Gateway {
     pub log: PathBuf,
 }
 
-pub fn gateway_bin() -> &'static str {
-    env!("CARGO_BIN_EXE_gateway")
+/// The binary under test: this build's, or another one (e.g. a release build) via `GATEWAY_BIN`.
+pub fn gateway_bin() -> String {
+    std::env::var("GATEWAY_BIN").unwrap_or_else(|_| env!("CARGO_BIN_EXE_gateway").to_string())
 }
 
 impl Gateway {
