@@ -15,7 +15,7 @@ use crate::session::SessionSource;
 
 pub struct AdminApp {
     pub routes: Arc<RouteTable>,
-    pub sessions: Option<Arc<SessionSource>>,
+    pub sessions: Vec<Arc<SessionSource>>,
     pub metrics: Arc<Metrics>,
     pub jwks: JwkSet,
 }
@@ -36,12 +36,12 @@ impl AdminApp {
     async fn readiness(&self) -> (bool, String) {
         let mut ok = true;
         let mut report = String::new();
-        if let Some(s) = &self.sessions {
+        for s in &self.sessions {
             match s.ping().await {
-                Ok(()) => report.push_str(&format!("session store ({}): ok\n", s.store.kind())),
+                Ok(()) => report.push_str(&format!("{} ({}): ok\n", s.name, s.store.kind())),
                 Err(e) => {
                     ok = false;
-                    report.push_str(&format!("session store ({}): {e}\n", s.store.kind()));
+                    report.push_str(&format!("{} ({}): {e}\n", s.name, s.store.kind()));
                 }
             }
         }

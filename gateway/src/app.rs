@@ -17,7 +17,7 @@ use pingora::services::listening::Service;
 use sha2::{Digest, Sha256};
 
 use crate::admin::AdminApp;
-use crate::config::{Config, ConfigError, SessionFlavour, StoreConfig};
+use crate::config::{Config, ConfigError, SessionFlavour, SessionSection, StoreConfig};
 use crate::forwarding::{parse_cidr, Cidr};
 use crate::logout::LogoutNotifier;
 use crate::metrics::Metrics;
@@ -104,20 +104,22 @@ pub fn load_signer(cfg: &Config) -> Result<(AssertionSigner, Vec<u8>), ConfigErr
     Ok((signer, handle_key))
 }
 
-/// Opens the session store on `rt`, the runtime that owns store connections for the life of
-/// the process (Pingora gives each service its own runtime; clients must outlive them all).
-fn build_sessions(
+/// Opens one session source's store on `rt`, the runtime that owns store connections for the
+/// life of the process (Pingora gives each service its own runtime; clients must outlive them).
+fn build_session(
     cfg: &Config,
-    handle_key: Vec<u8>,
+    key: &str,
+    s: &SessionSection,
+    handle_key: &[u8],
     rt: &tokio::runtime::Runtime,
-) -> Result<Option<Arc<SessionSource>>, ConfigError> {
-    let Some(s) = &cfg.session else {
-        return Ok(None);
-    };
+) -> Result<Arc<SessionSource>, ConfigError> {
     let timeout = Duration::from_millis(s.lookup_timeout_ms);
     let mut secrets = Vec::new();
     for sec in &s.secrets {
-        let err = |e: String| cfg.source.error_at(sec.span(), "session.secrets", e);
+        let err = |e: String| {
+            cfg.source
+                .error_at(sec.span(), &format!("{key}.secrets"), e)
+        };
         let value = sec.get_ref().read(&cfg.base_dir).map_err(err)?;
         secrets.push(match s.flavour {
             SessionFlavour::Express => value.into_bytes(),
@@ -131,12 +133,17 @@ fn build_sessions(
         StoreConfig::Sqlite { path, table } => {
             let file = cfg.path(path);
             rt.block_on(Store::sqlite(&file, table, timeout))
-                .map_err(|e| cfg.source.error_at(span, "session.store.path", e))?
+                .map_err(|e| {
+                    cfg.source
+                        .error_at(span.clone(), &format!("{key}.store.path"), e)
+                })?
         }
         StoreConfig::Redis { url, prefix } => {
             let _guard = rt.enter();
-            let pool = Store::redis_pool(url, timeout)
-                .map_err(|e| cfg.source.error_at(span, "session.store.url", e))?;
+            let pool = Store::redis_pool(url, timeout).map_err(|e| {
+                cfg.source
+                    .error_at(span.clone(), &format!("{key}.store.url"), e)
+            })?;
             match s.flavour {
                 SessionFlavour::Express => {
                     Store::connect_redis(pool, prefix.clone().unwrap_or_else(|| "sess:".into()))
@@ -145,7 +152,8 @@ fn build_sessions(
             }
         }
     };
-    Ok(Some(Arc::new(SessionSource {
+    Ok(Arc::new(SessionSource {
+        name: key.to_string(),
         flavour: s.flavour,
         cookie_name: s
             .cookie
@@ -159,9 +167,55 @@ fn build_sessions(
         display_name_field: s.display_name_field.clone(),
         lookup_timeout: timeout,
         store,
-        handle_key,
+        handle_key: handle_key.to_vec(),
         rt: rt.handle().clone(),
-    })))
+    }))
+}
+
+/// Every configured session source: the default `[session]` and the named `[sessions.*]`.
+struct SessionSources {
+    default: Option<Arc<SessionSource>>,
+    named: std::collections::BTreeMap<String, Arc<SessionSource>>,
+}
+
+impl SessionSources {
+    fn build(
+        cfg: &Config,
+        handle_key: &[u8],
+        rt: &tokio::runtime::Runtime,
+    ) -> Result<Self, ConfigError> {
+        let default = match &cfg.session {
+            Some(s) => Some(build_session(cfg, "session", s, handle_key, rt)?),
+            None => None,
+        };
+        let mut named = std::collections::BTreeMap::new();
+        for (name, s) in &cfg.sessions {
+            named.insert(
+                name.clone(),
+                build_session(cfg, &format!("sessions.{name}"), s, handle_key, rt)?,
+            );
+        }
+        Ok(Self { default, named })
+    }
+
+    /// What a route authenticates with: its named sources in order, else the default.
+    fn for_route(&self, names: &[String]) -> Vec<Arc<SessionSource>> {
+        if names.is_empty() {
+            return self.default.iter().cloned().collect();
+        }
+        names
+            .iter()
+            .filter_map(|n| self.named.get(n).cloned())
+            .collect()
+    }
+
+    fn all(&self) -> Vec<Arc<SessionSource>> {
+        self.default
+            .iter()
+            .chain(self.named.values())
+            .cloned()
+            .collect()
+    }
 }
 
 /// Builds the Pingora server with every service; `run_forever` then serves until SIGTERM.
@@ -179,7 +233,7 @@ pub fn build(cfg: Config) -> Result<Server, ConfigError> {
             .build()
             .map_err(|e| ConfigError(format!("cannot start runtime: {e}")))?,
     ));
-    let sessions = build_sessions(&cfg, handle_key, aux_rt)?;
+    let sessions = SessionSources::build(&cfg, &handle_key, aux_rt)?;
 
     let conf = ServerConf {
         threads: cfg.gateway.threads.max(1),
@@ -194,11 +248,12 @@ pub fn build(cfg: Config) -> Result<Server, ConfigError> {
         let lb = balancer(
             r.upstreams.get_ref(),
             Duration::from_secs(r.health_check_interval_secs.max(1)),
-        )
-        .map_err(|e| {
-            cfg.source
-                .error_at(r.upstreams.span(), "route.upstreams", e)
-        })?;
+        );
+        // Resolve once now so the first requests have upstreams; the background service then
+        // re-resolves and health-checks on its own schedule.
+        if let Err(e) = aux_rt.block_on(lb.update()) {
+            tracing::warn!(route = %r.name, error = %e, "upstreams do not resolve yet");
+        }
         let hc = background_service(&format!("health checks for route {}", r.name), lb);
         let pool = UpstreamPool::new(hc.task());
         server.add_service(hc);
@@ -211,6 +266,7 @@ pub fn build(cfg: Config) -> Result<Server, ConfigError> {
             assertion_header: r.assertion_header.to_ascii_lowercase(),
             allowed_origins: r.allowed_origins.clone(),
             pool,
+            sessions: sessions.for_route(r.sessions.get_ref()),
             logout: r.logout.as_ref().map(|l| LogoutRoute {
                 path: l.path.clone(),
                 notify: l.notify.iter().map(|n| n.get_ref().clone()).collect(),
@@ -233,7 +289,6 @@ pub fn build(cfg: Config) -> Result<Server, ConfigError> {
     for (i, l) in cfg.listeners.iter().enumerate() {
         let gateway = Gateway {
             routes: routes.clone(),
-            sessions: sessions.clone(),
             signer: signer.clone(),
             metrics: metrics.clone(),
             notifier: notifier.clone(),
@@ -268,7 +323,7 @@ pub fn build(cfg: Config) -> Result<Server, ConfigError> {
         "admin".to_string(),
         HttpServer::new_app(AdminApp {
             routes,
-            sessions,
+            sessions: sessions.all(),
             metrics,
             jwks: signer.jwks(),
         }),

@@ -26,7 +26,12 @@ pub struct Config {
     pub listeners: Vec<ListenerConfig>,
     #[serde(default)]
     pub assertion: AssertionSection,
+    /// The default session source (routes that name none use it).
     pub session: Option<SessionSection>,
+    /// Named session sources, for one gateway in front of several apps (e.g. an Express app
+    /// and an axum app): `[sessions.express]`, `[sessions.demo]`; routes pick with `sessions`.
+    #[serde(default)]
+    pub sessions: std::collections::BTreeMap<String, SessionSection>,
     #[serde(default, rename = "route")]
     pub routes: Vec<RouteConfig>,
     /// Folder of the config file; relative paths resolve against it.
@@ -303,6 +308,14 @@ pub struct RouteConfig {
     #[serde(default = "default_hc_interval")]
     pub health_check_interval_secs: u64,
     pub logout: Option<LogoutConfig>,
+    /// Named session sources to authenticate with, tried in order: the first whose cookie the
+    /// request carries decides. Empty: the default `[session]`.
+    #[serde(default = "no_sessions")]
+    pub sessions: Spanned<Vec<String>>,
+}
+
+fn no_sessions() -> Spanned<Vec<String>> {
+    Spanned::new(0..0, Vec::new())
 }
 
 fn default_prefix() -> String {
@@ -431,10 +444,20 @@ impl Config {
                     ));
                 }
             }
+            for name in r.sessions.get_ref() {
+                if !self.sessions.contains_key(name) {
+                    return Err(src.error_at(
+                        r.sessions.span(),
+                        "route.sessions",
+                        format!("no [sessions.{name}] table"),
+                    ));
+                }
+            }
+            let has_session = self.session.is_some() || !r.sessions.get_ref().is_empty();
             if r.auth != AuthPolicy::None {
-                if self.session.is_none() {
+                if !has_session {
                     return Err(ConfigError(format!(
-                        "{}: route {:?}: auth = {:?} needs a [session] section",
+                        "{}: route {:?}: auth = {:?} needs a [session] section (or `sessions`)",
                         src.file, r.name, r.auth
                     )));
                 }
@@ -446,7 +469,7 @@ impl Config {
                 }
             }
             if let Some(l) = &r.logout {
-                if self.session.is_none() {
+                if !has_session {
                     return Err(ConfigError(format!(
                         "{}: route {:?}: logout needs a [session] section",
                         src.file, r.name
@@ -487,10 +510,15 @@ impl Config {
                 ));
             }
         }
-        if let Some(s) = &self.session {
+        let all = self.session.iter().map(|s| ("session".to_string(), s));
+        let named = self
+            .sessions
+            .iter()
+            .map(|(n, s)| (format!("sessions.{n}"), s));
+        for (key, s) in all.chain(named) {
             if s.flavour == SessionFlavour::Express && s.secrets.is_empty() {
                 return Err(ConfigError(format!(
-                    "{}: session.secrets: the express flavour needs at least one secret",
+                    "{}: {key}.secrets: the express flavour needs at least one secret",
                     src.file
                 )));
             }
@@ -499,7 +527,7 @@ impl Config {
             {
                 return Err(src.error_at(
                     s.store.span(),
-                    "session.store",
+                    &format!("{key}.store"),
                     "the express flavour reads connect-redis (kind = \"redis\")",
                 ));
             }
@@ -507,7 +535,7 @@ impl Config {
                 if !url.starts_with("redis://") && !url.starts_with("rediss://") {
                     return Err(src.error_at(
                         s.store.span(),
-                        "session.store.url",
+                        &format!("{key}.store.url"),
                         "must start with redis://",
                     ));
                 }
@@ -622,6 +650,30 @@ audience = "presence-service"
             .unwrap_err()
             .to_string()
             .contains("[session]"));
+    }
+
+    #[test]
+    fn routes_name_existing_session_sources() {
+        let text = MINIMAL.replace(
+            "audience = \"presence-service\"",
+            "audience = \"presence-service\"\nsessions = [\"nope\"]",
+        );
+        let err = parse(&text).unwrap_err().to_string();
+        assert!(
+            err.starts_with("gw.toml:21:12: route.sessions: no [sessions.nope] table"),
+            "{err}"
+        );
+        let named = MINIMAL.replace("[session]", "[sessions.express]").replace(
+            "audience = \"presence-service\"",
+            "audience = \"presence-service\"\nsessions = [\"express\"]",
+        );
+        let c = parse(&named).unwrap();
+        assert!(c.session.is_none() && c.sessions.contains_key("express"));
+        let unnamed_route = MINIMAL.replace("[session]", "[sessions.express]");
+        assert!(parse(&unnamed_route)
+            .unwrap_err()
+            .to_string()
+            .contains("needs a [session]"));
     }
 
     #[test]

@@ -26,12 +26,11 @@ use crate::forwarding::{self, Cidr};
 use crate::logout::LogoutNotifier;
 use crate::metrics::Metrics;
 use crate::routing::{Route, RouteTable};
-use crate::session::{SessionError, SessionSource};
+use crate::session::SessionError;
 
 /// Everything a listener's proxy needs; shared by all listeners except `tls`.
 pub struct Gateway {
     pub routes: Arc<RouteTable>,
-    pub sessions: Option<Arc<SessionSource>>,
     pub signer: Arc<AssertionSigner>,
     pub metrics: Arc<Metrics>,
     pub notifier: Arc<LogoutNotifier>,
@@ -159,20 +158,26 @@ impl Gateway {
         session: &Session,
         route: &Route,
     ) -> Result<Identity, Refusal> {
-        let Some(source) = &self.sessions else {
-            return Err(Refusal::new(
-                500,
-                "internal error\n",
-                "route needs sessions but none configured",
-            ));
-        };
-        let cookies = session
+        let cookies: Vec<String> = session
             .req_header()
             .headers
             .get_all(http::header::COOKIE)
             .iter()
             .filter_map(|v| v.to_str().ok().map(str::to_string))
             .collect();
+        // Several apps behind one route: the first source whose cookie is present decides.
+        let Some(source) = route
+            .sessions
+            .iter()
+            .find(|s| s.has_cookie(&cookies))
+            .or(route.sessions.first())
+        else {
+            return Err(Refusal::new(
+                500,
+                "internal error\n",
+                "route needs sessions but none configured",
+            ));
+        };
         let result = source.authenticate(cookies).await;
         let lookup = match &result {
             Ok(a) => a.lookup,

@@ -23,6 +23,8 @@ pub struct Route {
     pub assertion_header: String,
     pub allowed_origins: Vec<String>,
     pub pool: UpstreamPool,
+    /// Session sources to authenticate with, in order (the first whose cookie is present).
+    pub sessions: Vec<Arc<crate::session::SessionSource>>,
     pub logout: Option<LogoutRoute>,
 }
 
@@ -115,6 +117,7 @@ mod tests {
             assertion_header: "X-Identity-Assertion".into(),
             allowed_origins: vec![],
             pool: UpstreamPool::new(Arc::new(lb)),
+            sessions: vec![],
             logout: None,
         }
     }

@@ -10,8 +10,11 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use std::collections::BTreeSet;
+
+use pingora::lb::discovery::ServiceDiscovery;
 use pingora::lb::selection::RoundRobin;
-use pingora::lb::{health_check::TcpHealthCheck, LoadBalancer};
+use pingora::lb::{health_check::TcpHealthCheck, Backend, Backends, LoadBalancer};
 
 /// Checks `host:port` syntax without resolving (names may resolve only once the stack is up).
 pub fn parse_upstream(s: &str) -> Result<(), String> {
@@ -44,20 +47,62 @@ impl UpstreamPool {
     }
 }
 
-/// A round-robin balancer with TCP health checks; it must also run as a background service for
-/// the checks to happen.
-pub fn balancer(
-    addrs: &[String],
-    check_every: Duration,
-) -> std::io::Result<LoadBalancer<RoundRobin>> {
-    let mut lb = LoadBalancer::<RoundRobin>::try_from_iter(addrs.iter().map(String::as_str))?;
+/// Upstream names are resolved again this often, so a container or host that comes back with a
+/// new address is found without restarting the gateway.
+pub const RESOLVE_EVERY: Duration = Duration::from_secs(5);
+
+/// Service discovery by DNS: every `host:port` is looked up on each refresh. A name that does
+/// not resolve right now is left out (its node is gone); if none resolves, the refresh fails and
+/// the previous set stays (with health checks deciding what is usable).
+pub struct DnsDiscovery {
+    addrs: Vec<String>,
+}
+
+#[async_trait::async_trait]
+impl ServiceDiscovery for DnsDiscovery {
+    async fn discover(&self) -> pingora::Result<(BTreeSet<Backend>, HashMap<u64, bool>)> {
+        let mut found = BTreeSet::new();
+        let mut failures = Vec::new();
+        for addr in &self.addrs {
+            match tokio::net::lookup_host(addr.as_str()).await {
+                Ok(resolved) => {
+                    for sa in resolved {
+                        if let Ok(b) = Backend::new(&sa.to_string()) {
+                            found.insert(b);
+                        }
+                    }
+                }
+                Err(e) => failures.push(format!("{addr}: {e}")),
+            }
+        }
+        if found.is_empty() && !failures.is_empty() {
+            return pingora::Error::e_explain(
+                pingora::ErrorType::ConnectNoRoute,
+                failures.join("; "),
+            );
+        }
+        if !failures.is_empty() {
+            tracing::warn!(unresolved = %failures.join("; "), "some upstream names do not resolve");
+        }
+        Ok((found, HashMap::new()))
+    }
+}
+
+/// A round-robin balancer over DNS-discovered upstreams with TCP health checks. It must also run
+/// as a background service for discovery and checks to repeat.
+pub fn balancer(addrs: &[String], check_every: Duration) -> LoadBalancer<RoundRobin> {
+    let discovery = DnsDiscovery {
+        addrs: addrs.to_vec(),
+    };
+    let mut lb = LoadBalancer::<RoundRobin>::from_backends(Backends::new(Box::new(discovery)));
     let mut hc = TcpHealthCheck::new();
     hc.consecutive_failure = 1;
     hc.consecutive_success = 1;
     lb.set_health_check(hc);
     lb.health_check_frequency = Some(check_every);
+    lb.update_frequency = Some(RESOLVE_EVERY);
     lb.parallel_health_check = true;
-    Ok(lb)
+    lb
 }
 
 impl UpstreamPool {

@@ -672,3 +672,75 @@ async fn a_logout_through_the_gateway_is_propagated_with_the_session_handle() {
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert_eq!(presence_internal.count(), 1);
 }
+
+#[tokio::test]
+async fn one_route_in_front_of_an_express_app_and_an_axum_app() {
+    let redis = Redis::start().await;
+    let sio = Upstream::start("sio").await;
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("sessions.db");
+    let bob = tower_session_sqlite(&db, "bob", Some("Bob"), ALICE_TTL).await;
+    redis
+        .cmd(&[
+            "SET",
+            "sess:alice-sid",
+            &express_session_json("alice", ALICE_TTL),
+        ])
+        .await
+        .unwrap();
+    let body = format!(
+        r#"
+[sessions.express]
+flavour = "express"
+secrets = [{{ value = "the secret key" }}]
+store = {{ kind = "redis", url = "{}" }}
+
+[sessions.demo]
+flavour = "tower-sessions"
+display_name_field = "display_name"
+store = {{ kind = "sqlite", path = "{}" }}
+
+[[route]]
+name = "presence"
+path_prefix = "/socket.io/"
+upstreams = ["{}"]
+auth = "socketio-handshake"
+audience = "presence-service"
+sessions = ["express", "demo"]
+"#,
+        redis.url(),
+        db.display(),
+        sio.addr
+    );
+    let gw = Gateway::start(&body).await;
+    gw.wait_ready().await;
+    let express = format!(
+        "connect.sid={}",
+        express_cookie("alice-sid", "the secret key")
+    );
+    let tower = format!("id={bob}");
+    for (cookie, who) in [(express.as_str(), "alice"), (tower.as_str(), "bob")] {
+        let (s, _, b) = get(&gw.url(HANDSHAKE), &[("cookie", cookie)])
+            .await
+            .unwrap();
+        assert_eq!(s, 200, "{who}: {b}");
+        let token = sio
+            .requests()
+            .last()
+            .unwrap()
+            .header("x-identity-assertion")
+            .unwrap()
+            .to_string();
+        assert_eq!(
+            gw.verify(&token, "presence-service").await.unwrap().sub,
+            who
+        );
+    }
+    assert_eq!(get(&gw.url(HANDSHAKE), &[]).await.unwrap().0, 401);
+    let readyz = get(&gw.admin_url("/readyz"), &[]).await.unwrap().2;
+    assert!(
+        readyz.contains("sessions.express (connect-redis): ok")
+            && readyz.contains("sessions.demo (sqlite): ok"),
+        "{readyz}"
+    );
+}

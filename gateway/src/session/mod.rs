@@ -71,6 +71,8 @@ impl SessionError {
 
 /// Where sessions come from and how to read a user out of them.
 pub struct SessionSource {
+    /// `session` or `sessions.<name>`, as in the config (logs, readiness).
+    pub name: String,
     pub flavour: SessionFlavour,
     pub cookie_name: String,
     /// express: the secrets; tower-sessions: the cookie signing keys (empty = unsigned).
@@ -92,6 +94,11 @@ pub struct Authenticated {
 }
 
 impl SessionSource {
+    /// Whether the request carries this source's cookie at all.
+    pub fn has_cookie(&self, cookie_headers: &[String]) -> bool {
+        cookie::find(cookie_headers.iter().map(String::as_str), &self.cookie_name).is_some()
+    }
+
     /// Checks the cookie in `cookie_headers` and returns the identity it proves. Runs on the
     /// store's runtime, whose reactor drives the store connections.
     pub async fn authenticate(
