@@ -39,7 +39,10 @@ test('default transports: polling handshake, then upgrade to websocket', async (
   assert.equal(r.ok, true, String(r.err));
   assert.equal(r.who.sub, 'alice');
   assert.equal(r.who.transport, 'polling');
-  await new Promise(resolve => socket.io.engine.once('upgrade', resolve));
+  await new Promise((resolve, reject) => {
+    const timer = setTimeout(() => reject(new Error('no upgrade to websocket within 10 s')), 10_000);
+    socket.io.engine.once('upgrade', () => { clearTimeout(timer); resolve(); });
+  });
   assert.equal(socket.io.engine.transport.name, 'websocket');
   assert.equal(await socket.timeout(5000).emitWithAck('echo', 'after upgrade'), 'after upgrade');
   socket.close();
