@@ -22,6 +22,9 @@ pub enum Command<A: Adapter> {
     Apply(Effect),
     /// Send `online_users` to a socket that just connected (after its own `Hold`).
     Snapshot(SocketRef<A>),
+    /// Send `online_users` to every socket on every node: the cluster link is back, and changes
+    /// broadcast while it was down never reached the other nodes.
+    Refresh,
 }
 
 #[derive(Serialize)]
@@ -79,6 +82,10 @@ impl<A: Adapter> Presence<A> {
 
     pub fn snapshot(&self, socket: SocketRef<A>) {
         self.send(Command::Snapshot(socket));
+    }
+
+    pub fn refresh_cluster(&self) {
+        self.send(Command::Refresh);
     }
 
     pub fn disconnect(&self, user_id: &str) {
@@ -213,6 +220,18 @@ impl<A: Adapter> Announcer<A> {
             // drain includes it; changes applied meanwhile are in the list too, and in diff mode
             // also reach the socket again as a diff, which clients apply idempotently.
             Command::Snapshot(socket) => self.waiting_snapshot.push(socket),
+            Command::Refresh => {
+                // After the changes queued before it, so the list read here includes them.
+                self.flush().await;
+                let online = self.online().await;
+                self.broadcast(
+                    "online_users",
+                    &OnlineUsers {
+                        online_users: &online,
+                    },
+                )
+                .await;
+            }
         }
     }
 

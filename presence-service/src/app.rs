@@ -7,11 +7,12 @@ use std::sync::Arc;
 use socketioxide::adapter::Adapter;
 use socketioxide::{SocketIo, SocketIoBuilder};
 use socketioxide_core::adapter::DefinedAdapter;
-use socketioxide_redis::{RedisAdapter, RedisAdapterCtr};
+use socketioxide_redis::{CustomRedisAdapter, RedisAdapterConfig, RedisAdapterCtr};
 use tokio::net::TcpListener;
 
-use crate::announcer::{self, AnnouncerConfig};
+use crate::announcer::{self, AnnouncerConfig, Presence};
 use crate::backend::{MemoryBackend, PresenceBackend, RedisBackend};
+use crate::cluster_link::{self, ClusterLink, LinkStatus};
 use crate::config::{ms, BackendKind, Config};
 use crate::http_api::{self, HttpContext};
 use crate::metrics::Metrics;
@@ -66,7 +67,7 @@ pub async fn run(
         BackendKind::Memory => {
             let (layer, io) = socketio_builder(&cfg).build_layer();
             let backend: Arc<dyn PresenceBackend> = Arc::new(MemoryBackend::default());
-            let (router, ()) = assemble(&cfg, io, backend, trust, metrics.clone());
+            let (router, (), _) = assemble(&cfg, io, backend, trust, metrics.clone(), None);
             serve(listener, router.layer(layer), shutdown).await
         }
         BackendKind::Redis => {
@@ -93,14 +94,37 @@ pub async fn run(
             } else {
                 format!("{url}?protocol=resp3")
             };
+            let op_timeout = ms(b.op_timeout_ms);
+            let link = tokio::time::timeout(
+                op_timeout * 5,
+                ClusterLink::connect(
+                    redis::Client::open(adapter_url)?,
+                    cluster_link::reconnecting(op_timeout, op_timeout),
+                ),
+            )
+            .await
+            .map_err(|_| StartError::Adapter("redis did not answer".into()))??;
             let adapter =
-                RedisAdapterCtr::new_with_redis(&redis::Client::open(adapter_url)?).await?;
+                RedisAdapterCtr::new_with_driver(link.clone(), RedisAdapterConfig::default());
             let (layer, io) = socketio_builder(&cfg)
-                .with_adapter::<RedisAdapter<_>>(adapter)
+                .with_adapter::<CustomRedisAdapter<_, ClusterLink>>(adapter)
                 .build_layer();
             let backend: Arc<dyn PresenceBackend> = Arc::new(backend);
-            let (router, init) = assemble(&cfg, io, backend, trust, metrics.clone());
+            let (router, init, presence) = assemble(
+                &cfg,
+                io,
+                backend,
+                trust,
+                metrics.clone(),
+                Some(link.status()),
+            );
             init.await.map_err(|e| StartError::Adapter(e.to_string()))?;
+            link.watch(
+                ms(b.heartbeat_interval_ms),
+                op_timeout,
+                metrics.clone(),
+                move || presence.refresh_cluster(),
+            );
             tracing::info!(node = %node_id, "redis backend and adapter ready");
             serve(listener, router.layer(layer), shutdown).await
         }
@@ -113,7 +137,8 @@ fn assemble<A: Adapter + DefinedAdapter>(
     backend: Arc<dyn PresenceBackend>,
     trust: Trust,
     metrics: Metrics,
-) -> (axum::Router, A::InitRes) {
+    link: Option<LinkStatus>,
+) -> (axum::Router, A::InitRes, Arc<Presence<A>>) {
     let p = &cfg.presence;
     let presence = announcer::start(
         io.clone(),
@@ -131,7 +156,7 @@ fn assemble<A: Adapter + DefinedAdapter>(
         &io,
         Arc::new(SocketContext {
             trust: trust.clone(),
-            presence,
+            presence: presence.clone(),
             backend: backend.clone(),
             metrics: metrics.clone(),
         }),
@@ -141,8 +166,9 @@ fn assemble<A: Adapter + DefinedAdapter>(
         backend,
         metrics,
         io,
+        link,
     }));
-    (router, init)
+    (router, init, presence)
 }
 
 async fn serve(

@@ -13,6 +13,7 @@ use socketioxide::SocketIo;
 
 use crate::announcer::OnlineUsers;
 use crate::backend::PresenceBackend;
+use crate::cluster_link::LinkStatus;
 use crate::metrics::Metrics;
 use crate::sockets::session_room;
 use crate::trust::Trust;
@@ -22,6 +23,8 @@ pub struct HttpContext<A: Adapter> {
     pub backend: Arc<dyn PresenceBackend>,
     pub metrics: Metrics,
     pub io: SocketIo<A>,
+    /// Several nodes: whether broadcasts reach the others. `None` on a single node.
+    pub link: Option<LinkStatus>,
 }
 
 pub fn router<A: Adapter>(ctx: Arc<HttpContext<A>>) -> Router {
@@ -73,16 +76,17 @@ async fn presence<A: Adapter>(
     }
 }
 
+/// Not ready while this node's users cannot be seen by the others: the shared store is
+/// unreachable, or broadcasts do not reach the other nodes.
 async fn readyz<A: Adapter>(State(ctx): State<Arc<HttpContext<A>>>) -> Response {
-    if ctx.backend.is_healthy() {
-        "ready".into_response()
+    let reason = if !ctx.backend.is_healthy() {
+        "presence store unreachable\n"
+    } else if ctx.link.as_ref().is_some_and(|l| !l.is_up()) {
+        "cross-node broadcast unavailable\n"
     } else {
-        (
-            StatusCode::SERVICE_UNAVAILABLE,
-            "presence store unreachable\n",
-        )
-            .into_response()
-    }
+        return "ready".into_response();
+    };
+    (StatusCode::SERVICE_UNAVAILABLE, reason).into_response()
 }
 
 async fn metrics<A: Adapter>(State(ctx): State<Arc<HttpContext<A>>>) -> Response {

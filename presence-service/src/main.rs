@@ -8,6 +8,7 @@ use clap::Parser;
 mod announcer;
 mod app;
 mod backend;
+mod cluster_link;
 mod config;
 mod diff;
 mod handshake_memory;

@@ -10,6 +10,7 @@ pub struct Metrics {
     pub events_emitted: IntCounterVec,
     pub rejected_handshakes: IntCounterVec,
     pub backend_healthy: IntGauge,
+    pub cluster_link_up: IntGauge,
 }
 
 impl Metrics {
@@ -41,12 +42,18 @@ impl Metrics {
             "presence_backend_healthy",
             "1 while the shared presence store is reachable",
         )?;
+        let cluster_link_up = IntGauge::new(
+            "presence_cluster_link_up",
+            "1 while broadcasts reach the other nodes (subscribed to the cluster channels)",
+        )?;
         registry.register(Box::new(connected_sockets.clone()))?;
         registry.register(Box::new(online_users.clone()))?;
         registry.register(Box::new(events_emitted.clone()))?;
         registry.register(Box::new(rejected_handshakes.clone()))?;
         registry.register(Box::new(backend_healthy.clone()))?;
+        registry.register(Box::new(cluster_link_up.clone()))?;
         backend_healthy.set(1);
+        cluster_link_up.set(1);
         Ok(Self {
             registry,
             connected_sockets,
@@ -54,6 +61,7 @@ impl Metrics {
             events_emitted,
             rejected_handshakes,
             backend_healthy,
+            cluster_link_up,
         })
     }
 

@@ -66,16 +66,33 @@ const started = new Set();
 process.on('exit', () => { for (const p of started) try { p.kill('SIGKILL'); } catch {} });
 
 export class Redis {
-  static async start() {
+  /** `persist`: an append-only file fsynced on every write, so a restart finds the data again. */
+  static async start({ persist = false } = {}) {
     const r = new Redis();
     r.dir = mkdtempSync(path.join(os.tmpdir(), 'presence-redis-'));
     r.port = await freePort();
-    r.proc = spawn('redis-server', ['--port', String(r.port), '--bind', '127.0.0.1', '--save', '', '--appendonly', 'no', '--dir', r.dir], { stdio: ['ignore', 'pipe', 'inherit'] });
-    started.add(r.proc);
-    await waitLine(r.proc.stdout, (l) => l.includes('Ready to accept connections'), 10000, 'redis-server');
-    r.proc.stdout.resume();
+    r.persist = persist;
+    await r.spawn();
     r.url = `redis://127.0.0.1:${r.port}`;
     return r;
+  }
+  async spawn() {
+    const durability = this.persist ? ['--appendonly', 'yes', '--appendfsync', 'always'] : ['--appendonly', 'no'];
+    this.proc = spawn('redis-server', ['--port', String(this.port), '--bind', '127.0.0.1', '--save', '', ...durability, '--dir', this.dir], { stdio: ['ignore', 'pipe', 'inherit'] });
+    started.add(this.proc);
+    await waitLine(this.proc.stdout, (l) => l.includes('Ready to accept connections'), 10000, 'redis-server');
+    this.proc.stdout.resume();
+  }
+  /** Kills the process (every connection drops) and resolves once it is gone. */
+  async kill() {
+    const gone = new Promise((ok) => this.proc.once('exit', ok));
+    this.proc.kill('SIGKILL');
+    await gone;
+    started.delete(this.proc);
+  }
+  /** A new redis-server process on the same port; with `persist`, on the same data. */
+  async restart() {
+    await this.spawn();
   }
   pause() { this.proc.kill('SIGSTOP'); }
   resume() { this.proc.kill('SIGCONT'); }

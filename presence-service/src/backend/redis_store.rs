@@ -91,9 +91,7 @@ impl RedisBackend {
         node_ttl: Duration,
         op_timeout: Duration,
     ) -> Result<Self, BackendError> {
-        let cfg = redis::aio::ConnectionManagerConfig::new()
-            .set_response_timeout(Some(op_timeout))
-            .set_connection_timeout(Some(op_timeout));
+        let cfg = crate::cluster_link::reconnecting(op_timeout, op_timeout);
         let conn = tokio::time::timeout(
             op_timeout * 5,
             ConnectionManager::new_with_config(client, cfg),
