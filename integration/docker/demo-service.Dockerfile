@@ -17,12 +17,14 @@ FROM ${RUST_IMAGE} AS binary-source
 # libz-ng-sys (pingora's compression) builds zlib-ng with cmake.
 RUN command -v cmake >/dev/null || { apt-get update && apt-get install -y --no-install-recommends cmake && rm -rf /var/lib/apt/lists/*; }
 WORKDIR /src
-# Every workspace member must be present for cargo to load the workspace.
+# Every workspace member (and every [patch] path) must be present for cargo to load the workspace.
 COPY Cargo.toml Cargo.lock ./
 COPY assertion assertion
 COPY gateway gateway
 COPY presence-service presence-service
 COPY integration/demo-service integration/demo-service
+# The patched pingora-proxy that root Cargo.toml's [patch.crates-io] points at.
+COPY vendor vendor
 RUN --mount=type=cache,target=/usr/local/cargo/registry \
     --mount=type=cache,target=/src/target \
     cargo build --release --locked -p demo-service && cp target/release/demo-service /demo-service

@@ -49,10 +49,8 @@ export IMAGE_PREFIX=${IMAGE_PREFIX:-edge}
 export IMAGE_TAG=${IMAGE_TAG:-dev}
 export GATEWAY_BIND=127.0.0.1
 export GATEWAY_PORT=${GATEWAY_PORT:-$(free_port)}
-export GATEWAY_DEMO_PORT=${GATEWAY_DEMO_PORT:-$(free_port)}
 export SESSION_SECRET=${SESSION_SECRET:-suite-secret-$RANDOM$RANDOM}
 export GATEWAY_URL="https://127.0.0.1:$GATEWAY_PORT"
-export GATEWAY_DEMO_URL="https://127.0.0.1:$GATEWAY_DEMO_PORT"
 
 # ---- images ---------------------------------------------------------------------------------
 "$here/build-images.sh"
@@ -108,7 +106,7 @@ trap cleanup EXIT
 # A stack left by an interrupted run would hold the names and volumes.
 $COMPOSE down -v --remove-orphans --timeout 5 >/dev/null 2>&1 || true
 
-log "up (gateway on $GATEWAY_URL, gateway-demo on $GATEWAY_DEMO_URL)"
+log "up (gateway on $GATEWAY_URL)"
 $COMPOSE up -d --no-build
 
 # `up --wait` is Compose v2 only; polling the health states works with both.
@@ -119,7 +117,7 @@ wait_healthy() {
     unhealthy=$(for id in $ids; do
       "$DOCKER" inspect --format '{{.Name}} {{if .State.Health}}{{.State.Health.Status}}{{else}}{{.State.Status}}{{end}}' "$id"
     done | grep -v -E ' (healthy)$' || true)
-    if [[ -z $unhealthy && $(echo "$ids" | wc -w) -ge 7 ]]; then return 0; fi
+    if [[ -z $unhealthy && $(echo "$ids" | wc -w) -ge 6 ]]; then return 0; fi
     if (($(date +%s) > deadline)); then
       echo "not healthy in time:" >&2
       echo "$unhealthy" >&2

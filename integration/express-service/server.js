@@ -4,7 +4,9 @@
 // is that the gateway reads the sessions this app writes without the app being changed.
 //
 // Env: PORT (3000), HOST (0.0.0.0), REDIS_URL (required), SESSION_SECRET (comma-separated list:
-// the first signs, all verify, as express-session does with an array of secrets).
+// the first signs, all verify, as express-session does with an array of secrets), BASE_PATH
+// (empty: the routes at /api/auth/...; "/express": at /express/api/auth/..., so that one gateway
+// origin can serve this app next to another one that also uses /api/auth/).
 import http from 'node:http';
 import express from 'express';
 import session from 'express-session';
@@ -16,6 +18,7 @@ import RedisStore from 'connect-redis';
 const port = Number(process.env.PORT || 3000);
 const host = process.env.HOST || '0.0.0.0';
 const redisUrl = process.env.REDIS_URL;
+const basePath = (process.env.BASE_PATH || '').replace(/\/+$/, '');
 const secrets = (process.env.SESSION_SECRET || '').split(',').map((s) => s.trim()).filter(Boolean);
 
 if (!redisUrl) throw new Error('REDIS_URL is required: sessions live in Redis so the gateway can read them');
@@ -58,28 +61,34 @@ app.get('/healthz', async (_req, res) => {
   }
 });
 
-app.use(session({
+// Everything with a session lives under BASE_PATH, as an app mounted under a prefix does; the
+// cookie's path stays "/" (express-session's default) so it also reaches /socket.io/ on the same
+// origin, where the gateway reads it.
+const api = express.Router();
+api.use(session({
   name: 'connect.sid',
   secret: secrets,
   store: new RedisStore({ client: redis, prefix: 'sess:' }),
   resave: false,
   saveUninitialized: false,
-  cookie: { httpOnly: true, maxAge: 24 * 60 * 60 * 1000 },
+  cookie: { path: '/', httpOnly: true, maxAge: 24 * 60 * 60 * 1000 },
 }));
-app.use(passport.initialize());
-app.use(passport.session());
+api.use(passport.initialize());
+api.use(passport.session());
 
-app.post('/api/auth/login', passport.authenticate('local'), (req, res) => res.json({ user: req.user }));
-app.get('/api/auth/user', (req, res) => (req.user ? res.json({ user: req.user }) : res.status(401).json({ user: null })));
-app.post('/api/auth/logout', (req, res, next) => {
+api.post('/api/auth/login', passport.authenticate('local'), (req, res) => res.json({ user: req.user }));
+api.get('/api/auth/user', (req, res) => (req.user ? res.json({ user: req.user }) : res.status(401).json({ user: null })));
+api.post('/api/auth/logout', (req, res, next) => {
   req.logout((err) => {
     if (err) return next(err);
     return req.session.destroy((destroyErr) => (destroyErr ? next(destroyErr) : res.json({ ok: true })));
   });
 });
 
+app.use(basePath || '/', api);
+
 const server = http.createServer(app);
-server.listen(port, host, () => console.log(`express-service listening on ${host}:${port}`));
+server.listen(port, host, () => console.log(`express-service listening on ${host}:${port}${basePath}`));
 
 // Docker sends SIGTERM on stop; close cleanly so `docker compose down` is quick.
 for (const signal of ['SIGTERM', 'SIGINT']) {

@@ -1,20 +1,32 @@
 // `docker compose kill` of one presence instance (SIGKILL: no goodbye): the survivor removes the
 // dead node's users within node_ttl + heartbeat (+ the grace period before "offline" is sent),
 // and clients of the dead node that keep reconnecting come back through the gateway to the
-// survivor. Afterwards presence-a is started again and must become healthy.
+// survivor. Then presence-a is started again on a different IP address (a placeholder container
+// takes its old one, as happens when a node is rescheduled): the gateway finds it by name again
+// (it re-resolves upstream names every 5 s) and sends new connections to it.
 import assert from 'node:assert/strict';
 import { after, test } from 'node:test';
 import {
-  GATEWAY_URL, closeAllClients, compose, connectClient, loginExpress, presenceMetric, presenceSetting,
-  serviceHealthy, socketsPerInstance, untilNoSockets, users,
+  GATEWAY_URL, closeAllClients, compose, connectClient, docker, eventually, loginExpress, presenceMetric,
+  presenceSetting, serviceHealthy, socketsPerInstance, untilNoSockets, users,
 } from './lib/stack.mjs';
 
 const open = [];
+let placeholder;
 after(async () => {
   closeAllClients();
-  await compose('start', 'presence-a');
+  if (placeholder) await docker('rm', '-f', placeholder);
+  await compose('start', 'presence-a'); // leave the stack whole even when an assertion failed
   await serviceHealthy('presence-a');
 });
+
+/** The container's IP address on the compose network, and that network's name. */
+async function address(service) {
+  const id = (await compose('ps', '-q', service)).trim();
+  const [network, ip] = (await docker('inspect', '--format',
+    '{{range $name, $n := .NetworkSettings.Networks}}{{$name}} {{$n.IPAddress}}{{end}}', id)).trim().split(' ');
+  return { id, network, ip };
+}
 
 const BOUND_MS = presenceSetting('node_ttl_ms') + presenceSetting('heartbeat_interval_ms')
   + presenceSetting('grace_ms') + 2_000; // + scheduling and event delivery slack
@@ -68,4 +80,37 @@ test(`killing presence-a: its users leave the other view within ${BOUND_MS} ms, 
   await Promise.all(observers.map((o) => o.waitFor(
     (c) => stillOnline.every((n) => c.online.has(n)) && gone.every((n) => !c.online.has(n)),
     10_000, 'movers listed again, leavers absent')));
+});
+
+test('presence-a back on a new IP address: the gateway resolves its name again and sends it connections', async () => {
+  closeAllClients(); // the crash test's clients: this test counts its own
+  // Down since the test above: started again it gets its old address back (it is still free).
+  await compose('start', 'presence-a');
+  await serviceHealthy('presence-a');
+  const before = await address('presence-a');
+  await compose('kill', 'presence-a');
+  // Docker hands out the lowest free address: a placeholder on the network takes presence-a's.
+  const image = (await docker('inspect', '--format', '{{.Config.Image}}', before.id)).trim();
+  placeholder = (await docker('run', '-d', '--rm', '--network', before.network, '--entrypoint', 'sleep',
+    image, '300')).trim();
+  await compose('start', 'presence-a');
+  await serviceHealthy('presence-a');
+  const now = await address('presence-a');
+  assert.notEqual(now.ip, before.ip, `presence-a moved from ${before.ip}`);
+
+  // Round-robin over two healthy upstreams puts one of two consecutive handshakes on each; until
+  // the gateway knows the new address, both land on presence-b.
+  await untilNoSockets();
+  const [user] = users('moved', 1);
+  const cookie = await loginExpress(user);
+  const startedAt = Date.now();
+  await eventually(async () => {
+    const pair = [await connectClient(GATEWAY_URL, cookie, { label: user }),
+      await connectClient(GATEWAY_URL, cookie, { label: user })];
+    const landed = await socketsPerInstance();
+    pair.forEach((c) => c.close());
+    await untilNoSockets();
+    return landed.a >= 1 || JSON.stringify(landed);
+  }, 20_000, 'a new connection on presence-a at its new address');
+  console.log(`# presence-a (${before.ip} -> ${now.ip}) got connections ${Date.now() - startedAt} ms after it was healthy`);
 });

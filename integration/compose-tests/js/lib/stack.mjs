@@ -1,10 +1,10 @@
 // What every test file needs to talk to the compose stack from the host: HTTPS requests that trust
 // the stack's development CA, logins against both backends, real socket.io-client connections
-// through the gateways, and `docker compose` commands for the failure tests.
+// through the gateway, and `docker compose` commands for the failure tests.
 //
 // The stack is started by integration/docker/run-suite.sh, which exports:
-//   GATEWAY_URL       https://127.0.0.1:<port>, express-session flavour (Express app)
-//   GATEWAY_DEMO_URL  https://127.0.0.1:<port>, tower-sessions flavour (demo service)
+//   GATEWAY_URL       https://127.0.0.1:<port>, the one gateway: the Express app under /express/,
+//                     the demo service at /, presence at /socket.io/ (either app's cookie admits)
 //   CA_FILE           the gateway's development CA
 //   COMPOSE           the compose command ("docker-compose" or "docker compose"), with
 //                     COMPOSE_FILE and COMPOSE_PROJECT_NAME set in the environment.
@@ -21,7 +21,8 @@ function required(name) {
 }
 
 export const GATEWAY_URL = required('GATEWAY_URL');
-export const GATEWAY_DEMO_URL = required('GATEWAY_DEMO_URL');
+/** Where the gateway mounts the Express app (config/compose/gateway.toml, route "express"). */
+export const EXPRESS_PREFIX = '/express';
 const ca = readFileSync(required('CA_FILE'));
 
 /** One HTTPS request; resolves with status, headers and the body as text. */
@@ -60,16 +61,16 @@ function cookiePair(res, name) {
 
 /** Logs in to the Express app through the gateway (any name, password "pw"); returns the cookie. */
 export async function loginExpress(user) {
-  const res = await request(GATEWAY_URL, '/api/auth/login', {
+  const res = await request(GATEWAY_URL, `${EXPRESS_PREFIX}/api/auth/login`, {
     method: 'POST', body: { username: user, password: 'pw' },
   });
   if (res.status !== 200) throw new Error(`express login ${user}: ${res.status} ${res.body}`);
   return cookiePair(res, 'connect.sid');
 }
 
-/** Logs in to the demo service through gateway-demo (password "<user>-pass"); returns the cookie. */
+/** Logs in to the demo service through the gateway (password "<user>-pass"); returns the cookie. */
 export async function loginDemo(user) {
-  const res = await request(GATEWAY_DEMO_URL, '/api/auth/login', {
+  const res = await request(GATEWAY_URL, '/api/auth/login', {
     method: 'POST', body: { username: user, password: `${user}-pass` },
   });
   if (res.status !== 200) throw new Error(`demo login ${user}: ${res.status} ${res.body}`);
@@ -77,12 +78,12 @@ export async function loginDemo(user) {
 }
 
 /** A Socket.IO handshake request by hand, to read the gateway's status code. */
-export function handshake(base, cookie) {
-  return request(base, '/socket.io/?EIO=4&transport=polling', cookie ? { cookie } : {});
+export function handshake(cookie) {
+  return request(GATEWAY_URL, '/socket.io/?EIO=4&transport=polling', cookie ? { cookie } : {});
 }
 
 /**
- * A socket.io-client connection through a gateway, with the presence list it has seen so far.
+ * A socket.io-client connection through the gateway, with the presence list it has seen so far.
  * `waitFor(pred)` resolves as soon as an event makes `pred(client)` true: tests await events,
  * never sleep.
  */
