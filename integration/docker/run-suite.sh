@@ -10,17 +10,21 @@
 #   IMAGES_FROM=local     local: base images from prepare-base-images.sh (no registry needed),
 #                         binaries and node_modules built on the host and copied in (CI, offline).
 #                         registry: ordinary images pulled, everything compiled inside the images.
-#   PROFILE=release       cargo profile of the host-built binaries (debug: reuse a dev build).
+#   PROFILE=debug         cargo profile of the host-built binaries. debug: the binaries the
+#                         earlier suites of run-all-tests.sh built (`cargo build -p gateway
+#                         -p presence-service -p demo-service`), so CI compiles nothing here;
+#                         release costs 7-10 more minutes of compiling on 2 cores.
 #   SKIP_HOST_BUILD=1     use the binaries already in target/$PROFILE.
 #   KEEP_STACK=1          leave the stack running afterwards (then: docker-compose -p ... down -v).
 #   TEST_FILTER=...       passed to node --test-name-pattern and pytest -k.
+#   SAVE_LOGS=<file>      write every container's log there before `down` (pass or fail).
 set -euo pipefail
 
 started=$(date +%s)
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 repo=$(cd "$here/../.." && pwd)
 export IMAGES_FROM=${IMAGES_FROM:-local}
-export PROFILE=${PROFILE:-release}
+export PROFILE=${PROFILE:-debug}
 
 log() { printf '\n[run-suite %s] %s\n' "$(date +%T)" "$*" >&2; }
 elapsed() { echo $(($(date +%s) - started)); }
@@ -77,6 +81,9 @@ cleanup() {
     log "FAILED: container states and logs follow"
     $COMPOSE ps || true
     $COMPOSE logs --no-color --timestamps --tail=300 || true
+  fi
+  if [[ -n ${SAVE_LOGS:-} ]]; then
+    $COMPOSE logs --no-color --timestamps >"$SAVE_LOGS" 2>&1 || true
   fi
   if [[ ${KEEP_STACK:-0} == 1 ]]; then
     log "KEEP_STACK=1: stack left running ($COMPOSE -p $COMPOSE_PROJECT_NAME down -v to remove)"
