@@ -9,8 +9,9 @@ use serde::Serialize;
 use serde_json::value::RawValue;
 use socketioxide::adapter::Adapter;
 use socketioxide::extract::SocketRef;
-use socketioxide::SocketIo;
-use tokio::sync::{mpsc, Notify};
+use socketioxide::operators::BroadcastOperators;
+use socketioxide::{BroadcastError, SocketIo};
+use tokio::sync::{mpsc, oneshot, Notify};
 
 use crate::backend::{Changes, PresenceBackend};
 use crate::config::EventMode;
@@ -25,6 +26,12 @@ pub enum Command<A: Adapter> {
     /// Send `online_users` to every socket on every node: the cluster link is back, and changes
     /// broadcast while it was down never reached the other nodes.
     Refresh,
+    /// The node is stopping: see [`Presence::stop`].
+    Stop {
+        deadline: Instant,
+        ready: oneshot::Sender<()>,
+        done: oneshot::Sender<()>,
+    },
 }
 
 #[derive(Serialize)]
@@ -88,6 +95,25 @@ impl<A: Adapter> Presence<A> {
         self.send(Command::Refresh);
     }
 
+    /// Starts a clean stop. Resolves once the announcer is ready for the sockets to be closed
+    /// (it no longer needs the namespace, which closing the server removes), with a receiver that
+    /// fires when this node has left the cluster: every user released after their grace period
+    /// (so that users reconnecting to another node meanwhile never flap offline), their leaves
+    /// announced, the node deregistered. Past `deadline`, whoever is still held is released
+    /// at once.
+    pub async fn stop(&self, deadline: Instant) -> oneshot::Receiver<()> {
+        let (ready, ready_rx) = oneshot::channel();
+        let (done, done_rx) = oneshot::channel();
+        self.send(Command::Stop {
+            deadline,
+            ready,
+            done,
+        });
+        // An error means the announcer is gone already: nothing left to wait for.
+        let _ = ready_rx.await;
+        done_rx
+    }
+
     pub fn disconnect(&self, user_id: &str) {
         let mut model = self.model();
         model.disconnect(user_id, Instant::now());
@@ -108,6 +134,14 @@ impl<A: Adapter> Presence<A> {
 
     fn held(&self) -> Vec<User> {
         self.model().held()
+    }
+
+    fn disconnect_all(&self, now: Instant) {
+        let mut model = self.model();
+        model.disconnect_all(now);
+        self.metrics.connected_sockets.set(0);
+        drop(model);
+        self.release_changed.notify_one();
     }
 }
 
@@ -141,6 +175,8 @@ pub fn start<A: Adapter>(
         batch: DiffBatch::default(),
         last_flush: Instant::now(),
         waiting_snapshot: Vec::new(),
+        ns: None,
+        stopping: None,
     };
     tokio::spawn(announcer.run(presence.clone(), rx));
     presence
@@ -159,6 +195,11 @@ struct Announcer<A: Adapter> {
     /// Sockets whose snapshot is due, served together after the queue is drained (one read
     /// and one serialization of the list for all of them, however many connected at once).
     waiting_snapshot: Vec<SocketRef<A>>,
+    /// The default namespace, kept from the moment the node starts stopping: closing the
+    /// server removes it from `io`, and the leaves still have to be broadcast after that.
+    ns: Option<BroadcastOperators<A>>,
+    /// Set by [`Command::Stop`]: when to give up waiting, and whom to tell that we are done.
+    stopping: Option<(Instant, oneshot::Sender<()>)>,
 }
 
 /// Commands handled per turn of the loop before the waiting snapshots are sent: large enough
@@ -176,6 +217,10 @@ impl<A: Adapter> Announcer<A> {
         let far = Duration::from_secs(3600);
         let mut next_release: Option<Instant> = None;
         loop {
+            if self.stopping.is_some() && rx.is_empty() && presence.held().is_empty() {
+                break;
+            }
+            let stop_at = self.stopping.as_ref().map(|(at, _)| *at);
             let release_at = next_release.unwrap_or_else(|| Instant::now() + far);
             let flush_at = self.last_flush + self.cfg.diff_window;
             tokio::select! {
@@ -186,10 +231,10 @@ impl<A: Adapter> Announcer<A> {
                 }
                 cmd = rx.recv() => {
                     let Some(cmd) = cmd else { break };
-                    self.handle(cmd).await;
+                    self.handle(cmd, &presence).await;
                     for _ in 1..DRAIN_PER_TURN {
                         match rx.try_recv() {
-                            Ok(cmd) => self.handle(cmd).await,
+                            Ok(cmd) => self.handle(cmd, &presence).await,
                             Err(_) => break,
                         }
                     }
@@ -202,11 +247,36 @@ impl<A: Adapter> Announcer<A> {
                     next_release = presence.expire(Instant::now());
                 }
                 _ = heartbeat.tick() => self.maintain(&presence).await,
+                _ = tokio::time::sleep_until(stop_at.unwrap_or(release_at).into()), if stop_at.is_some() => {
+                    tracing::warn!("stop deadline passed; releasing the users still held");
+                    break;
+                }
             }
+        }
+        if let Some((_, done)) = self.stopping.take() {
+            self.leave_cluster().await;
+            let _ = done.send(());
         }
     }
 
-    async fn handle(&mut self, cmd: Command<A>) {
+    /// The node's last act: whatever it still holds is released, the leaves announced, the node
+    /// removed from the cluster (other nodes need not wait for its heartbeat to expire).
+    async fn leave_cluster(&mut self) {
+        match self.backend.leave().await {
+            Ok(leaves) => {
+                for id in leaves {
+                    self.left(id).await;
+                }
+                tracing::info!("left the cluster");
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "could not leave the cluster; the other nodes will reap this one")
+            }
+        }
+        self.flush().await;
+    }
+
+    async fn handle(&mut self, cmd: Command<A>, presence: &Presence<A>) {
         match cmd {
             Command::Apply(effect) => {
                 // Compat mode broadcasts the whole list on each change: a burst of those could
@@ -220,6 +290,18 @@ impl<A: Adapter> Announcer<A> {
             // drain includes it; changes applied meanwhile are in the list too, and in diff mode
             // also reach the socket again as a diff, which clients apply idempotently.
             Command::Snapshot(socket) => self.waiting_snapshot.push(socket),
+            Command::Stop {
+                deadline,
+                ready,
+                done,
+            } => {
+                self.ns = self.io.of("/");
+                self.stopping = Some((deadline, done));
+                // Closing the server drops the sockets without their disconnect handlers (the
+                // namespace is gone by then): they count as disconnected from now on.
+                presence.disconnect_all(Instant::now());
+                let _ = ready.send(());
+            }
             Command::Refresh => {
                 // After the changes queued before it, so the list read here includes them.
                 self.flush().await;
@@ -365,14 +447,32 @@ impl<A: Adapter> Announcer<A> {
     /// To every socket on every node. If the adapter cannot reach the other nodes (Redis
     /// outage), this node's own sockets are still told.
     async fn broadcast<T: Serialize + ?Sized>(&self, event: &'static str, payload: &T) {
-        let sent = tokio::time::timeout(self.cfg.emit_timeout, self.io.emit(event, payload)).await;
-        let ok = matches!(sent, Ok(Ok(())));
+        let Some(ns) = self.ns.clone().or_else(|| self.io.of("/")) else {
+            tracing::warn!(event, "no default namespace (server closed?); not sent");
+            return;
+        };
+        let sent =
+            tokio::time::timeout(self.cfg.emit_timeout, ns.clone().emit(event, payload)).await;
+        let ok = match sent {
+            Ok(Ok(())) => true,
+            // The adapter published first: only some of this node's sockets (closing, or too
+            // slow) missed it, and re-sending to all of them would duplicate it for the others.
+            Ok(Err(BroadcastError::Socket(errors))) => {
+                tracing::debug!(
+                    event,
+                    sockets = errors.len(),
+                    "not sent to some local sockets"
+                );
+                true
+            }
+            Ok(Err(_)) | Err(_) => false,
+        };
         if !ok {
             tracing::warn!(
                 event,
                 "cluster broadcast failed; emitting to local sockets only"
             );
-            if let Err(e) = self.io.local().emit(event, payload).await {
+            if let Err(e) = ns.local().emit(event, payload).await {
                 tracing::warn!(event, error = %e, "local broadcast failed");
                 return;
             }

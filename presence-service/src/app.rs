@@ -112,21 +112,24 @@ pub async fn run(
             let backend: Arc<dyn PresenceBackend> = Arc::new(backend);
             let (router, init, presence) = assemble(
                 &cfg,
-                io,
+                io.clone(),
                 backend,
                 trust,
                 metrics.clone(),
                 Some(link.status()),
             );
             init.await.map_err(|e| StartError::Adapter(e.to_string()))?;
+            let refresh = presence.clone();
             link.watch(
                 ms(b.heartbeat_interval_ms),
                 op_timeout,
                 metrics.clone(),
-                move || presence.refresh_cluster(),
+                move || refresh.refresh_cluster(),
             );
             tracing::info!(node = %node_id, "redis backend and adapter ready");
-            serve(listener, router.layer(layer), shutdown).await
+            serve(listener, router.layer(layer), shutdown).await?;
+            leave_cluster(&cfg, &io, &presence).await;
+            Ok(())
         }
     }
 }
@@ -171,6 +174,22 @@ fn assemble<A: Adapter + DefinedAdapter>(
     (router, init, presence)
 }
 
+/// A clean stop of one node among several: its sockets are closed (clients see a transport
+/// close and reconnect, to another node), and its users are released after the grace period
+/// like after any disconnect, instead of lingering until the other nodes reap this one.
+async fn leave_cluster<A: Adapter>(cfg: &Config, io: &SocketIo<A>, presence: &Presence<A>) {
+    let op_timeout = ms(cfg.backend.op_timeout_ms);
+    let deadline = std::time::Instant::now() + ms(cfg.presence.grace_ms) + op_timeout * 4;
+    let left = presence.stop(deadline).await;
+    io.close().await;
+    tracing::info!("sockets closed; releasing this node's users after the grace period");
+    let bound = (deadline + op_timeout * 2).into();
+    if tokio::time::timeout_at(bound, left).await.is_err() {
+        tracing::warn!("did not leave the cluster in time; the other nodes will reap this one");
+    }
+}
+
+/// Serves until `shutdown` resolves; then no new connection is accepted.
 async fn serve(
     listener: TcpListener,
     router: axum::Router,

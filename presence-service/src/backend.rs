@@ -43,6 +43,11 @@ pub trait PresenceBackend: Send + Sync + 'static {
     async fn maintain(&self, held: &[User]) -> Result<Changes, BackendError>;
     /// False while the shared store is unreachable (`/readyz`).
     fn is_healthy(&self) -> bool;
+    /// This node stops: release whatever it still holds and deregister it. Returns the users
+    /// that went offline.
+    async fn leave(&self) -> Result<Vec<String>, BackendError> {
+        Ok(Vec::new())
+    }
 }
 
 /// One node, no Redis: the embedded default.

@@ -103,6 +103,15 @@ impl PresenceModel {
         }
     }
 
+    /// Every socket closed at once (the node stops): every user's grace period starts, unless
+    /// it already runs.
+    pub fn disconnect_all(&mut self, now: Instant) {
+        for entry in self.users.values_mut() {
+            entry.sockets = 0;
+            entry.release_at.get_or_insert(now + self.grace);
+        }
+    }
+
     /// Releases every user whose grace period ended at or before `now`.
     pub fn expire(&mut self, now: Instant) -> Vec<Effect> {
         let mut gone: Vec<String> = self
@@ -164,6 +173,24 @@ mod tests {
         assert_eq!(m.connect(user("a")), Ok(Some(Effect::Hold(user("a")))));
         assert_eq!(m.held(), vec![user("a")]);
         assert_eq!(m.socket_count(), 1);
+    }
+
+    #[test]
+    fn stopping_node_releases_everyone_after_grace_keeping_running_graces() {
+        let mut m = model();
+        let t0 = Instant::now();
+        m.connect(user("a")).unwrap();
+        m.connect(user("a")).unwrap();
+        m.connect(user("b")).unwrap();
+        m.disconnect("b", t0);
+        m.disconnect_all(t0 + GRACE / 2);
+        assert_eq!(m.socket_count(), 0);
+        assert_eq!(m.expire(t0 + GRACE), vec![Effect::Release("b".into())]);
+        assert_eq!(
+            m.expire(t0 + GRACE + GRACE / 2),
+            vec![Effect::Release("a".into())]
+        );
+        assert!(m.held().is_empty());
     }
 
     #[test]

@@ -120,3 +120,42 @@ describe('Redis outage', () => {
     for (const t of [alice, bob, carol, dave]) t.close();
   });
 });
+
+describe('clean stop (SIGTERM)', () => {
+  const GRACE_MS = 800; // the harness's presence.grace_ms
+  let redis, a, b;
+  before(async () => {
+    redis = await Redis.start();
+    // A node TTL far beyond the bound below: a leave within it can only come from node B leaving
+    // the cluster itself, not from node A reaping it.
+    const start = () => Presence.start({ keys: [key], presence: { mode: 'compat' }, backend: { kind: 'redis', redis_url: redis.url, node_ttl_ms: 30000 } });
+    [a, b] = await Promise.all([start(), start()]);
+  });
+  after(async () => {
+    await Promise.all([a.stop(), b.stop()]);
+    await redis.stop();
+  });
+
+  test('node B leaves the cluster: its users go offline after the grace period, users also on A stay online', async () => {
+    const watcher = await new Tab(a.url, token('watcher'), { transports: ['websocket'] }).connected();
+    const onlyB = await new Tab(b.url, token('onlyb'), { transports: ['websocket'] }).connected();
+    const multiA = await new Tab(a.url, token('multi'), { transports: ['websocket'] }).connected();
+    const multiB = await new Tab(b.url, token('multi'), { transports: ['websocket'] }).connected();
+    await watcher.waitFor('user_connected', (d) => d.user.id === 'onlyb');
+    await watcher.waitFor('user_connected', (d) => d.user.id === 'multi');
+    const mark = watcher.mark();
+    const exited = new Promise((ok) => b.proc.once('exit', (code, signal) => ok({ code, signal })));
+    const stoppedAt = Date.now();
+    b.kill('SIGTERM');
+    // The connection is closed, not the Socket.IO session: socket.io-client would reconnect by itself.
+    assert.equal(await onlyB.waitFor('disconnect'), 'transport close');
+    assert.equal(await multiB.waitFor('disconnect'), 'transport close');
+    await watcher.waitFor('user_disconnected', (d) => d.userId === 'onlyb', 5000, mark);
+    const took = Date.now() - stoppedAt;
+    assert.ok(took >= GRACE_MS - 50 && took <= GRACE_MS + 1500, `onlyb left ${took} ms after SIGTERM`);
+    assert.deepEqual(await exited, { code: 0, signal: null });
+    assert.ok(!watcher.events.slice(mark).some((e) => e.event === 'user_disconnected' && e.data.userId === 'multi'), 'multi never left');
+    assert.deepEqual(ids((await watcher.ask()).onlineUsers), ['multi', 'watcher']);
+    watcher.close(); multiA.close();
+  });
+});

@@ -67,6 +67,22 @@ end
 return out
 "#;
 
+/// A stopping node: its users leave unless another node holds them, then the node is gone.
+/// Returns the user ids that went offline.
+const LEAVE: &str = r#"
+local out = {}
+for _, u in ipairs(redis.call('HKEYS', KEYS[1])) do
+  if redis.call('HINCRBY', KEYS[2], u, -1) <= 0 then
+    redis.call('HDEL', KEYS[2], u)
+    redis.call('HDEL', KEYS[3], u)
+    table.insert(out, u)
+  end
+end
+redis.call('DEL', KEYS[1])
+redis.call('ZREM', KEYS[4], ARGV[1])
+return out
+"#;
+
 pub struct RedisBackend {
     conn: ConnectionManager,
     node_id: String,
@@ -76,6 +92,7 @@ pub struct RedisBackend {
     hold: Script,
     release: Script,
     heartbeat: Script,
+    leave: Script,
     healthy: AtomicBool,
     /// Set when a write failed: the next successful heartbeat re-syncs this node's users.
     dirty: AtomicBool,
@@ -107,6 +124,7 @@ impl RedisBackend {
             hold: Script::new(HOLD),
             release: Script::new(RELEASE),
             heartbeat: Script::new(HEARTBEAT),
+            leave: Script::new(LEAVE),
             healthy: AtomicBool::new(true),
             dirty: AtomicBool::new(false),
             last_view: Mutex::new(Vec::new()),
@@ -267,5 +285,16 @@ impl PresenceBackend for RedisBackend {
 
     fn is_healthy(&self) -> bool {
         self.healthy.load(Ordering::Relaxed)
+    }
+
+    async fn leave(&self) -> Result<Vec<String>, BackendError> {
+        let mut conn = self.conn.clone();
+        let mut inv = self.leave.prepare_invoke();
+        inv.key(self.node_key())
+            .key(self.key("count"))
+            .key(self.key("users"))
+            .key(self.key("nodes"))
+            .arg(&self.node_id);
+        self.bounded(false, inv.invoke_async(&mut conn)).await
     }
 }
