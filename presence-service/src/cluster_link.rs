@@ -12,7 +12,7 @@
 //! SUBSCRIBE on the new connection. No protocol code lives here. What this module adds is a
 //! check, once per heartbeat, that the connection really is subscribed to every channel the
 //! adapter asked for (`CLIENT INFO` on that very connection): it re-subscribes if the redis
-//! crate's replay did not take, and it is what `/readyz` reports.
+//! crate's replay did not take, and it is what `/readyz` reports. (`CLIENT INFO`: Redis 6.2+.)
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -28,9 +28,9 @@ use crate::metrics::Metrics;
 
 type Handlers = HashMap<String, mpsc::Sender<ChanItem>>;
 
-/// A `ConnectionManager` that reconnects without giving up, never waiting longer than `max_wait`
-/// between attempts: a Redis that comes back is found within `max_wait`. Used for the presence
-/// store too.
+/// A `ConnectionManager` that reconnects without giving up, attempts at most `max_wait` apart
+/// (twice that with the jitter): a Redis that comes back is found within about that. Used for
+/// the presence store too.
 pub fn reconnecting(op_timeout: Duration, max_wait: Duration) -> ConnectionManagerConfig {
     ConnectionManagerConfig::new()
         .set_response_timeout(Some(op_timeout))

@@ -8,8 +8,8 @@ import { Presence, Redis, Tab, makeKey, mint, ids, eventually } from './harness.
 
 const key = makeKey('gw-1');
 const token = (sub) => mint(key, { sub, name: sub.toUpperCase() });
-// Config below: heartbeat 300 ms (the link check runs on it), reconnect back-off capped at 500 ms
-// (op_timeout). From the new process being ready to a change on one node reaching a user on the
+// Config below: heartbeat 300 ms (the link check runs on it), reconnect attempts at most 500 ms
+// apart (op_timeout; up to 1 s with jitter). From the new process being ready to a change on one node reaching a user on the
 // other: one back-off step + one check + one broadcast. 3 s leaves room for a loaded CI machine.
 const RECOVERY_BOUND_MS = 3000;
 

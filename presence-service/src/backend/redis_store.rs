@@ -10,6 +10,7 @@
 //! announced by exactly one node. A node heartbeats every `heartbeat_interval`; any node that finds
 //! a node silent for `node_ttl` reaps it (its users leave unless another node holds them). So a
 //! crashed node's users are gone within `node_ttl + heartbeat_interval`.
+//! A node that stops cleanly does not wait for that: it releases its users and removes itself.
 //! These scripts touch keys they compute (`p:node:<dead>`): fine on one Redis, not on a cluster.
 
 use std::sync::atomic::{AtomicBool, Ordering};
