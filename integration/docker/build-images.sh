@@ -45,13 +45,23 @@ case $IMAGES_FROM in
       [[ $PROFILE == debug ]] && profile_flag=()
       (cd "$repo" && cargo build "${profile_flag[@]}" --locked -p gateway -p presence-service -p demo-service)
     fi
+    # The demo service's web page: built again only when its sources are newer than the build
+    # (CI's earlier `web` suite has just built it).
+    web=$repo/integration/web
+    if [[ ! -f $web/dist/index.html ]] \
+       || [[ -n $(find "$web/src" "$web/index.html" "$web/vite.config.js" "$web/package-lock.json" -newer "$web/dist/index.html" -print -quit) ]]; then
+      log "host: web page (npm ci && npm run build in integration/web)"
+      (cd "$web" && npm ci --no-audit --no-fund --loglevel=error && npm run build >/dev/null)
+    fi
     log "host: npm ci --omit=dev (express-service)"
     (cd "$repo/integration/express-service" && npm ci --omit=dev --no-audit --no-fund --loglevel=error)
     rust_args=(--build-arg BINARY_FROM=prebuilt --build-arg "BINARY_DIR=target/$PROFILE" --build-arg "BASE_IMAGE=$base")
+    demo_args=(--build-arg WEB_FROM=prebuilt)
     node_args=(--build-arg NODE_MODULES_FROM=context --build-arg "NODE_IMAGE=$node")
     ;;
   registry)
     rust_args=()
+    demo_args=()
     node_args=()
     ;;
   *) echo "IMAGES_FROM must be local or registry" >&2; exit 2 ;;
@@ -59,7 +69,9 @@ esac
 
 for svc in gateway presence-service demo-service; do
   log "$IMAGE_PREFIX/$svc:$IMAGE_TAG"
-  "$DOCKER" build -q "${rust_args[@]}" -f "$here/$svc.Dockerfile" -t "$IMAGE_PREFIX/$svc:$IMAGE_TAG" "$repo" >/dev/null
+  args=("${rust_args[@]}")
+  [[ $svc == demo-service ]] && args+=("${demo_args[@]}")
+  "$DOCKER" build -q "${args[@]}" -f "$here/$svc.Dockerfile" -t "$IMAGE_PREFIX/$svc:$IMAGE_TAG" "$repo" >/dev/null
 done
 log "$IMAGE_PREFIX/express-service:$IMAGE_TAG"
 "$DOCKER" build -q "${node_args[@]}" -f "$here/express-service.Dockerfile" \

@@ -1,17 +1,23 @@
 # The demo login service (axum-login, tower-sessions in SQLite): the sessions file is shared with the gateway through a volume.
+# It also serves the seed's web page (integration/web, React + socket.io-client) at /.
 #
 # Build context: the repository root.
 #   Connected machine (compiles in a rust image):
 #     DOCKER_BUILDKIT=1 docker build -f integration/docker/demo-service.Dockerfile -t edge/demo-service .
 #   Offline / CI (copies a binary the host built with `cargo build --release -p demo-service`):
 #     DOCKER_BUILDKIT=1 docker build -f integration/docker/demo-service.Dockerfile \
-#       --build-arg BINARY_FROM=prebuilt --build-arg BASE_IMAGE=edge-local/debian:bookworm-slim -t edge/demo-service .
+#       --build-arg BINARY_FROM=prebuilt --build-arg WEB_FROM=prebuilt \
+#       --build-arg BASE_IMAGE=edge-local/debian:bookworm-slim -t edge/demo-service .
+#     (WEB_FROM=prebuilt takes integration/web/dist: `cd integration/web && npm ci && npm run build`.)
 # BuildKit builds only the stages the final image uses, so the prebuilt path never pulls RUST_IMAGE,
 # and it sends only the files that COPY names (not target/ as a whole).
 ARG RUST_IMAGE=rust:1-bookworm
 ARG BASE_IMAGE=debian:bookworm-slim
 # "source": compile in RUST_IMAGE. "prebuilt": take target/release/demo-service from the context.
 ARG BINARY_FROM=source
+ARG NODE_IMAGE=node:20-bookworm-slim
+# "source": build the web page with npm in NODE_IMAGE. "prebuilt": take integration/web/dist.
+ARG WEB_FROM=source
 
 FROM ${RUST_IMAGE} AS binary-source
 # libz-ng-sys (pingora's compression) builds zlib-ng with cmake.
@@ -36,6 +42,19 @@ COPY ${BINARY_DIR}/demo-service /demo-service
 
 FROM binary-${BINARY_FROM} AS binary
 
+FROM ${NODE_IMAGE} AS web-source
+WORKDIR /web
+COPY integration/web/package.json integration/web/package-lock.json ./
+RUN npm ci --no-audit --no-fund
+COPY integration/web/index.html integration/web/vite.config.js ./
+COPY integration/web/src src
+RUN npm run build && mv dist /dist
+
+FROM scratch AS web-prebuilt
+COPY integration/web/dist /dist
+
+FROM web-${WEB_FROM} AS web
+
 FROM ${BASE_IMAGE} AS runtime
 # CA certificates and curl (healthcheck); the offline base already has both, debian:*-slim not.
 RUN set -eu; \
@@ -46,9 +65,10 @@ RUN set -eu; \
     fi; \
     useradd --system --uid 10001 --user-group --no-create-home --home-dir /nonexistent --shell /usr/sbin/nologin app
 COPY --from=binary /demo-service /usr/local/bin/demo-service
+COPY --from=web /dist /usr/share/demo-web
 RUN mkdir -p /var/lib/demo && chown 10001:10001 /var/lib/demo
 VOLUME /var/lib/demo
-ENV DEMO_LISTEN=0.0.0.0:3000 DEMO_SESSIONS_DB=/var/lib/demo/sessions.db
+ENV DEMO_LISTEN=0.0.0.0:3000 DEMO_SESSIONS_DB=/var/lib/demo/sessions.db DEMO_WEB_DIST=/usr/share/demo-web
 USER 10001:10001
 EXPOSE 3000
 HEALTHCHECK --interval=2s --timeout=3s --start-period=20s --retries=5 \

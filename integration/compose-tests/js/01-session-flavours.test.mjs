@@ -32,6 +32,19 @@ describe('two apps on one gateway origin', () => {
   });
 });
 
+describe('the web page', () => {
+  test('the demo app serves the seed\'s page and its script at / on the gateway origin', async () => {
+    const page = await request(GATEWAY_URL, '/');
+    assert.equal(page.status, 200);
+    assert.match(page.headers['content-type'], /text\/html/);
+    const script = page.body.match(/<script[^>]*src="([^"]+)"/)?.[1];
+    assert.ok(script, `a script in the page: ${page.body}`);
+    const js = await request(GATEWAY_URL, script);
+    assert.equal(js.status, 200);
+    assert.match(js.headers['content-type'], /javascript/);
+  });
+});
+
 describe('express-session flavour (Express + connect-redis + Passport behind the gateway)', () => {
   test('the Express app works through the gateway unchanged, its session is in Redis', async () => {
     const [user] = users('exp', 1);
