@@ -55,9 +55,36 @@ pub fn ensure_dev_files(cfg: &Config) -> Result<(), ConfigError> {
 
 /// Loads signing keys and checks TLS files: everything `gateway check` can verify offline.
 pub fn load_signer(cfg: &Config) -> Result<(AssertionSigner, Vec<u8>), ConfigError> {
+    load_signer_with(cfg, false)
+}
+
+/// `gateway check`: like [`load_signer`], but files the config asks to generate on first run
+/// may be missing (check writes nothing).
+pub fn check(cfg: &Config) -> Result<(), ConfigError> {
+    load_signer_with(cfg, true).map(|_| ())
+}
+
+fn will_be_generated(cfg: &Config, file: Option<&std::path::PathBuf>, generate: bool) -> bool {
+    generate && file.is_some_and(|f| !cfg.path(f).exists())
+}
+
+fn load_signer_with(
+    cfg: &Config,
+    checking: bool,
+) -> Result<(AssertionSigner, Vec<u8>), ConfigError> {
     let mut keys = Vec::new();
     let mut first_pem = Vec::new();
     for k in &cfg.assertion.keys {
+        if checking
+            && will_be_generated(
+                cfg,
+                k.private_key.get_ref().file.as_ref(),
+                k.generate_if_missing,
+            )
+        {
+            keys.push(SigningKey::generate(k.kid.clone()));
+            continue;
+        }
         let err = |e: String| {
             cfg.source.error_at(
                 k.private_key.span(),
@@ -83,6 +110,11 @@ pub fn load_signer(cfg: &Config) -> Result<(AssertionSigner, Vec<u8>), ConfigErr
         .to_vec();
     for l in &cfg.listeners {
         let Some(tls) = &l.tls else { continue };
+        let cert_missing =
+            !cfg.path(tls.cert.get_ref()).exists() || !cfg.path(tls.key.get_ref()).exists();
+        if checking && tls.generate_dev_cert && cert_missing {
+            continue;
+        }
         for (path, key) in [
             (&tls.cert, "listener.tls.cert"),
             (&tls.key, "listener.tls.key"),

@@ -68,13 +68,9 @@ fn main() -> ExitCode {
                 }
             }
         }
-        // Dev files the config asks to generate are made here too, so that a fresh checkout's
-        // default config checks clean.
+        // Writes nothing: files the config asks to generate on first run may be missing.
         Command::Check => {
-            match Config::load(&cli.config)
-                .and_then(|c| gateway::app::ensure_dev_files(&c).map(|()| c))
-                .and_then(|c| gateway::app::load_signer(&c).map(|_| c))
-            {
+            match Config::load(&cli.config).and_then(|c| gateway::app::check(&c).map(|()| c)) {
                 Ok(c) => {
                     println!(
                         "{}: ok ({} listeners, {} routes)",

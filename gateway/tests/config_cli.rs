@@ -33,24 +33,33 @@ upstreams = ["127.0.0.1:3000"]
 "#;
 
 #[test]
-fn a_good_config_checks_clean_and_makes_its_dev_key() {
+fn a_good_config_checks_clean_and_check_writes_nothing() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("gateway.toml");
     std::fs::write(&path, GOOD).unwrap();
-    let out = Command::new(common::gateway_bin())
-        .args(["check", "--config"])
-        .arg(&path)
-        .output()
-        .unwrap();
+    let run = || {
+        Command::new(common::gateway_bin())
+            .args(["check", "--config"])
+            .arg(&path)
+            .output()
+            .unwrap()
+    };
+    let out = run();
     assert!(
         out.status.success(),
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
     assert!(
-        dir.path().join("signing.pem").exists(),
-        "relative paths resolve against the config's folder"
+        !dir.path().join("signing.pem").exists(),
+        "check makes no files"
     );
+
+    // Once present, the key is read (relative to the config's folder) and must be valid.
+    std::fs::write(dir.path().join("signing.pem"), "not a key").unwrap();
+    let out = run();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && err.contains("Ed25519"), "{err}");
 }
 
 #[test]
