@@ -43,6 +43,15 @@ upstreams = ["{app}"]
     )
 }
 
+/// The Socket.IO route most tests use: handshakes authenticated, assertions for the presence
+/// service.
+fn presence_route(sio: &Upstream) -> String {
+    format!(
+        "[[route]]\nname = \"presence\"\npath_prefix = \"/socket.io/\"\nupstreams = [\"{}\"]\nauth = \"socketio-handshake\"\naudience = \"presence-service\"\n",
+        sio.addr
+    )
+}
+
 const HANDSHAKE: &str = "/socket.io/?EIO=4&transport=polling&t=abc";
 
 #[tokio::test]
@@ -361,16 +370,10 @@ flavour = "express"
 secrets = [{{ value = "rotated-new-secret" }}, {{ file = "{}" }}]
 store = {{ kind = "redis", url = "{}", prefix = "sess:" }}
 
-[[route]]
-name = "presence"
-path_prefix = "/socket.io/"
-upstreams = ["{}"]
-auth = "socketio-handshake"
-audience = "presence-service"
-"#,
+{}"#,
         secret_file.path().display(),
         redis.url(),
-        sio.addr
+        presence_route(&sio)
     );
     let gw = Gateway::start(&body).await;
     gw.wait_ready().await;
@@ -466,15 +469,9 @@ secrets = [{{ value = "the secret key" }}]
 lookup_timeout_ms = 500
 store = {{ kind = "redis", url = "{}" }}
 
-[[route]]
-name = "presence"
-path_prefix = "/socket.io/"
-upstreams = ["{}"]
-auth = "socketio-handshake"
-audience = "presence-service"
-"#,
+{}"#,
         redis.url(),
-        sio.addr
+        presence_route(&sio)
     );
     let gw = Gateway::start(&body).await;
     gw.wait_ready().await;
@@ -554,15 +551,9 @@ flavour = "tower-sessions"
 display_name_field = "display_name"
 store = {{ kind = "redis", url = "{}" }}
 
-[[route]]
-name = "presence"
-path_prefix = "/socket.io/"
-upstreams = ["{}"]
-auth = "socketio-handshake"
-audience = "presence-service"
-"#,
+{}"#,
         redis.url(),
-        sio.addr
+        presence_route(&sio)
     );
     let gw = Gateway::start(&body).await;
     gw.wait_ready().await;

@@ -48,6 +48,29 @@ async fn ws_echo_upstream() -> (
     (addr, rx)
 }
 
+/// Reads an upgrade request's head from `s` and returns the matching `101 Switching Protocols`
+/// head (RFC 6455 section 4.2.2), for upstreams that answer at once.
+async fn switching_protocols(s: &mut tokio::net::TcpStream) -> Option<String> {
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 4096];
+    while !buf.windows(4).any(|w| w == b"\r\n\r\n") {
+        match s.read(&mut chunk).await {
+            Ok(0) | Err(_) => return None,
+            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+        }
+    }
+    let head = String::from_utf8_lossy(&buf).to_string();
+    let key = head
+        .lines()
+        .filter_map(|l| l.split_once(':'))
+        .find(|(name, _)| name.trim().eq_ignore_ascii_case("sec-websocket-key"))
+        .map(|(_, v)| v.trim().to_string())?;
+    let accept = tokio_tungstenite::tungstenite::handshake::derive_accept_key(key.as_bytes());
+    Some(format!(
+        "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: {accept}\r\n\r\n"
+    ))
+}
+
 /// A WebSocket echo upstream that answers the upgrade with its 101 the moment the request
 /// head is in, as fast local upstreams do: the timing that exposes Pingora issue #946.
 async fn fast_ws_echo_upstream() -> std::net::SocketAddr {
@@ -56,34 +79,9 @@ async fn fast_ws_echo_upstream() -> std::net::SocketAddr {
     tokio::spawn(async move {
         while let Ok((mut s, _)) = listener.accept().await {
             tokio::spawn(async move {
-                let mut buf = Vec::new();
-                let mut chunk = [0u8; 4096];
-                while !buf.windows(4).any(|w| w == b"\r\n\r\n") {
-                    match s.read(&mut chunk).await {
-                        Ok(0) | Err(_) => return,
-                        Ok(n) => buf.extend_from_slice(&chunk[..n]),
-                    }
-                }
-                let text = String::from_utf8_lossy(&buf).to_ascii_lowercase();
-                let key = text
-                    .lines()
-                    .find_map(|l| l.strip_prefix("sec-websocket-key:"))
-                    .unwrap_or("")
-                    .trim()
-                    .to_string();
-                // The key is case-sensitive base64: take it from the original bytes.
-                let original = String::from_utf8_lossy(&buf).to_string();
-                let key = original
-                    .lines()
-                    .find(|l| l.to_ascii_lowercase().starts_with("sec-websocket-key:"))
-                    .and_then(|l| l.split_once(':'))
-                    .map(|(_, v)| v.trim().to_string())
-                    .unwrap_or(key);
-                let accept =
-                    tokio_tungstenite::tungstenite::handshake::derive_accept_key(key.as_bytes());
-                let head = format!(
-                    "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: {accept}\r\n\r\n"
-                );
+                let Some(head) = switching_protocols(&mut s).await else {
+                    return;
+                };
                 if s.write_all(head.as_bytes()).await.is_err() {
                     return;
                 }
@@ -244,34 +242,14 @@ async fn an_upstream_that_answers_101_immediately_still_works() {
     tokio::spawn(async move {
         while let Ok((mut s, _)) = listener.accept().await {
             tokio::spawn(async move {
-                let mut buf = Vec::new();
-                let mut chunk = [0u8; 2048];
-                while !buf.windows(4).any(|w| w == b"\r\n\r\n") {
-                    match s.read(&mut chunk).await {
-                        Ok(0) | Err(_) => return,
-                        Ok(n) => buf.extend_from_slice(&chunk[..n]),
-                    }
-                }
-                let text = String::from_utf8_lossy(&buf).to_string();
-                let key = text
-                    .lines()
-                    .find_map(|l| {
-                        l.strip_prefix("sec-websocket-key: ")
-                            .or_else(|| l.strip_prefix("Sec-WebSocket-Key: "))
-                    })
-                    .unwrap_or("")
-                    .trim()
-                    .to_string();
-                let accept =
-                    tokio_tungstenite::tungstenite::handshake::derive_accept_key(key.as_bytes());
-                let mut out = format!(
-                    "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: {accept}\r\n\r\n"
-                )
-                .into_bytes();
+                let Some(head) = switching_protocols(&mut s).await else {
+                    return;
+                };
+                let mut out = head.into_bytes();
                 out.extend_from_slice(&[0x81, 10]);
                 out.extend_from_slice(b"hello-fast");
                 let _ = s.write_all(&out).await;
-                let _ = s.read(&mut chunk).await;
+                let _ = s.read(&mut [0u8; 64]).await;
             });
         }
     });
