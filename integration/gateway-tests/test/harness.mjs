@@ -86,7 +86,7 @@ export async function startSocketIoUpstream() {
   return { port };
 }
 
-export async function startGateway({ redisUrl, upstreamPort }) {
+export async function startGateway({ redisUrl, upstreamPort, http2 = false }) {
   const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'gw-js-'));
   execFileSync(gatewayBin, ['dev-certs', '--out', dir]);
   const [https, admin] = [await freePort(), await freePort()];
@@ -102,6 +102,7 @@ listen = "127.0.0.1:${admin}"
 [[listener]]
 listen = "127.0.0.1:${https}"
 tls = { cert = "server.crt", key = "server.key" }
+http2 = ${http2}
 
 [[assertion.keys]]
 kid = "js-1"
