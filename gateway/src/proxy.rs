@@ -232,15 +232,7 @@ impl Gateway {
         ctx: &mut RequestCtx,
         r: Refusal,
     ) -> Result<bool> {
-        let route = ctx.route.as_ref().map_or("-", |r| r.name.as_str());
-        tracing::warn!(
-            request_id = %ctx.request_id,
-            route,
-            status = r.status,
-            reason = %r.reason,
-            path = %session.req_header().uri.path(),
-            "request refused"
-        );
+        // Logged once, with the reason, in the request's access line (`logging`).
         ctx.refused = Some(r.reason);
         write_short(session, r.status, r.body, &ctx.request_id).await?;
         Ok(true)
@@ -519,19 +511,30 @@ impl ProxyHttp for Gateway {
             }
         }
         let req = session.req_header();
-        tracing::info!(
-            request_id = %ctx.request_id,
-            route,
-            method = %req.method,
-            path = %req.uri.path(),
-            status,
-            upstream = ?ctx.upstream,
-            user = ctx.subject.as_deref().unwrap_or("-"),
-            upgraded = ctx.upgraded,
-            ms = ctx.started.elapsed().as_millis() as u64,
-            error = ?e.map(|e| e.etype().as_str()),
-            "request"
-        );
+        // One line per request; refusals and failures at warn, with their reason.
+        macro_rules! access_line {
+            ($level:ident) => {
+                tracing::$level!(
+                    request_id = %ctx.request_id,
+                    route,
+                    method = %req.method,
+                    path = %req.uri.path(),
+                    status,
+                    upstream = ?ctx.upstream,
+                    user = ctx.subject.as_deref().unwrap_or("-"),
+                    upgraded = ctx.upgraded,
+                    ms = ctx.started.elapsed().as_millis() as u64,
+                    reason = ctx.refused.as_deref().unwrap_or("-"),
+                    error = ?e.map(|e| e.etype().as_str()),
+                    "request"
+                )
+            };
+        }
+        if ctx.refused.is_some() || e.is_some() || status >= 500 {
+            access_line!(warn);
+        } else {
+            access_line!(info);
+        }
     }
 }
 
