@@ -67,12 +67,20 @@ pub fn register<A: Adapter + DefinedAdapter>(
 }
 
 async fn admit<A: Adapter>(ctx: &SocketContext<A>, socket: &SocketRef<A>) -> Result<(), Refusal> {
+    // The gateway's request id, so one handshake can be followed from the edge log to here.
+    let request_id = socket
+        .req_parts()
+        .headers
+        .get("x-request-id")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("-")
+        .to_string();
     let claims = match ctx.trust.verify_headers(&socket.req_parts().headers).await {
         Ok(c) => c,
         Err(e) => {
             ctx.metrics.rejected(e.reason());
             // Reason only: the token itself is never logged.
-            tracing::warn!(reason = e.reason(), detail = %e, sid = %socket.id, "socket.io handshake refused");
+            tracing::warn!(request_id, reason = e.reason(), detail = %e, sid = %socket.id, "socket.io handshake refused");
             return Err(Refusal::Unauthorized(e.reason()));
         }
     };
@@ -82,9 +90,10 @@ async fn admit<A: Adapter>(ctx: &SocketContext<A>, socket: &SocketRef<A>) -> Res
     };
     if let Err(e) = ctx.presence.admit(user.clone()) {
         ctx.metrics.rejected("too_many_sockets");
-        tracing::warn!(reason = "too_many_sockets", user = %user.id, limit = e.limit, "socket.io handshake refused");
+        tracing::warn!(request_id, reason = "too_many_sockets", user = %user.id, limit = e.limit, "socket.io handshake refused");
         return Err(e.into());
     }
+    tracing::debug!(request_id, user = %user.id, sid = %socket.id, "socket.io handshake accepted");
     socket.extensions.insert(SocketIdentity {
         user,
         session: claims.sid,
