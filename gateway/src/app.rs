@@ -199,7 +199,9 @@ fn build_session(
         display_name_field: s.display_name_field.clone(),
         lookup_timeout: timeout,
         store,
-        handle_key: handle_key.to_vec(),
+        // HMAC accepts keys of any length, so this cannot fail; it is checked here, once.
+        handle_mac: <hmac::Hmac<sha2::Sha256> as hmac::Mac>::new_from_slice(handle_key)
+            .map_err(|e| ConfigError(format!("session handle key: {e}")))?,
         rt: rt.handle().clone(),
     }))
 }

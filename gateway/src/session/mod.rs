@@ -82,7 +82,7 @@ pub struct SessionSource {
     pub lookup_timeout: Duration,
     pub store: Store,
     /// Keys the opaque `sid` claim so upstreams never see a usable session id.
-    pub handle_key: Vec<u8>,
+    pub handle_mac: Hmac<Sha256>,
     /// The runtime that owns the store's connections (see `app::build`).
     pub rt: tokio::runtime::Handle,
 }
@@ -192,8 +192,7 @@ impl SessionSource {
     /// logout can name it) but useless as a cookie.
     pub fn session_handle(&self, session_id: &str) -> String {
         use base64::Engine;
-        let mut mac =
-            Hmac::<Sha256>::new_from_slice(&self.handle_key).expect("HMAC takes any key length");
+        let mut mac = self.handle_mac.clone();
         mac.update(session_id.as_bytes());
         base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(&mac.finalize().into_bytes()[..16])
     }
