@@ -121,6 +121,17 @@ health_check_interval_secs = 1
     )
 }
 
+/// A gateway (ready) in front of `upstreams`, a SQLite session store, and alice's session id.
+/// The temp dir holding the store must outlive the test.
+async fn alice_behind_gateway(upstreams: &str) -> (Gateway, String, tempfile::TempDir) {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("s.db");
+    let alice = tower_session_sqlite(&db, "alice", None, time::Duration::hours(1)).await;
+    let gw = Gateway::start(&sio_route(upstreams, &db)).await;
+    gw.wait_ready().await;
+    (gw, alice, dir)
+}
+
 async fn ws_connect(
     gw: &Gateway,
     query: &str,
@@ -141,11 +152,7 @@ async fn ws_connect(
 #[tokio::test]
 async fn websocket_handshake_is_authenticated_and_relayed() {
     let (up, mut seen) = ws_echo_upstream().await;
-    let dir = tempfile::tempdir().unwrap();
-    let db = dir.path().join("s.db");
-    let alice = tower_session_sqlite(&db, "alice", None, time::Duration::hours(1)).await;
-    let gw = Gateway::start(&sio_route(&format!("\"{up}\""), &db)).await;
-    gw.wait_ready().await;
+    let (gw, alice, _dir) = alice_behind_gateway(&format!("\"{up}\"")).await;
 
     let refused = ws_connect(&gw, "EIO=4&transport=websocket", "id=nope").await;
     assert!(refused.is_err(), "no session, no upgrade");
@@ -188,11 +195,7 @@ async fn websocket_handshake_is_authenticated_and_relayed() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_upgrade_relays_both_ways() {
     let up = fast_ws_echo_upstream().await;
-    let dir = tempfile::tempdir().unwrap();
-    let db = dir.path().join("s.db");
-    let alice = tower_session_sqlite(&db, "alice", None, time::Duration::hours(1)).await;
-    let gw = Gateway::start(&sio_route(&format!("\"{up}\""), &db)).await;
-    gw.wait_ready().await;
+    let (gw, alice, _dir) = alice_behind_gateway(&format!("\"{up}\"")).await;
     let cookie = format!("id={alice}");
     // 300 upgrades, 20 at a time: the concurrency of a page load across many users.
     let mut failures = Vec::new();
@@ -253,11 +256,7 @@ async fn an_upstream_that_answers_101_immediately_still_works() {
             });
         }
     });
-    let dir = tempfile::tempdir().unwrap();
-    let db = dir.path().join("s.db");
-    let alice = tower_session_sqlite(&db, "alice", None, time::Duration::hours(1)).await;
-    let gw = Gateway::start(&sio_route(&format!("\"{up}\""), &db)).await;
-    gw.wait_ready().await;
+    let (gw, alice, _dir) = alice_behind_gateway(&format!("\"{up}\"")).await;
     let mut ws = ws_connect(&gw, "EIO=4&transport=websocket", &format!("id={alice}"))
         .await
         .expect("upgrade");
@@ -270,11 +269,7 @@ async fn an_upstream_that_answers_101_immediately_still_works() {
 #[tokio::test]
 async fn polling_sessions_stick_to_the_node_that_created_them() {
     let (a, b) = (Upstream::start("a").await, Upstream::start("b").await);
-    let dir = tempfile::tempdir().unwrap();
-    let db = dir.path().join("s.db");
-    let alice = tower_session_sqlite(&db, "alice", None, time::Duration::hours(1)).await;
-    let gw = Gateway::start(&sio_route(&format!("\"{}\", \"{}\"", a.addr, b.addr), &db)).await;
-    gw.wait_ready().await;
+    let (gw, alice, _dir) = alice_behind_gateway(&format!("\"{}\", \"{}\"", a.addr, b.addr)).await;
     let cookie = format!("id={alice}");
 
     let mut owners = Vec::new();
@@ -409,11 +404,7 @@ async fn sigterm_shuts_down_gracefully() {
 #[ignore = "slow: 95 s of idle"]
 async fn an_idle_websocket_stays_open_past_90_seconds() {
     let (up, _seen) = ws_echo_upstream().await;
-    let dir = tempfile::tempdir().unwrap();
-    let db = dir.path().join("s.db");
-    let alice = tower_session_sqlite(&db, "alice", None, time::Duration::hours(1)).await;
-    let gw = Gateway::start(&sio_route(&format!("\"{up}\""), &db)).await;
-    gw.wait_ready().await;
+    let (gw, alice, _dir) = alice_behind_gateway(&format!("\"{up}\"")).await;
     let mut ws = ws_connect(&gw, "EIO=4&transport=websocket", &format!("id={alice}"))
         .await
         .expect("upgrade");
