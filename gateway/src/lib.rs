@@ -14,4 +14,5 @@ pub mod metrics;
 pub mod proxy;
 pub mod routing;
 pub mod session;
+pub mod tunnel;
 pub mod upstream;

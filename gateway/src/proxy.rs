@@ -5,6 +5,7 @@
 //! `upstream_request_filter`: rewrite headers (strip smuggled identity, add ours, X-Forwarded-*)
 //! `response_filter` / `response_body_filter`: note upgrades, learn Engine.IO `sid`s
 //! `logging`: one access line, metrics, logout notification
+//! `upgrade_detached`: a WebSocket leaves Pingora after its `101` for the lean relay (`tunnel`)
 //!
 //! Each decision is a plain function in its own module (classify, session, forwarding,
 //! routing, upstream) so it is unit-tested without a server.
@@ -17,7 +18,7 @@ use async_trait::async_trait;
 use bytes::Bytes;
 use identity_assertion::{AssertionSigner, Identity};
 use pingora::prelude::*;
-use pingora::proxy::FailToProxy;
+use pingora::proxy::{DetachedUpgrade, FailToProxy};
 use pingora::ErrorType;
 
 use crate::classify::{self, HandshakeClass, RequestFacts, Transport};
@@ -27,6 +28,7 @@ use crate::logout::LogoutNotifier;
 use crate::metrics::Metrics;
 use crate::routing::{Route, RouteTable};
 use crate::session::SessionError;
+use crate::tunnel::{self, OpenTunnel, Tunnel};
 
 /// Everything a listener's proxy needs; shared by all listeners except `tls`.
 pub struct Gateway {
@@ -52,6 +54,8 @@ pub struct RequestCtx {
     connect_attempts: u8,
     learn_sid: Option<Vec<u8>>,
     upgraded: bool,
+    /// Counted from the `101` until the tunnel (or the request, if it never detached) ends.
+    open_tunnel: Option<OpenTunnel>,
     /// Identity of a logout request, notified once the upstream confirms the logout.
     logout: Option<Identity>,
     refused: Option<String>,
@@ -285,6 +289,7 @@ impl ProxyHttp for Gateway {
             connect_attempts: 0,
             learn_sid: None,
             upgraded: false,
+            open_tunnel: None,
             logout: None,
             refused: None,
         }
@@ -406,7 +411,7 @@ impl ProxyHttp for Gateway {
         resp.insert_header("x-request-id", ctx.request_id.as_str())?;
         if resp.status == 101 {
             ctx.upgraded = true;
-            self.metrics.upgraded_connections.inc();
+            ctx.open_tunnel = Some(OpenTunnel::new(&self.metrics.upgraded_connections));
             // Pingora's downstream read timeout (60 s) would cut quiet WebSockets.
             session.set_read_timeout(Some(self.upgraded_idle));
         }
@@ -492,10 +497,37 @@ impl ProxyHttp for Gateway {
         }
     }
 
+    /// Every HTTP/1 upgrade leaves Pingora once upgraded: inside it an idle WebSocket would
+    /// keep the whole request machinery (about 60 KiB) alive for hours.
+    fn detach_upgrade(&self, _session: &Session, _ctx: &RequestCtx) -> bool {
+        true
+    }
+
+    fn upgrade_detached(&self, upgrade: DetachedUpgrade, ctx: &mut RequestCtx) {
+        let open = ctx.open_tunnel.take();
+        let request_id = std::mem::take(&mut ctx.request_id);
+        let idle = self.upgraded_idle;
+        let tunnel = Tunnel {
+            client: upgrade.downstream,
+            upstream: upgrade.upstream,
+            to_upstream: upgrade.to_upstream,
+            to_client: upgrade.to_downstream,
+        };
+        tokio::spawn(async move {
+            let started = Instant::now();
+            let (traffic, result) = tunnel::relay(tunnel, idle).await;
+            drop(open);
+            let secs = started.elapsed().as_secs();
+            let (up, down) = (traffic.to_upstream, traffic.to_client);
+            // A client that vanishes without closing is ordinary for WebSockets: info, not warn.
+            match result {
+                Ok(()) => tracing::info!(request_id, secs, up, down, reason = "closed", "tunnel closed"),
+                Err(e) => tracing::info!(request_id, secs, up, down, reason = %e, "tunnel closed"),
+            }
+        });
+    }
+
     async fn logging(&self, session: &mut Session, e: Option<&Error>, ctx: &mut RequestCtx) {
-        if ctx.upgraded {
-            self.metrics.upgraded_connections.dec();
-        }
         let status = session.response_written().map_or(0, |r| r.status.as_u16());
         let route = ctx.route.as_ref().map_or("-", |r| r.name.as_str());
         self.metrics

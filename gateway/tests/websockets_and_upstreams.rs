@@ -187,6 +187,54 @@ async fn websocket_handshake_is_authenticated_and_relayed() {
         })
         .await
     );
+    assert!(
+        eventually(Duration::from_secs(5), || async {
+            gw.log_text().contains("tunnel closed")
+        })
+        .await,
+        "the WebSocket was relayed outside Pingora and its end logged"
+    );
+}
+
+/// Bytes a client sends right behind its upgrade request (before the 101) are already in the
+/// gateway's buffer when the tunnel leaves Pingora: they must still reach the upstream.
+#[tokio::test]
+async fn a_frame_sent_with_the_upgrade_request_reaches_the_upstream() {
+    let up = fast_ws_echo_upstream().await;
+    let (gw, alice, _dir) = alice_behind_gateway(&format!("\"{up}\"")).await;
+    let mut s = tokio::net::TcpStream::connect(("127.0.0.1", gw.http))
+        .await
+        .unwrap();
+    let mut out = format!(
+        "GET /socket.io/?EIO=4&transport=websocket HTTP/1.1\r\nHost: 127.0.0.1\r\n\
+         Upgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Version: 13\r\n\
+         Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nCookie: id={alice}\r\n\r\n"
+    )
+    .into_bytes();
+    // A masked text frame "early" (RFC 6455 section 5.3), in the same write as the request.
+    let mask = [1u8, 2, 3, 4];
+    out.extend_from_slice(&[0x81, 0x80 | 5]);
+    out.extend_from_slice(&mask);
+    out.extend(b"early".iter().enumerate().map(|(i, b)| b ^ mask[i % 4]));
+    s.write_all(&out).await.unwrap();
+    // The response head, byte by byte so no frame byte is taken from the WebSocket reader.
+    let mut head = Vec::new();
+    while !head.ends_with(b"\r\n\r\n") {
+        let mut b = [0u8; 1];
+        assert_eq!(s.read(&mut b).await.unwrap(), 1, "head ended early: {head:?}");
+        head.push(b[0]);
+    }
+    assert!(head.starts_with(b"HTTP/1.1 101"), "{}", String::from_utf8_lossy(&head));
+    let mut ws = tokio_tungstenite::WebSocketStream::from_raw_socket(
+        s,
+        tokio_tungstenite::tungstenite::protocol::Role::Client,
+        None,
+    )
+    .await;
+    let echoed = tokio::time::timeout(Duration::from_secs(5), ws.next())
+        .await
+        .expect("echo in time");
+    assert_eq!(echoed.unwrap().unwrap(), Message::text("early"));
 }
 
 /// Pingora issue #946: when the upstream's 101 is read before the upgrade request's empty body

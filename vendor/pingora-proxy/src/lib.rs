@@ -86,6 +86,7 @@ const MAX_SHUTDOWN_NOTIFY_SHARDS: usize = 256;
 type DownstreamCustomMessageReader =
     Box<dyn futures::Stream<Item = Result<Bytes>> + Unpin + Send + Sync + 'static>;
 
+mod detach;
 mod proxy_cache;
 mod proxy_common;
 mod proxy_custom;
@@ -97,6 +98,7 @@ pub mod subrequest;
 
 use subrequest::{BodyMode, Ctx as SubrequestCtx};
 
+pub use detach::DetachedUpgrade; // PATCHED (edge-gateway)
 pub use proxy_cache::range_filter::{range_header_filter, MultiRangeInfo, RangeType};
 pub use proxy_purge::PurgeStatus;
 pub use proxy_trait::{FailToProxy, ProxyHttp, ProxyWarnLogContext};
@@ -420,7 +422,12 @@ where
                         let (server_reused, client_reuse, error) = self
                             .proxy_to_h1_upstream(session, &mut h1, client_reused, &peer, ctx)
                             .await;
-                        if client_reuse {
+                        // PATCHED (edge-gateway): a detached upgrade takes the upstream stream.
+                        if let Some(pending) = session.pending_detach.as_mut() {
+                            if pending.upstream.is_none() {
+                                pending.upstream = Some(h1.into_inner());
+                            }
+                        } else if client_reuse {
                             let session = ClientSession::H1(h1);
                             self.client_upstream
                                 .release_http_session(session, &*peer, peer.idle_timeout())
@@ -533,6 +540,29 @@ where
             .logging(&mut session, error.as_deref(), ctx)
             .await;
 
+        // PATCHED (edge-gateway): hand a detached upgrade's connections to the application.
+        if let Some(pending) = session.pending_detach.take() {
+            if let (None, Some(upstream)) = (&error, pending.upstream) {
+                if let HttpSession::H1(mut downstream) = *session.downstream_session {
+                    let mut to_upstream = bytes::BytesMut::new();
+                    for _ in 0..detach::MAX_DRAIN_READS {
+                        match downstream.read_body_bytes().now_or_never() {
+                            Some(Ok(Some(b))) => to_upstream.extend_from_slice(&b),
+                            _ => break,
+                        }
+                    }
+                    let upgrade = DetachedUpgrade {
+                        downstream: downstream.into_inner(),
+                        upstream,
+                        to_upstream: to_upstream.freeze(),
+                        to_downstream: pending.to_downstream,
+                    };
+                    self.inner.upgrade_detached(upgrade, ctx);
+                }
+            }
+            return None;
+        }
+
         if let Some(e) = error {
             session.downstream_session.on_proxy_failure(e);
         }
@@ -607,6 +637,8 @@ pub struct Session {
     upstream_write_pending_time: Duration,
     /// Flag that is set when the shutdown process has begun.
     shutdown_flag: Arc<AtomicBool>,
+    /// PATCHED (edge-gateway): an upgrade being handed out of Pingora (see `detach`).
+    pending_detach: Option<detach::PendingDetach>,
 }
 
 impl Session {
@@ -634,6 +666,7 @@ impl Session {
             downstream_task_seen_upgraded: false,
             upstream_write_pending_time: Duration::ZERO,
             shutdown_flag,
+            pending_detach: None,
         }
     }
 

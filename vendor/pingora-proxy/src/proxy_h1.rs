@@ -126,6 +126,16 @@ where
             }
         }
 
+        // PATCHED (edge-gateway): an upgrade the application takes over (see `detach`).
+        if session.h1_upgrade_request_status.upstream == Some(true)
+            && session.downstream_session.as_http1().is_some()
+            && session.downstream_session.is_upgrade_req()
+            && !session.cache.enabled()
+            && self.inner.detach_upgrade(session, ctx)
+        {
+            return self.proxy_upgrade_then_detach(session, client_session, ctx).await;
+        }
+
         let mut downstream_custom_message_writer = session
             .downstream_session
             .as_custom_mut()
@@ -188,6 +198,69 @@ where
                 (downstream_can_reuse, upstream_can_reuse, None)
             }
             Err(e) => (false, false, Some(e)),
+        }
+    }
+
+    /// PATCHED (edge-gateway): the response to an upgrade request that is detached once
+    /// upgraded. Until the `101` (or any other complete response) it is the ordinary path: every
+    /// response task goes through the same filters to the client. The request has no body to
+    /// send (an upgrade request is a GET). Neither connection is reused.
+    async fn proxy_upgrade_then_detach(
+        &self,
+        session: &mut Session,
+        client_session: &mut HttpSessionV1,
+        ctx: &mut SV::CTX,
+    ) -> (bool, bool, Option<Box<Error>>)
+    where
+        SV: ProxyHttp + Send + Sync,
+        SV::CTX: Send + Sync,
+    {
+        let mut serve_from_cache = ServeFromCache::new();
+        let mut range_body_filter = RangeBodyFilter::new();
+        loop {
+            let task = match client_session.read_response_task().await {
+                Ok(task) => task,
+                Err(e) => return (false, false, Some(e.into_up())),
+            };
+            let end = task.is_end();
+            let task = match self
+                .h1_response_filter(
+                    session,
+                    task,
+                    ctx,
+                    &mut serve_from_cache,
+                    &mut range_body_filter,
+                    false,
+                )
+                .await
+            {
+                Ok(HttpTask::Failed(e)) | Err(e) => return (false, false, Some(e)),
+                Ok(task) => task,
+            };
+            if let Err(e) = session.write_response_tasks(vec![task]).await {
+                return (false, false, Some(e));
+            }
+            if client_session.was_upgraded() && session.was_upgraded() {
+                // What the upstream sent right after its 101 (an Engine.IO open packet) may
+                // already be in the session's buffer; it goes first to the client.
+                let mut to_downstream = bytes::BytesMut::new();
+                for _ in 0..crate::detach::MAX_DRAIN_READS {
+                    match client_session.read_response_task().now_or_never() {
+                        Some(Ok(HttpTask::UpgradedBody(Some(b), _) | HttpTask::Body(Some(b), _))) => {
+                            to_downstream.extend_from_slice(&b)
+                        }
+                        _ => break,
+                    }
+                }
+                session.pending_detach = Some(crate::detach::PendingDetach {
+                    upstream: None,
+                    to_downstream: to_downstream.freeze(),
+                });
+                return (false, false, None);
+            }
+            if end {
+                return (false, false, None);
+            }
         }
     }
 

@@ -499,6 +499,18 @@ pub trait ProxyHttp {
         Ok(None)
     }
 
+    /// PATCHED (edge-gateway): whether a successful HTTP/1 upgrade of this request leaves
+    /// Pingora after the `101`: its two connections then go to [Self::upgrade_detached] and the
+    /// request ends (`logging` runs right after the `101`). Asked once the upstream request is
+    /// sent, for HTTP/1 upgrade requests only.
+    fn detach_upgrade(&self, _session: &Session, _ctx: &Self::CTX) -> bool {
+        false
+    }
+
+    /// PATCHED (edge-gateway): receives the connections of an upgrade that
+    /// [Self::detach_upgrade] asked to detach, after `logging`. Dropping them closes both.
+    fn upgrade_detached(&self, _upgrade: crate::DetachedUpgrade, _ctx: &mut Self::CTX) {}
+
     /// This filter is called when the entire response is sent to the downstream successfully or
     /// there is a fatal error that terminate the request.
     ///
