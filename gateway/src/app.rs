@@ -9,7 +9,7 @@ use std::time::Duration;
 use identity_assertion::{AssertionSigner, SigningKey};
 use pingora::apps::http_app::HttpServer;
 use pingora::listeners::tls::TlsSettings;
-use pingora::listeners::{L4BufferSettings, ListenerConfig, DEFAULT_L4_WRITE_BUFFER_SIZE};
+use pingora::listeners::{L4BufferSettings, ListenerConfig};
 use pingora::server::configuration::{Opt, ServerConf};
 use pingora::server::Server;
 use pingora::services::background::background_service;
@@ -335,7 +335,7 @@ pub fn build(cfg: Config) -> Result<Server, ConfigError> {
             gateway,
             &format!("listener {i} {}", l.listen.get_ref()),
         );
-        let buffers = L4BufferSettings::new(l.read_buffer_bytes, DEFAULT_L4_WRITE_BUFFER_SIZE);
+        let buffers = L4BufferSettings::new(l.read_buffer_bytes, l.write_buffer());
         let endpoint = ListenerConfig::tcp(l.listen.get_ref().clone()).l4_buffer(buffers);
         match &l.tls {
             None => svc.add_listener(endpoint),

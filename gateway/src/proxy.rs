@@ -521,7 +521,14 @@ impl ProxyHttp for Gateway {
             let (up, down) = (traffic.to_upstream, traffic.to_client);
             // A client that vanishes without closing is ordinary for WebSockets: info, not warn.
             match result {
-                Ok(()) => tracing::info!(request_id, secs, up, down, reason = "closed", "tunnel closed"),
+                Ok(()) => tracing::info!(
+                    request_id,
+                    secs,
+                    up,
+                    down,
+                    reason = "closed",
+                    "tunnel closed"
+                ),
                 Err(e) => tracing::info!(request_id, secs, up, down, reason = %e, "tunnel closed"),
             }
         });

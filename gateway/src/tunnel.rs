@@ -180,14 +180,12 @@ pub async fn relay(tunnel: Tunnel, idle: Duration) -> (Traffic, Result<(), Tunne
     let result = poll_fn(|cx| {
         let mut moved = false;
         if !up.finished {
-            if let Poll::Ready(Err(e)) = up.poll_relay(cx, &mut client, &mut upstream, &mut moved)
-            {
+            if let Poll::Ready(Err(e)) = up.poll_relay(cx, &mut client, &mut upstream, &mut moved) {
                 return Poll::Ready(Err(TunnelError::ClientToUpstream(e)));
             }
         }
         if !down.finished {
-            if let Poll::Ready(Err(e)) =
-                down.poll_relay(cx, &mut upstream, &mut client, &mut moved)
+            if let Poll::Ready(Err(e)) = down.poll_relay(cx, &mut upstream, &mut client, &mut moved)
             {
                 return Poll::Ready(Err(TunnelError::UpstreamToClient(e)));
             }
@@ -258,7 +256,10 @@ mod tests {
             })
         };
         let mut received = Vec::new();
-        client_peer.read_to_end(&mut received).await.expect("read to end");
+        client_peer
+            .read_to_end(&mut received)
+            .await
+            .expect("read to end");
         assert_eq!(&received[..5], b"open ");
         assert_eq!(&received[5..], &big[..]);
         let _upstream_peer = writer.await.expect("writer");

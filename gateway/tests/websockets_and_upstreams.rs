@@ -221,10 +221,18 @@ async fn a_frame_sent_with_the_upgrade_request_reaches_the_upstream() {
     let mut head = Vec::new();
     while !head.ends_with(b"\r\n\r\n") {
         let mut b = [0u8; 1];
-        assert_eq!(s.read(&mut b).await.unwrap(), 1, "head ended early: {head:?}");
+        assert_eq!(
+            s.read(&mut b).await.unwrap(),
+            1,
+            "head ended early: {head:?}"
+        );
         head.push(b[0]);
     }
-    assert!(head.starts_with(b"HTTP/1.1 101"), "{}", String::from_utf8_lossy(&head));
+    assert!(
+        head.starts_with(b"HTTP/1.1 101"),
+        "{}",
+        String::from_utf8_lossy(&head)
+    );
     let mut ws = tokio_tungstenite::WebSocketStream::from_raw_socket(
         s,
         tokio_tungstenite::tungstenite::protocol::Role::Client,
