@@ -196,6 +196,36 @@ async fn websocket_handshake_is_authenticated_and_relayed() {
     );
 }
 
+/// An upstream that refuses the upgrade: its answer, body included, reaches the client as is.
+#[tokio::test]
+async fn an_upstream_refusing_the_upgrade_is_answered_in_full() {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let up = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                if switching_protocols(&mut s).await.is_some() {
+                    let _ = s
+                        .write_all(
+                            b"HTTP/1.1 403 Forbidden\r\nContent-Length: 13\r\n\r\nnot for you\r\n",
+                        )
+                        .await;
+                }
+            });
+        }
+    });
+    let (gw, alice, _dir) = alice_behind_gateway(&format!("\"{up}\"")).await;
+    let refused = ws_connect(&gw, "EIO=4&transport=websocket", &format!("id={alice}")).await;
+    match refused {
+        Err(tokio_tungstenite::tungstenite::Error::Http(resp)) => {
+            assert_eq!(resp.status(), 403);
+            assert_eq!(resp.body().as_deref(), Some(&b"not for you\r\n"[..]));
+        }
+        other => panic!("expected the upstream's 403, got {other:?}"),
+    }
+    assert_eq!(gw.metric("gateway_upgraded_connections").await, 0.0);
+}
+
 /// Bytes a client sends right behind its upgrade request (before the 101) are already in the
 /// gateway's buffer when the tunnel leaves Pingora: they must still reach the upstream.
 #[tokio::test]
