@@ -8,7 +8,8 @@
 //!   users: how many distinct users the N sockets belong to (default N). With few users the
 //!   online list stays small, which isolates what a socket itself costs.
 //! Env: SERVER_CPUS=<list> runs the server under `taskset -c <list>` (pin the bench itself with
-//!   taskset in run.sh), CHANGES=<k> presence changes to time (default 5).
+//!   taskset in run.sh), CHANGES=<k> presence changes to time (default 5), PAGE_SIZE=<users>
+//!   the server's `presence.snapshot_page_size` (default: the server's default).
 //!
 //! The client is built to not be the bottleneck: one small read buffer per socket (tungstenite's
 //! default 128 KiB buffer is zero-filled on every read, which alone costs a second of CPU per
@@ -89,6 +90,15 @@ async fn main() -> anyhow::Result<()> {
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(5);
+    let page_size = std::env::var("PAGE_SIZE")
+        .ok()
+        .map(|p| {
+            format!(
+                "snapshot_page_size = {}\n",
+                p.parse::<usize>().unwrap_or(50)
+            )
+        })
+        .unwrap_or_default();
     let key = SigningKey::generate("bench");
     let signer = AssertionSigner::new("edge-gateway", 3600, vec![key.clone()])?;
     let dir = std::env::temp_dir().join(format!("presence-bench-{}", uuid::Uuid::new_v4()));
@@ -98,7 +108,7 @@ async fn main() -> anyhow::Result<()> {
         dir.join("p.toml"),
         format!(
             "[server]\nlisten = \"127.0.0.1:0\"\n[[trust.public_keys]]\nkid = \"bench\"\npem = \"k.pem\"\n\
-             [presence]\nmode = \"{mode}\"\nmax_sockets_per_user = 100000\n"
+             [presence]\nmode = \"{mode}\"\nmax_sockets_per_user = 100000\n{page_size}"
         ),
     )?;
     let mut cmd = match std::env::var("SERVER_CPUS") {

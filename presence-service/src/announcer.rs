@@ -10,12 +10,12 @@ use serde_json::value::RawValue;
 use socketioxide::adapter::Adapter;
 use socketioxide::extract::SocketRef;
 use socketioxide::operators::BroadcastOperators;
-use socketioxide::{BroadcastError, SocketIo};
+use socketioxide::{BroadcastError, SendError, SocketError, SocketIo};
 use tokio::sync::{mpsc, oneshot, Notify};
 
 use crate::backend::{Changes, PresenceBackend};
 use crate::config::EventMode;
-use crate::diff::DiffBatch;
+use crate::diff::{DiffBatch, PagedSnapshot, PresenceDiff};
 use crate::metrics::Metrics;
 use crate::model::{Effect, PresenceModel, TooManySockets, User};
 
@@ -150,7 +150,26 @@ pub struct AnnouncerConfig {
     pub diff_window: Duration,
     pub heartbeat_interval: Duration,
     pub emit_timeout: Duration,
+    /// Diff mode: users per snapshot frame (see [`PagedSnapshot`]).
+    pub snapshot_page_size: usize,
 }
+
+/// Who the rest of a paged snapshot goes to.
+enum PageRecipients<A: Adapter> {
+    /// Sockets that just connected (their `online_users` carried the first page).
+    Sockets(Vec<SocketRef<A>>),
+    /// Every socket on every node (a cluster-wide refresh).
+    Everyone,
+}
+
+/// Pause between two rounds of pages: at least this, plus [`PAGE_PAUSE_PER_FRAME`] per frame the
+/// round queued. The point is that each socket's writer has put the previous page on the wire
+/// (and its client has read it) before the next is queued: pages queued together are written
+/// together, and the writer keeps the capacity of the largest write it ever buffered.
+const PAGE_PAUSE: Duration = Duration::from_millis(1);
+/// Roughly what one small frame costs to write and read on this machine's loopback (a send
+/// and a receive syscall, the client's frame parsing), measured with `examples/presence_bench`.
+const PAGE_PAUSE_PER_FRAME: Duration = Duration::from_micros(10);
 
 /// Creates the node's presence and spawns its announcer task.
 pub fn start<A: Adapter>(
@@ -175,6 +194,8 @@ pub fn start<A: Adapter>(
         batch: DiffBatch::default(),
         last_flush: Instant::now(),
         waiting_snapshot: Vec::new(),
+        paging: Vec::new(),
+        next_page_at: Instant::now(),
         ns: None,
         stopping: None,
     };
@@ -195,6 +216,12 @@ struct Announcer<A: Adapter> {
     /// Sockets whose snapshot is due, served together after the queue is drained (one read
     /// and one serialization of the list for all of them, however many connected at once).
     waiting_snapshot: Vec<SocketRef<A>>,
+    /// Snapshots still being sent page by page; every page is checked against the backend just
+    /// before it goes out, in the announcer's order with the diffs, so a user who left after the
+    /// list was read is never announced after their leave.
+    paging: Vec<(PagedSnapshot, PageRecipients<A>)>,
+    /// When the next round of pages may go out (one page per paged snapshot per round).
+    next_page_at: Instant,
     /// The default namespace, kept from the moment the node starts stopping: closing the
     /// server removes it from `io`, and the leaves still have to be broadcast after that.
     ns: Option<BroadcastOperators<A>>,
@@ -228,6 +255,10 @@ impl<A: Adapter> Announcer<A> {
                 // Before the queue, so that a flood of connects cannot hold a diff back.
                 _ = tokio::time::sleep_until(flush_at.into()), if !self.batch.is_empty() => {
                     self.flush().await;
+                }
+                // Also before the queue: a connect flood must not stall the snapshots under way.
+                _ = tokio::time::sleep_until(self.next_page_at.into()), if !self.paging.is_empty() => {
+                    self.send_pages().await;
                 }
                 cmd = rx.recv() => {
                     let Some(cmd) = cmd else { break };
@@ -306,13 +337,17 @@ impl<A: Adapter> Announcer<A> {
                 // After the changes queued before it, so the list read here includes them.
                 self.flush().await;
                 let online = self.online().await;
+                let (first, rest) = self.first_page(online);
                 self.broadcast(
                     "online_users",
                     &OnlineUsers {
-                        online_users: &online,
+                        online_users: &first,
                     },
                 )
                 .await;
+                if let Some(rest) = rest {
+                    self.start_paging(rest, PageRecipients::Everyone);
+                }
             }
         }
     }
@@ -419,14 +454,16 @@ impl<A: Adapter> Announcer<A> {
     }
 
     /// `online_users` to every waiting socket: the list is read and serialized once; each
-    /// socket then only copies the bytes.
+    /// socket then only copies the bytes. In diff mode a long list is paged: the rest follows
+    /// from [`Self::send_pages`].
     async fn send_snapshots(&mut self) {
         if self.waiting_snapshot.is_empty() {
             return;
         }
         let online = self.online().await;
+        let (first, rest) = self.first_page(online);
         let payload = match serde_json::value::to_raw_value(&OnlineUsers {
-            online_users: &online,
+            online_users: &first,
         }) {
             Ok(p) => p,
             Err(e) => {
@@ -435,13 +472,103 @@ impl<A: Adapter> Announcer<A> {
                 return;
             }
         };
+        let mut sent = Vec::with_capacity(self.waiting_snapshot.len());
         for socket in self.waiting_snapshot.drain(..) {
             if let Err(e) = socket.emit("online_users", &*payload as &RawValue) {
                 tracing::debug!(error = %e, sid = %socket.id, "snapshot not sent (socket gone?)");
             } else {
                 self.metrics.emitted("online_users");
+                sent.push(socket);
             }
         }
+        if let Some(rest) = rest {
+            if !sent.is_empty() {
+                self.start_paging(rest, PageRecipients::Sockets(sent));
+            }
+        }
+    }
+
+    /// Compat mode keeps the seed's single `online_users`; diff mode pages a long list.
+    fn first_page(&self, online: Vec<User>) -> (Vec<User>, Option<PagedSnapshot>) {
+        match self.cfg.mode {
+            EventMode::Compat => (online, None),
+            EventMode::Diff => PagedSnapshot::start(online, self.cfg.snapshot_page_size),
+        }
+    }
+
+    fn start_paging(&mut self, rest: PagedSnapshot, to: PageRecipients<A>) {
+        if self.paging.is_empty() {
+            self.next_page_at = Instant::now() + PAGE_PAUSE;
+        }
+        self.paging.push((rest, to));
+    }
+
+    /// One round: the next page of every paged snapshot, as `presence_diff` joins. Users who
+    /// left since the list was read are dropped (their leave went out already, or is in the
+    /// batch and goes out after this page); users who joined since reach the sockets as diffs.
+    async fn send_pages(&mut self) {
+        let mut paging = std::mem::take(&mut self.paging);
+        let mut frames = 0u32;
+        for (pages, to) in &mut paging {
+            let Some(page) = pages.next_page() else {
+                continue;
+            };
+            let ids: Vec<&str> = page.iter().map(|u| u.id.as_str()).collect();
+            let joins: Vec<User> = match self.backend.lookup(&ids).await {
+                Ok(current) => current.into_iter().flatten().collect(),
+                Err(e) => {
+                    // Outage: the list as read is the last known view, like `online()` serves.
+                    tracing::debug!(error = %e, "snapshot page not checked; sent as read");
+                    page.to_vec()
+                }
+            };
+            if joins.is_empty() {
+                continue;
+            }
+            let diff = PresenceDiff {
+                joins,
+                leaves: Vec::new(),
+            };
+            match to {
+                PageRecipients::Everyone => {
+                    frames += 1;
+                    self.broadcast("presence_diff", &diff).await
+                }
+                PageRecipients::Sockets(sockets) => {
+                    let payload = match serde_json::value::to_raw_value(&diff) {
+                        Ok(p) => p,
+                        Err(e) => {
+                            tracing::error!(error = %e, "cannot serialize a snapshot page");
+                            continue;
+                        }
+                    };
+                    sockets.retain(|socket| {
+                        match socket.emit("presence_diff", &*payload as &RawValue) {
+                            Ok(()) => {
+                                self.metrics.emitted("presence_diff");
+                                frames += 1;
+                                true
+                            }
+                            // A socket that is gone gets no further pages.
+                            Err(SendError::Socket(SocketError::Closed)) => false,
+                            // Its queue is full: a page lost would leave it a partial list for
+                            // good. Closed instead, it reconnects and gets a fresh snapshot.
+                            Err(e) => {
+                                tracing::warn!(error = %e, sid = %socket.id, "socket too slow for its snapshot; closing it");
+                                let _ = socket.clone().disconnect();
+                                false
+                            }
+                        }
+                    });
+                }
+            }
+        }
+        paging.retain(|(pages, to)| {
+            !pages.is_done() && !matches!(to, PageRecipients::Sockets(s) if s.is_empty())
+        });
+        paging.append(&mut self.paging);
+        self.paging = paging;
+        self.next_page_at = Instant::now() + PAGE_PAUSE + PAGE_PAUSE_PER_FRAME * frames;
     }
 
     /// To every socket on every node. If the adapter cannot reach the other nodes (Redis

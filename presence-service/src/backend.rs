@@ -38,6 +38,10 @@ pub trait PresenceBackend: Send + Sync + 'static {
     async fn release(&self, user_id: &str) -> Result<bool, BackendError>;
     /// Everyone online, on any node, sorted by id. During an outage: the last view this node had.
     async fn online(&self) -> Result<Vec<User>, BackendError>;
+    /// The current entry of each of `ids`, in order (`None`: offline). A paged snapshot checks
+    /// each page with it before sending, so a user who left after the list was read is not
+    /// announced again after their leave, without re-reading the whole list per page.
+    async fn lookup(&self, ids: &[&str]) -> Result<Vec<Option<User>>, BackendError>;
     /// Called every heartbeat interval with what this node holds: keeps the node alive, removes
     /// the users of dead nodes and repairs what an outage left behind.
     async fn maintain(&self, held: &[User]) -> Result<Changes, BackendError>;
@@ -78,6 +82,11 @@ impl PresenceBackend for MemoryBackend {
         Ok(self.users().values().cloned().collect())
     }
 
+    async fn lookup(&self, ids: &[&str]) -> Result<Vec<Option<User>>, BackendError> {
+        let users = self.users();
+        Ok(ids.iter().map(|id| users.get(*id).cloned()).collect())
+    }
+
     async fn maintain(&self, _held: &[User]) -> Result<Changes, BackendError> {
         Ok(Changes::default())
     }
@@ -108,5 +117,9 @@ mod tests {
         assert!(b.release("a").await.unwrap());
         assert!(!b.release("a").await.unwrap());
         assert_eq!(b.online().await.unwrap(), vec![user("b")]);
+        assert_eq!(
+            b.lookup(&["a", "b"]).await.unwrap(),
+            vec![None, Some(user("b"))]
+        );
     }
 }

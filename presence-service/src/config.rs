@@ -121,6 +121,11 @@ pub struct PresenceConfig {
     pub diff_window_ms: u64,
     /// Sockets one user may hold on one node.
     pub max_sockets_per_user: usize,
+    /// Diff mode: users per frame of the connect snapshot. A longer list goes out as
+    /// `online_users` with the first page, then `presence_diff` joins one page at a time. Each
+    /// socket's websocket writer keeps the capacity of the largest frame it sent, so this bounds
+    /// what an idle socket costs (~40 bytes per user in a page).
+    pub snapshot_page_size: usize,
 }
 
 impl Default for PresenceConfig {
@@ -130,6 +135,7 @@ impl Default for PresenceConfig {
             grace_ms: 3_000,
             diff_window_ms: 50,
             max_sockets_per_user: 64,
+            snapshot_page_size: 50,
         }
     }
 }
@@ -259,6 +265,13 @@ impl Config {
                 format!("{:?} is not a redis URL", url.get_ref()),
             ));
         }
+        if config.presence.snapshot_page_size == 0 {
+            return Err(invalid(
+                0..0,
+                "presence.snapshot_page_size",
+                "must be at least 1".into(),
+            ));
+        }
         if config.backend.node_ttl_ms <= config.backend.heartbeat_interval_ms {
             return Err(invalid(
                 0..0,
@@ -349,6 +362,16 @@ mod tests {
             "{err}"
         );
         std::fs::remove_dir_all(dir).ok();
+    }
+
+    #[test]
+    fn snapshot_page_size_zero_is_refused() {
+        let err =
+            Config::parse("[presence]\nsnapshot_page_size = 0\n", Path::new("p.toml")).unwrap_err();
+        assert!(
+            err.to_string().contains("presence.snapshot_page_size"),
+            "{err}"
+        );
     }
 
     #[test]

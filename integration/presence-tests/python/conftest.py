@@ -41,14 +41,14 @@ class Key:
 
 
 class Node:
-    def __init__(self, key, mode):
+    def __init__(self, key, mode, presence_toml=""):
         self.dir = tempfile.TemporaryDirectory(prefix="presence-py-")
         d = pathlib.Path(self.dir.name)
         (d / "gw.pem").write_bytes(key.public_pem)
         (d / "presence.toml").write_text(
             '[server]\nlisten = "127.0.0.1:0"\n'
             f'[trust]\n[[trust.public_keys]]\nkid = "{key.kid}"\npem = "gw.pem"\n'
-            f'[presence]\nmode = "{mode}"\ngrace_ms = 500\ndiff_window_ms = 30\n'
+            f'[presence]\nmode = "{mode}"\ngrace_ms = 500\ndiff_window_ms = 30\n{presence_toml}'
         )
         self.proc = subprocess.Popen([BIN, "--config", str(d / "presence.toml")],
                                      stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
@@ -86,5 +86,14 @@ def key():
 def node(request, key):
     n = Node(key, request.param)
     n.mode = request.param
+    yield n
+    n.stop()
+
+
+@pytest.fixture
+def paged_diff_node(key):
+    """Diff mode with snapshots in pages of 2 users."""
+    n = Node(key, "diff", "snapshot_page_size = 2\n")
+    n.mode = "diff"
     yield n
     n.stop()

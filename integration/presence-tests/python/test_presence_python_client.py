@@ -79,3 +79,27 @@ def test_presence_http_route_needs_an_assertion(node, key):
     res = requests.get(node.url + "/presence", headers={"x-identity-assertion": key.mint("ops")}, timeout=5)
     assert res.status_code == 200 and "carol" in ids(res.json()["onlineUsers"])
     tab.close()
+
+
+def test_diff_snapshot_in_pages_adds_up_to_the_whole_list(paged_diff_node, key):
+    node = paged_diff_node
+    others = [f"q{i}" for i in range(5)]
+    tabs = [Tab(node.url, key.mint(u), transports=("websocket",)) for u in others]
+    # Their joins are out (so any diff the late joiner gets is a page of its snapshot).
+    seen = {u["id"] for u in tabs[0].wait("online_users")["onlineUsers"]}
+    while len(seen) < len(others):
+        seen.update(u["id"] for u in tabs[0].wait("presence_diff")["joins"])
+    late = Tab(node.url, key.mint("late"))
+    # A diff-mode client: online_users replaces its list, presence_diff adds and removes.
+    first = late.wait("online_users")["onlineUsers"]
+    assert len(first) <= 2
+    shown = {u["id"]: u for u in first}
+    while len(shown) < len(others) + 1:
+        page = late.wait("presence_diff")
+        assert len([u for u in page["joins"] if u["id"] != "late"]) <= 2 and page["leaves"] == []
+        shown.update({u["id"]: u for u in page["joins"]})
+    assert sorted(shown) == sorted(others + ["late"])
+    assert shown["q3"] == {"id": "q3", "name": "Q3"}
+    assert ids(late.sio.call("get_online_users", timeout=5)["onlineUsers"]) == sorted(shown)
+    for t in tabs + [late]:
+        t.close()

@@ -158,3 +158,63 @@ describe('diff mode', () => {
     watcher.close();
   });
 });
+
+// A long list goes out in pages in diff mode, so no frame (and no socket's write buffer) grows
+// with the number of users: `online_users` carries the first page, `presence_diff` joins the rest.
+describe('diff mode, snapshot in pages', () => {
+  const others = ['p1', 'p2', 'p3', 'p4', 'p5', 'p6', 'p7', 'p8'];
+  let node;
+  before(async () => { node = await Presence.start({ keys: [key], presence: { mode: 'diff', snapshot_page_size: 3 } }); });
+  after(async () => { await node.stop(); });
+
+  /** What a diff-mode client shows: `online_users` replaces the list, diffs add and remove. */
+  const view = (tab) => {
+    const users = new Map();
+    for (const { event, data } of tab.events) {
+      if (event === 'online_users') {
+        users.clear();
+        data.onlineUsers.forEach((u) => users.set(u.id, u));
+      } else if (event === 'presence_diff') {
+        data.joins.forEach((u) => users.set(u.id, u));
+        data.leaves.forEach((id) => users.delete(id));
+      }
+    }
+    return users;
+  };
+
+  test('a late joiner that applies the pages gets the whole list, nothing twice', async () => {
+    const tabs = await Promise.all(others.map((id) => new Tab(node.url, token(id), { transports: ['websocket'] }).connected()));
+    // Their joins are out (so any diff the late joiner gets is a page of its snapshot).
+    await tabs[0].waitFor('presence_diff', () => view(tabs[0]).size === others.length);
+    const late = await new Tab(node.url, token('late')).connected();
+    const everyone = [...others, 'late'].sort();
+    await late.waitFor('presence_diff', () => view(late).size === everyone.length);
+    assert.deepEqual([...view(late).keys()].sort(), everyone);
+    assert.deepEqual(view(late).get('p5'), { id: 'p5', name: 'P5' });
+    const first = late.named('online_users');
+    assert.equal(first.length, 1);
+    assert.ok(first[0].onlineUsers.length <= 3, `first page has ${first[0].onlineUsers.length} users`);
+    const pages = late.named('presence_diff');
+    assert.ok(pages.every((d) => d.joins.length <= 3 && d.leaves.length === 0), JSON.stringify(pages));
+    // Each other user comes once (only the late joiner's own join also arrives as a diff).
+    const sent = [...first[0].onlineUsers, ...pages.flatMap((d) => d.joins)].map((u) => u.id).filter((id) => id !== 'late');
+    assert.deepEqual(sent.sort(), others);
+    // What the server itself says is online: the same list.
+    assert.deepEqual(ids((await late.ask()).onlineUsers), everyone);
+    tabs.forEach((t) => t.close());
+    late.close();
+  });
+
+  test('compat mode keeps the seed snapshot: one online_users with everyone', async () => {
+    const compat = await Presence.start({ keys: [key], presence: { mode: 'compat', snapshot_page_size: 3 } });
+    try {
+      const tabs = await Promise.all(others.map((id) => new Tab(compat.url, token(id), { transports: ['websocket'] }).connected()));
+      const late = await new Tab(compat.url, token('late')).connected();
+      assert.deepEqual(ids((await late.waitFor('online_users')).onlineUsers), [...others, 'late'].sort());
+      tabs.forEach((t) => t.close());
+      late.close();
+    } finally {
+      await compat.stop();
+    }
+  });
+});

@@ -254,6 +254,31 @@ impl PresenceBackend for RedisBackend {
         }
     }
 
+    async fn lookup(&self, ids: &[&str]) -> Result<Vec<Option<User>>, BackendError> {
+        if ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut conn = self.conn.clone();
+        let fetched: Vec<Option<String>> = self
+            .bounded(
+                false,
+                redis::cmd("HMGET")
+                    .arg(self.key("users"))
+                    .arg(ids)
+                    .query_async(&mut conn),
+            )
+            .await?;
+        fetched
+            .iter()
+            .map(|v| {
+                v.as_deref()
+                    .map(serde_json::from_str::<User>)
+                    .transpose()
+                    .map_err(BackendError::from)
+            })
+            .collect()
+    }
+
     async fn maintain(&self, held: &[User]) -> Result<Changes, BackendError> {
         let mut conn = self.conn.clone();
         let mut inv = self.heartbeat.prepare_invoke();
