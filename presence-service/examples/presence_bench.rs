@@ -384,6 +384,11 @@ async fn main() -> anyhow::Result<()> {
             rss_steady.saturating_sub(rss_ninth) as f64 / (n - ninth) as f64
         );
     }
+    // HOLD_SECS keeps the server and its clients up after the figures, to inspect the process.
+    if let Some(secs) = std::env::var("HOLD_SECS").ok().and_then(|s| s.parse().ok()) {
+        println!("  holding pid {pid} for {secs} s");
+        tokio::time::sleep(Duration::from_secs(secs)).await;
+    }
     let _ = server.kill().await;
     std::fs::remove_dir_all(dir).ok();
     Ok(())

@@ -449,7 +449,9 @@ impl<A: Adapter> Announcer<A> {
         if let Some(diff) = self.batch.take() {
             // The online gauge is refreshed by the heartbeat: reading the whole list here would
             // make every diff O(N).
-            self.broadcast("presence_diff", &diff).await;
+            for page in diff.into_pages(self.cfg.snapshot_page_size) {
+                self.broadcast("presence_diff", &page).await;
+            }
         }
     }
 

@@ -121,10 +121,11 @@ pub struct PresenceConfig {
     pub diff_window_ms: u64,
     /// Sockets one user may hold on one node.
     pub max_sockets_per_user: usize,
-    /// Diff mode: users per frame of the connect snapshot. A longer list goes out as
-    /// `online_users` with the first page, then `presence_diff` joins one page at a time. Each
-    /// socket's websocket writer keeps the capacity of the largest frame it sent, so this bounds
-    /// what an idle socket costs (~40 bytes per user in a page).
+    /// Diff mode: users per frame of the connect snapshot, and changes per `presence_diff`. A
+    /// longer list goes out as `online_users` with the first page, then `presence_diff` joins
+    /// one page at a time; a larger batch of changes as several `presence_diff`s. Each socket's
+    /// websocket writer keeps the capacity of the largest frame it sent, so this bounds what an
+    /// idle socket costs (~40 bytes per user in a page).
     pub snapshot_page_size: usize,
 }
 

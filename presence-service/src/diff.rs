@@ -21,6 +21,30 @@ pub struct PresenceDiff {
     pub leaves: Vec<String>,
 }
 
+impl PresenceDiff {
+    /// The diff as frames of at most `page_size` changes each. A ramp of hundreds of joins within
+    /// one window would otherwise be one large frame, and every socket's websocket writer keeps
+    /// the capacity of the largest frame it sent. Each user appears once in a batch, so the parts
+    /// can be applied in any order.
+    pub fn into_pages(self, page_size: usize) -> Vec<PresenceDiff> {
+        let page_size = page_size.max(1);
+        if self.joins.len() + self.leaves.len() <= page_size {
+            return vec![self];
+        }
+        let mut pages = Vec::new();
+        let mut joins = self.joins.into_iter().peekable();
+        let mut leaves = self.leaves.into_iter().peekable();
+        while joins.peek().is_some() || leaves.peek().is_some() {
+            let mut page = PresenceDiff::default();
+            page.joins.extend(joins.by_ref().take(page_size));
+            let room = page_size - page.joins.len();
+            page.leaves.extend(leaves.by_ref().take(room));
+            pages.push(page);
+        }
+        pages
+    }
+}
+
 #[derive(Debug, Default)]
 pub struct DiffBatch {
     /// In arrival order; the inner `None` = leave, the outer `None` = superseded by a later change.
@@ -124,6 +148,21 @@ mod tests {
             id: id.into(),
             name: id.into(),
         }
+    }
+
+    #[test]
+    fn a_large_diff_is_split_into_pages_that_carry_every_change_once() {
+        let diff = PresenceDiff {
+            joins: (0..7).map(|i| user(&format!("j{i}"))).collect(),
+            leaves: (0..4).map(|i| format!("l{i}")).collect(),
+        };
+        let pages = diff.clone().into_pages(3);
+        assert_eq!(pages.len(), 4);
+        assert!(pages.iter().all(|p| p.joins.len() + p.leaves.len() <= 3));
+        let joins: Vec<User> = pages.iter().flat_map(|p| p.joins.clone()).collect();
+        let leaves: Vec<String> = pages.iter().flat_map(|p| p.leaves.clone()).collect();
+        assert_eq!((joins, leaves), (diff.joins.clone(), diff.leaves.clone()));
+        assert_eq!(diff.clone().into_pages(11), vec![diff]);
     }
 
     #[test]
