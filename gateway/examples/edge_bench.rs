@@ -36,6 +36,8 @@ fn free_port() -> u16 {
 
 /// A minimal Engine.IO-like upstream: open packet for polling handshakes, WebSocket echo for
 /// upgrades. Its cost is the same in the direct and proxied runs.
+const OPEN_PACKET: &str = r#"0{"sid":"bench","upgrades":["websocket"],"pingInterval":25000,"pingTimeout":20000,"maxPayload":1000000}"#;
+
 async fn upstream() -> SocketAddr {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
@@ -46,8 +48,8 @@ async fn upstream() -> SocketAddr {
             };
             let _ = stream.set_nodelay(true);
             tokio::spawn(async move {
-                let svc = hyper::service::service_fn(
-                    |mut req: hyper::Request<Incoming>| async move {
+                let svc =
+                    hyper::service::service_fn(|mut req: hyper::Request<Incoming>| async move {
                         if let Some(key) = req.headers().get("sec-websocket-key").cloned() {
                             let accept =
                                 tokio_tungstenite::tungstenite::handshake::derive_accept_key(
@@ -62,6 +64,10 @@ async fn upstream() -> SocketAddr {
                                             None,
                                         )
                                         .await;
+                                    // As an Engine.IO server does: the OPEN packet first.
+                                    if ws.send(Message::text(OPEN_PACKET)).await.is_err() {
+                                        return;
+                                    }
                                     while let Some(Ok(m)) = ws.next().await {
                                         if m.is_text() && ws.send(m).await.is_err() {
                                             break;
@@ -79,12 +85,10 @@ async fn upstream() -> SocketAddr {
                                     .unwrap(),
                             );
                         }
-                        let body = r#"0{"sid":"bench","upgrades":["websocket"],"pingInterval":25000,"pingTimeout":20000,"maxPayload":1000000}"#;
                         Ok(hyper::Response::new(Full::new(Bytes::from_static(
-                            body.as_bytes(),
+                            OPEN_PACKET.as_bytes(),
                         ))))
-                    },
-                );
+                    });
                 let _ = hyper::server::conn::http1::Builder::new()
                     .serve_connection(TokioIo::new(stream), svc)
                     .with_upgrades()
@@ -396,6 +400,7 @@ audience = "presence-service"
     let pid = child.id();
     let before = rss_kib(pid);
     let mut sockets = Vec::with_capacity(n_ws);
+    let mut lost_first_frames = 0usize;
     let started = Instant::now();
     for i in 0..n_ws {
         let io = connect(gw_tls, &tls).await;
@@ -416,6 +421,14 @@ audience = "presence-service"
             .unwrap();
         match tokio_tungstenite::client_async(req, io).await {
             Ok((mut ws, _)) => {
+                // The upstream's first frame (sent right behind its 101) must come through.
+                match tokio::time::timeout(Duration::from_secs(5), ws.next()).await {
+                    Ok(Some(Ok(Message::Text(t)))) if t.as_str() == OPEN_PACKET => {}
+                    other => {
+                        lost_first_frames += 1;
+                        println!("connection {i}: first frame was not the OPEN: {other:?}");
+                    }
+                }
                 if i % 500 == 0 {
                     ws.send(Message::text("hi")).await.unwrap();
                     let _ = ws.next().await;
@@ -454,7 +467,7 @@ audience = "presence-service"
         }
     }
     println!(
-        "{alive}/{} tunnels relay a message after the measurement",
+        "{alive}/{} tunnels relay a message after the measurement; {lost_first_frames} lost the upstream's first frame",
         sockets.len()
     );
     drop(sockets);
