@@ -540,9 +540,14 @@ where
             .logging(&mut session, error.as_deref(), ctx)
             .await;
 
-        // PATCHED (edge-gateway): hand a detached upgrade's connections to the application.
+        // PATCHED (edge-gateway): hand a detached upgrade's connections to the application
+        // (after a failure they are just closed).
         if let Some(pending) = session.pending_detach.take() {
-            if let (None, Some(upstream)) = (&error, pending.upstream) {
+            if let Some(e) = error {
+                session.downstream_session.on_proxy_failure(e);
+                return None;
+            }
+            if let Some(upstream) = pending.upstream {
                 if let HttpSession::H1(mut downstream) = *session.downstream_session {
                     let mut to_upstream = bytes::BytesMut::new();
                     for _ in 0..detach::MAX_DRAIN_READS {
