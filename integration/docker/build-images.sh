@@ -67,6 +67,14 @@ case $IMAGES_FROM in
   *) echo "IMAGES_FROM must be local or registry" >&2; exit 2 ;;
 esac
 
+# Each build re-tags a name; the image it replaces would stay behind, dangling, at a few hundred
+# MB a build. Remember what the tags pointed at, and remove those images afterwards if nothing
+# else names them (a container still using one keeps it: `docker rmi` without -f refuses).
+previous=()
+for svc in gateway presence-service demo-service express-service; do
+  id=$("$DOCKER" image inspect -f '{{.Id}}' "$IMAGE_PREFIX/$svc:$IMAGE_TAG" 2>/dev/null) && previous+=("$id")
+done
+
 for svc in gateway presence-service demo-service; do
   log "$IMAGE_PREFIX/$svc:$IMAGE_TAG"
   args=("${rust_args[@]}")
@@ -76,3 +84,8 @@ done
 log "$IMAGE_PREFIX/express-service:$IMAGE_TAG"
 "$DOCKER" build -q "${node_args[@]}" -f "$here/express-service.Dockerfile" \
   -t "$IMAGE_PREFIX/express-service:$IMAGE_TAG" "$repo/integration/express-service" >/dev/null
+
+for id in "${previous[@]}"; do
+  [[ -n $("$DOCKER" image inspect -f '{{join .RepoTags ","}}' "$id" 2>/dev/null) ]] && continue
+  "$DOCKER" rmi "$id" >/dev/null 2>&1 || true
+done
