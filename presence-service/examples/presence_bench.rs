@@ -53,6 +53,25 @@ fn cpu_time(pid: &str) -> Duration {
     Duration::from_nanos(total)
 }
 
+/// The server's own allocator figures from `/metrics` (KiB allocated, KiB resident): RSS minus
+/// resident is code and stacks; resident minus allocated is fragmentation and unreturned pages.
+async fn allocator_kb(addr: &str) -> Option<(u64, u64)> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut conn = tokio::net::TcpStream::connect(addr).await.ok()?;
+    let req = format!("GET /metrics HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
+    conn.write_all(req.as_bytes()).await.ok()?;
+    let mut body = String::new();
+    conn.read_to_string(&mut body).await.ok()?;
+    let read = |kind: &str| {
+        let key = format!("presence_allocator_bytes{{kind=\"{kind}\"}} ");
+        body.lines()
+            .find_map(|l| l.strip_prefix(key.as_str()))
+            .and_then(|v| v.trim().parse::<u64>().ok())
+            .map(|b| b / 1024)
+    };
+    Some((read("allocated")?, read("resident")?))
+}
+
 fn ms(d: Duration) -> f64 {
     d.as_secs_f64() * 1e3
 }
@@ -280,11 +299,13 @@ async fn main() -> anyhow::Result<()> {
     let rss_ramp = rss_kb(pid);
     tokio::time::sleep(Duration::from_secs(5)).await;
     let rss_steady = rss_kb(pid);
+    let alloc_steady = allocator_kb(&addr).await;
 
     // Presence changes: new users "probe-k" come online, one at a time.
     shared.bytes.store(0, Ordering::Relaxed);
     let mut lat: Vec<Duration> = Vec::with_capacity(n * changes);
     let mut spreads = Vec::new();
+    let mut firsts = Vec::new();
     let mut server_cpu = Vec::new();
     let mut client_cpu = Vec::new();
     let mut reached = Vec::new();
@@ -323,6 +344,7 @@ async fn main() -> anyhow::Result<()> {
         reached.push(these.len());
         if let (Some(first), Some(last)) = (these.first(), these.last()) {
             spreads.push(*last - *first);
+            firsts.push(*first);
         }
         lat.extend(these);
         probes.push(probe); // stays online: the next change is another user
@@ -362,7 +384,9 @@ async fn main() -> anyhow::Result<()> {
         ms(lat.last().copied().unwrap_or_default()),
     );
     println!(
-        "  per change (median of {changes}): first-to-last client {:.1} ms; server CPU {:.1} ms; bench client CPU {:.1} ms",
+        "  per change (median of {changes}): first client reached after {:.1} ms, first-to-last client {:.1} ms; \
+         server CPU {:.1} ms; bench client CPU {:.1} ms",
+        ms(median(&mut firsts)),
         ms(median(&mut spreads)),
         ms(median(&mut server_cpu)),
         ms(median(&mut client_cpu)),
@@ -378,6 +402,12 @@ async fn main() -> anyhow::Result<()> {
         per(rss_ramp, n),
         per(rss_steady, n),
     );
+    if let Some((allocated, resident)) = alloc_steady {
+        println!(
+            "  server allocator then: {allocated} kB allocated ({:.1} KB/socket), {resident} kB resident",
+            allocated as f64 / n as f64
+        );
+    }
     if ninth < n {
         println!(
             "  marginal cost: {rss_ninth} kB at {ninth} sockets -> {rss_steady} kB at {n} = {:.1} KB per extra socket",

@@ -1,6 +1,6 @@
 //! Prometheus metrics served on `/metrics`.
 
-use prometheus::{Encoder, IntCounterVec, IntGauge, Opts, Registry, TextEncoder};
+use prometheus::{Encoder, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry, TextEncoder};
 
 #[derive(Clone)]
 pub struct Metrics {
@@ -11,6 +11,9 @@ pub struct Metrics {
     pub rejected_handshakes: IntCounterVec,
     pub backend_healthy: IntGauge,
     pub cluster_link_up: IntGauge,
+    /// Heap bytes the service uses, and what the allocator holds resident for it. The gap is
+    /// fragmentation and freed memory not yet returned: what per-socket memory tuning is about.
+    allocator: IntGaugeVec,
 }
 
 impl Metrics {
@@ -46,6 +49,14 @@ impl Metrics {
             "presence_cluster_link_up",
             "1 while broadcasts reach the other nodes (subscribed to the cluster channels)",
         )?;
+        let allocator = IntGaugeVec::new(
+            Opts::new(
+                "presence_allocator_bytes",
+                "jemalloc: bytes allocated by the service, and bytes resident in the allocator",
+            ),
+            &["kind"],
+        )?;
+        registry.register(Box::new(allocator.clone()))?;
         registry.register(Box::new(connected_sockets.clone()))?;
         registry.register(Box::new(online_users.clone()))?;
         registry.register(Box::new(events_emitted.clone()))?;
@@ -62,6 +73,7 @@ impl Metrics {
             rejected_handshakes,
             backend_healthy,
             cluster_link_up,
+            allocator,
         })
     }
 
@@ -74,10 +86,29 @@ impl Metrics {
     }
 
     pub fn render(&self) -> String {
+        self.read_allocator();
         let mut buf = Vec::new();
         if let Err(e) = TextEncoder::new().encode(&self.registry.gather(), &mut buf) {
             tracing::error!(error = %e, "metrics encoding failed");
         }
         String::from_utf8(buf).unwrap_or_default()
+    }
+
+    /// jemalloc's statistics are a snapshot refreshed by advancing its epoch.
+    fn read_allocator(&self) {
+        use tikv_jemalloc_ctl::{epoch, stats};
+        if epoch::advance().is_err() {
+            return;
+        }
+        for (kind, value) in [
+            ("allocated", stats::allocated::read()),
+            ("resident", stats::resident::read()),
+        ] {
+            if let Ok(v) = value {
+                self.allocator
+                    .with_label_values(&[kind])
+                    .set(i64::try_from(v).unwrap_or(i64::MAX));
+            }
+        }
     }
 }
