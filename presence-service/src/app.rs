@@ -67,8 +67,8 @@ pub async fn run(
         BackendKind::Memory => {
             let (layer, io) = socketio_builder(&cfg).build_layer();
             let backend: Arc<dyn PresenceBackend> = Arc::new(MemoryBackend::default());
-            let (router, (), _) = assemble(&cfg, io, backend, trust, metrics.clone(), None);
-            serve(listener, router.layer(layer), shutdown).await
+            let (router, (), _) = assemble(&cfg, io, backend, trust.clone(), metrics.clone(), None);
+            serve(listener, router.layer(layer), trust, shutdown).await
         }
         BackendKind::Redis => {
             let b = &cfg.backend;
@@ -114,7 +114,7 @@ pub async fn run(
                 &cfg,
                 io.clone(),
                 backend,
-                trust,
+                trust.clone(),
                 metrics.clone(),
                 Some(link.status()),
             );
@@ -127,7 +127,7 @@ pub async fn run(
                 move || refresh.refresh_cluster(),
             );
             tracing::info!(node = %node_id, "redis backend and adapter ready");
-            serve(listener, router.layer(layer), shutdown).await?;
+            serve(listener, router.layer(layer), trust, shutdown).await?;
             leave_cluster(&cfg, &io, &presence).await;
             Ok(())
         }
@@ -194,6 +194,7 @@ async fn leave_cluster<A: Adapter>(cfg: &Config, io: &SocketIo<A>, presence: &Pr
 async fn serve(
     listener: TcpListener,
     router: axum::Router,
+    trust: Trust,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), StartError> {
     let addr = listener.local_addr().map_err(|source| StartError::Listen {
@@ -209,10 +210,16 @@ async fn serve(
             tracing::debug!(error = %e, "TCP_NODELAY not set");
         }
     });
-    // Outermost, so it runs before the Socket.IO layer sees (and keeps) the handshake.
-    let router = router.layer(axum::middleware::map_request(
-        crate::handshake_memory::detach_from_read_buffer,
-    ));
+    // Both outside the Socket.IO layer, so they run before it sees (and keeps) the handshake:
+    // first its headers leave the read buffer, then its assertion is checked and dropped.
+    let router = router
+        .layer(axum::middleware::map_request_with_state(
+            trust,
+            crate::handshake_check::check_assertion,
+        ))
+        .layer(axum::middleware::map_request(
+            crate::handshake_memory::detach_from_read_buffer,
+        ));
     let server = axum::serve(listener, router);
     tokio::select! {
         res = server => res.map_err(|source| StartError::Listen { addr, source }),

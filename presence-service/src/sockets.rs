@@ -11,6 +11,7 @@ use socketioxide_core::adapter::DefinedAdapter;
 
 use crate::announcer::{OnlineUsers, Presence};
 use crate::backend::PresenceBackend;
+use crate::handshake_check::CheckedAssertion;
 use crate::metrics::Metrics;
 use crate::model::User;
 use crate::trust::Trust;
@@ -75,7 +76,18 @@ async fn admit<A: Adapter>(ctx: &SocketContext<A>, socket: &SocketRef<A>) -> Res
         .and_then(|v| v.to_str().ok())
         .unwrap_or("-")
         .to_string();
-    let claims = match ctx.trust.verify_headers(&socket.req_parts().headers).await {
+    // The HTTP layer has verified the assertion and dropped the token (`handshake_check`);
+    // without that layer (a router built otherwise) the header is still there to verify.
+    let checked = socket
+        .req_parts()
+        .extensions
+        .get::<CheckedAssertion>()
+        .map(|c| c.0.clone());
+    let verdict = match checked {
+        Some(verdict) => verdict,
+        None => ctx.trust.verify_headers(&socket.req_parts().headers).await,
+    };
+    let claims = match verdict {
         Ok(c) => c,
         Err(e) => {
             ctx.metrics.rejected(e.reason());

@@ -102,6 +102,11 @@ impl Trust {
         }
     }
 
+    /// The header the gateway puts its assertion in.
+    pub fn header(&self) -> &http::HeaderName {
+        &self.header
+    }
+
     /// Verifies the assertion carried in `headers`.
     pub async fn verify_headers(&self, headers: &HeaderMap) -> Result<Claims, VerifyError> {
         let token = headers

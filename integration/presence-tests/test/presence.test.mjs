@@ -1,6 +1,7 @@
 // The presence model as users see it, in both event modes, on one node (in memory).
 import { test, describe, before, after } from 'node:test';
 import assert from 'node:assert/strict';
+import WebSocket from 'ws';
 import { Presence, Tab, makeKey, mint, ids } from './harness.mjs';
 
 const key = makeKey('gw-1');
@@ -216,5 +217,50 @@ describe('diff mode, snapshot in pages', () => {
     } finally {
       await compat.stop();
     }
+  });
+});
+
+describe('heartbeat (Engine.IO pings)', () => {
+  let node;
+  // Short pings, so that a few of them and a missed pong fit in a test.
+  before(async () => { node = await Presence.start({ keys: [key], limits: { ping_interval_ms: 200, ping_timeout_ms: 400 } }); });
+  after(async () => { await node.stop(); });
+
+  const pinged = (tab, count) => new Promise((ok) => {
+    let n = 0;
+    tab.socket.io.engine.on('ping', () => { if (++n === count) ok(); });
+  });
+
+  test('clients that answer pings stay connected, websocket-only and upgraded from polling', { timeout: 10000 }, async () => {
+    const wsOnly = await new Tab(node.url, token('pinged-ws'), { transports: ['websocket'] }).connected();
+    const upgraded = await new Tab(node.url, token('pinged-poll')).connected();
+    await Promise.all([pinged(wsOnly, 4), pinged(upgraded, 4)]);
+    assert.ok(wsOnly.socket.connected && upgraded.socket.connected);
+    assert.equal(wsOnly.named('disconnect').length + upgraded.named('disconnect').length, 0);
+    wsOnly.close();
+    upgraded.close();
+  });
+
+  test('a websocket client that stops answering pings is dropped, and its user goes offline', { timeout: 10000 }, async () => {
+    const watcher = await new Tab(node.url, token('hb-watcher')).connected();
+    // A bare WebSocket that connects to the namespace and then ignores every ping.
+    const ws = new WebSocket(node.url.replace('http', 'ws') + '/socket.io/?EIO=4&transport=websocket',
+      { headers: { 'x-identity-assertion': token('mute') } });
+    let pings = 0;
+    ws.on('message', (data) => {
+      const text = data.toString();
+      if (text.startsWith('0')) ws.send('40');
+      if (text === '2') pings += 1;
+    });
+    const closed = new Promise((ok) => ws.on('close', () => ok(Date.now())));
+    await watcher.waitFor('user_connected', (d) => d.user.id === 'mute');
+    const joinedAt = Date.now();
+    const closedAt = await closed;
+    assert.ok(pings >= 1, 'the server pinged');
+    // Closed one ping timeout after the unanswered ping (plus scheduling slack), not before.
+    assert.ok(closedAt - joinedAt < 2000, `closed after ${closedAt - joinedAt} ms`);
+    const gone = await watcher.waitFor('user_disconnected', (d) => d.userId === 'mute');
+    assert.ok(!ids(gone.onlineUsers).includes('mute'));
+    watcher.close();
   });
 });

@@ -228,7 +228,9 @@ where
 
     /// Internal channel to receive Pong [`Packets`](Packet) (v4 protocol) or Ping (v3 protocol) in the heartbeat job
     /// which is running in a separate task
-    heartbeat_rx: Mutex<Receiver<()>>,
+    // PATCHED (edge-gateway): crate-visible, for the heartbeat that a websocket-only session
+    // runs in its writer task (`transport::ws::forward_to_socket`).
+    pub(crate) heartbeat_rx: Mutex<Receiver<()>>,
     /// Channel to send Ping [`Packets`](Packet) (v4 protocol) or Ping (v3 protocol) from the connexion to the heartbeat job
     /// which is running in a separate task
     pub(crate) heartbeat_tx: mpsc::Sender<()>,

@@ -4,7 +4,7 @@
 //! Other functions are used internally to handle the websocket connection through tasks and channels
 //! and to handle upgrade from polling to ws
 
-use std::sync::Arc;
+use std::{sync::Arc, time::Duration};
 
 use futures_util::{
     SinkExt, StreamExt, TryStreamExt,
@@ -163,15 +163,17 @@ where
 
         let mut ws = ws_init().await;
         init_handshake(socket.id, &mut ws, &engine.config).await?;
-        socket
-            .clone()
-            .spawn_heartbeat(engine.config.ping_interval, engine.config.ping_timeout);
         (socket, ws)
     };
+    // PATCHED (edge-gateway): a websocket-only v4 session runs its heartbeat in its writer task
+    // instead of a task of its own (about 1.3 KiB per idle socket). A session upgraded from
+    // polling already has its heartbeat task, started with the polling transport.
+    let heartbeat = (sid.is_none() && socket.protocol == ProtocolVersion::V4)
+        .then_some((engine.config.ping_interval, engine.config.ping_timeout));
     let (tx, rx) = ws.split();
 
     // Pipe between websocket and internal socket channel.
-    tokio::spawn(forward_to_socket::<H, S>(socket.clone(), tx));
+    tokio::spawn(forward_to_socket::<H, S>(socket.clone(), tx, heartbeat));
 
     // pipe between internal socket channel and websocket
     match forward_to_handler(&engine, rx, &socket)
@@ -258,6 +260,7 @@ where
 async fn forward_to_socket<H: EngineIoHandler, S>(
     socket: Arc<Socket<H::Data>>,
     mut tx: SplitSink<WebSocketStream<S>, Message>,
+    heartbeat: Option<(Duration, Duration)>,
 ) where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
@@ -310,10 +313,47 @@ async fn forward_to_socket<H: EngineIoHandler, S>(
             };
         }
 
+    // PATCHED (edge-gateway): the v4 heartbeat of a websocket-only session, as the heartbeat
+    // task runs it (`Socket::heartbeat_job_v4`): a ping at once and then every `interval`; a
+    // pong must arrive within `timeout` of each ping, or the session closes.
+    let (interval, timeout) = heartbeat.unwrap_or_default();
+    let mut pongs = match heartbeat {
+        Some(_) => socket.heartbeat_rx.try_lock().ok(),
+        None => None,
+    };
+    // Some clients send their first pong before any ping: it answers nothing.
+    if let Some(pongs) = pongs.as_mut() {
+        pongs.try_recv().ok();
+    }
+    let mut next_ping = tokio::time::Instant::now();
+    let mut awaiting_pong = false;
+    let beat = tokio::time::sleep_until(next_ping);
+    tokio::pin!(beat);
+
     // Forward buffered packets until the channel is closed or the session is cancelled.
     loop {
         tokio::select! {
             biased;
+            () = &mut beat, if pongs.is_some() => {
+                if awaiting_pong {
+                    #[cfg(feature = "tracing")]
+                    tracing::debug!(sid = ?socket.id, "heartbeat timeout");
+                    // The close packet it queues is written by the next turn of this loop,
+                    // before the cancellation ends it.
+                    socket.close(DisconnectReason::HeartbeatTimeout);
+                    pongs = None;
+                    continue;
+                }
+                let ping = Packet::Ping;
+                map_fn!(ping);
+                awaiting_pong = true;
+                next_ping += interval;
+                beat.as_mut().reset(tokio::time::Instant::now() + timeout);
+            }
+            Some(()) = async { match pongs.as_mut() { Some(p) => p.recv().await, None => None } }, if awaiting_pong => {
+                awaiting_pong = false;
+                beat.as_mut().reset(next_ping);
+            }
             items = buffered_rx.recv() => {
                 match items {
                     Some(packets) => {
