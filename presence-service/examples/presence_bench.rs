@@ -4,6 +4,10 @@
 //! ramp, in a steady state after a settle period, and the marginal cost between N/9 and N
 //! sockets). Run through integration/bench/presence/run.sh.
 //!
+//! A change's arrival is timed twice: when this process read it, and when the server's write
+//! reached the client's socket (the kernel's receive timestamp). This process shares the cores
+//! with the server; the second figure shows how much of the first is this process being late.
+//!
 //! Usage: presence_bench <presence-service binary> <mode: diff|compat> <N> [users]
 //!   users: how many distinct users the N sockets belong to (default N). With few users the
 //!   online list stays small, which isolates what a socket itself costs.
@@ -76,6 +80,131 @@ fn ms(d: Duration) -> f64 {
     d.as_secs_f64() * 1e3
 }
 
+fn unix_now_ns() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos() as u64)
+        .unwrap_or(0)
+}
+
+/// A client TCP stream that reads with `recvmsg` and remembers the kernel's receive timestamp
+/// (`SO_TIMESTAMPNS`, wall clock) of the data it last read: when the server's write reached
+/// this socket, however late this process, sharing the cores with the server, gets to read it.
+/// That is what a client on another machine would see, less the network.
+struct TimestampedStream {
+    inner: tokio::net::TcpStream,
+    last_rx_ns: u64,
+}
+
+impl TimestampedStream {
+    fn new(inner: tokio::net::TcpStream) -> std::io::Result<Self> {
+        use std::os::fd::AsRawFd;
+        let on: libc::c_int = 1;
+        // SAFETY: a valid socket fd and a c_int option value of the size given.
+        let rc = unsafe {
+            libc::setsockopt(
+                inner.as_raw_fd(),
+                libc::SOL_SOCKET,
+                libc::SO_TIMESTAMPNS,
+                (&on as *const libc::c_int).cast(),
+                std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+            )
+        };
+        if rc != 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        Ok(Self {
+            inner,
+            last_rx_ns: 0,
+        })
+    }
+}
+
+/// One `recvmsg`; updates `last_rx_ns` from the `SCM_TIMESTAMPNS` control message.
+fn recv_timestamped(fd: i32, buf: &mut [u8], last_rx_ns: &mut u64) -> std::io::Result<usize> {
+    let mut iov = libc::iovec {
+        iov_base: buf.as_mut_ptr().cast(),
+        iov_len: buf.len(),
+    };
+    let mut control = [0u64; 16];
+    // SAFETY: msghdr is plain data; every pointer set below outlives the call.
+    let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
+    msg.msg_iov = &mut iov;
+    msg.msg_iovlen = 1;
+    msg.msg_control = control.as_mut_ptr().cast();
+    msg.msg_controllen = std::mem::size_of_val(&control) as _;
+    // SAFETY: fd is a connected socket; msg points at live buffers.
+    let n = unsafe { libc::recvmsg(fd, &mut msg, libc::MSG_DONTWAIT) };
+    if n < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: walking the control messages the kernel wrote into `control`.
+    unsafe {
+        let mut cmsg = libc::CMSG_FIRSTHDR(&msg);
+        while !cmsg.is_null() {
+            if (*cmsg).cmsg_level == libc::SOL_SOCKET && (*cmsg).cmsg_type == libc::SCM_TIMESTAMPNS
+            {
+                let ts = std::ptr::read_unaligned(libc::CMSG_DATA(cmsg).cast::<libc::timespec>());
+                *last_rx_ns = ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64;
+            }
+            cmsg = libc::CMSG_NXTHDR(&msg, cmsg);
+        }
+    }
+    Ok(n as usize)
+}
+
+impl tokio::io::AsyncRead for TimestampedStream {
+    fn poll_read(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        use std::os::fd::AsRawFd;
+        use std::task::Poll;
+        loop {
+            std::task::ready!(self.inner.poll_read_ready(cx))?;
+            let this = &mut *self;
+            let fd = this.inner.as_raw_fd();
+            let unfilled = buf.initialize_unfilled();
+            let mut last = this.last_rx_ns;
+            // `try_io` clears tokio's readiness when the read would block.
+            match this.inner.try_io(tokio::io::Interest::READABLE, || {
+                recv_timestamped(fd, unfilled, &mut last)
+            }) {
+                Ok(n) => {
+                    this.last_rx_ns = last;
+                    buf.advance(n);
+                    return Poll::Ready(Ok(()));
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => continue,
+                Err(e) => return Poll::Ready(Err(e)),
+            }
+        }
+    }
+}
+
+impl tokio::io::AsyncWrite for TimestampedStream {
+    fn poll_write(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        std::pin::Pin::new(&mut self.inner).poll_write(cx, buf)
+    }
+    fn poll_flush(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.inner).poll_flush(cx)
+    }
+    fn poll_shutdown(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
+
 /// What every client task shares with the driver.
 struct Shared {
     bytes: AtomicU64,
@@ -86,6 +215,8 @@ struct Shared {
     start: Instant,
     /// Per client, nanoseconds since `start` at which the current probe arrived (0 = not yet).
     arrived: Vec<AtomicU64>,
+    /// Per client, the kernel's receive time (unix ns) of the data that carried the probe.
+    delivered: Vec<AtomicU64>,
     arrived_count: AtomicUsize,
     all_arrived: Notify,
 }
@@ -169,6 +300,7 @@ async fn main() -> anyhow::Result<()> {
         probe: AtomicUsize::new(NO_PROBE),
         start: Instant::now(),
         arrived: (0..n).map(|_| AtomicU64::new(0)).collect(),
+        delivered: (0..n).map(|_| AtomicU64::new(0)).collect(),
         arrived_count: AtomicUsize::new(0),
         all_arrived: Notify::new(),
     });
@@ -190,14 +322,26 @@ async fn main() -> anyhow::Result<()> {
     let connect = |i: usize| {
         let token = token_for(format!("user-{}", i % users), format!("s{i}"));
         let (url, shared, probe_names) = (url.clone(), shared.clone(), probe_names.clone());
+        let addr = addr.clone();
         tokio::spawn(async move {
             let mut req = url.into_client_request().expect("url");
             req.headers_mut()
                 .insert("x-identity-assertion", token.parse().expect("header"));
-            let Ok((mut ws, _)) =
-                tokio_tungstenite::connect_async_with_config(req, Some(ws_config), true).await
-            else {
+            let stream = match tokio::net::TcpStream::connect(addr.as_str()).await {
+                Ok(tcp) => {
+                    let _ = tcp.set_nodelay(true);
+                    TimestampedStream::new(tcp)
+                }
+                Err(e) => Err(e),
+            };
+            let Ok(stream) = stream else {
                 eprintln!("connect failed");
+                return;
+            };
+            let Ok((mut ws, _)) =
+                tokio_tungstenite::client_async_with_config(req, stream, Some(ws_config)).await
+            else {
+                eprintln!("websocket handshake failed");
                 return;
             };
             let _ = ws.next().await; // engine.io open
@@ -225,6 +369,7 @@ async fn main() -> anyhow::Result<()> {
                 {
                     let at = shared.start.elapsed().as_nanos() as u64;
                     shared.arrived[i].store(at.max(1), Ordering::Relaxed);
+                    shared.delivered[i].store(ws.get_ref().last_rx_ns, Ordering::Relaxed);
                     if shared.arrived_count.fetch_add(1, Ordering::AcqRel) + 1 == n {
                         shared.all_arrived.notify_one();
                     }
@@ -304,15 +449,17 @@ async fn main() -> anyhow::Result<()> {
     // Presence changes: new users "probe-k" come online, one at a time.
     shared.bytes.store(0, Ordering::Relaxed);
     let mut lat: Vec<Duration> = Vec::with_capacity(n * changes);
+    let mut delivered: Vec<Duration> = Vec::with_capacity(n * changes);
     let mut spreads = Vec::new();
     let mut firsts = Vec::new();
+    let mut opened = Vec::new();
     let mut server_cpu = Vec::new();
     let mut client_cpu = Vec::new();
     let mut reached = Vec::new();
     let mut probes = Vec::new();
     let self_pid = std::process::id().to_string();
     for k in 0..changes {
-        for a in &shared.arrived {
+        for a in shared.arrived.iter().chain(&shared.delivered) {
             a.store(0, Ordering::Relaxed);
         }
         shared.arrived_count.store(0, Ordering::Relaxed);
@@ -323,10 +470,12 @@ async fn main() -> anyhow::Result<()> {
             .insert("x-identity-assertion", token.parse()?);
         let (cpu_s0, cpu_c0) = (cpu_time(&pid_s), cpu_time(&self_pid));
         let change_at = shared.start.elapsed();
+        let change_unix = unix_now_ns();
         let (mut probe, _) =
             tokio_tungstenite::connect_async_with_config(req, Some(ws_config), true).await?;
         let _ = probe.next().await;
         probe.send(Message::text("40")).await?;
+        opened.push(shared.start.elapsed().saturating_sub(change_at));
         let all = shared.all_arrived.notified();
         if shared.arrived_count.load(Ordering::Acquire) < n {
             let _ = tokio::time::timeout(Duration::from_secs(20), all).await;
@@ -347,16 +496,26 @@ async fn main() -> anyhow::Result<()> {
             firsts.push(*first);
         }
         lat.extend(these);
+        delivered.extend(
+            shared
+                .delivered
+                .iter()
+                .map(|d| d.load(Ordering::Relaxed))
+                .filter(|&d| d != 0)
+                .map(|d| Duration::from_nanos(d.saturating_sub(change_unix))),
+        );
         probes.push(probe); // stays online: the next change is another user
         tokio::time::sleep(Duration::from_millis(300)).await;
     }
     let change_bytes = shared.bytes.load(Ordering::Relaxed) / changes.max(1) as u64;
     lat.sort();
-    let pct = |p: f64| {
-        lat.get(((lat.len() as f64 * p).ceil() as usize).saturating_sub(1))
+    delivered.sort();
+    let pct_of = |v: &[Duration], p: f64| {
+        v.get(((v.len() as f64 * p).ceil() as usize).saturating_sub(1))
             .copied()
             .unwrap_or_default()
     };
+    let pct = |p: f64| pct_of(&lat, p);
     let median = |v: &mut Vec<Duration>| {
         v.sort();
         v.get(v.len() / 2).copied().unwrap_or_default()
@@ -384,8 +543,16 @@ async fn main() -> anyhow::Result<()> {
         ms(lat.last().copied().unwrap_or_default()),
     );
     println!(
-        "  per change (median of {changes}): first client reached after {:.1} ms, first-to-last client {:.1} ms; \
-         server CPU {:.1} ms; bench client CPU {:.1} ms",
+        "  {changes} changes, delivered to the clients' sockets: p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms \
+         (kernel receive time: when the server's write reached each socket, before this process read it)",
+        ms(pct_of(&delivered, 0.50)),
+        ms(pct_of(&delivered, 0.99)),
+        ms(delivered.last().copied().unwrap_or_default()),
+    );
+    println!(
+        "  per change (median of {changes}): the new user's socket open after {:.1} ms, first client reached after {:.1} ms, \
+         first-to-last client {:.1} ms; server CPU {:.1} ms; bench client CPU {:.1} ms",
+        ms(median(&mut opened)),
         ms(median(&mut firsts)),
         ms(median(&mut spreads)),
         ms(median(&mut server_cpu)),
