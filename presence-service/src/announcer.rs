@@ -164,8 +164,8 @@ enum PageRecipients<A: Adapter> {
 
 /// Pause between two rounds of pages: at least this, plus [`PAGE_PAUSE_PER_FRAME`] per frame the
 /// round queued. The point is that each socket's writer has put the previous page on the wire
-/// (and its client has read it) before the next is queued: pages queued together are written
-/// together, and the writer keeps the capacity of the largest write it ever buffered.
+/// (and its client has read it) before the next is queued: pages queued together would sit in
+/// the socket's queue together, and a ramp of thousands of late joiners would hold them all.
 const PAGE_PAUSE: Duration = Duration::from_millis(1);
 /// Roughly what one small frame costs to write and read on this machine's loopback (a send
 /// and a receive syscall, the client's frame parsing), measured with `examples/presence_bench`.
