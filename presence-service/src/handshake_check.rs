@@ -47,6 +47,56 @@ fn is_engine_io_handshake(query: Option<&str>) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use axum::body::Body;
+    use axum::http::HeaderMap;
+
+    /// A trust with no key it could ever load (its JWKS URL refuses connections): every token
+    /// is refused, which is all these tests need to see where the verdict and the token go.
+    fn keyless_trust() -> Trust {
+        let cfg = crate::config::TrustConfig {
+            jwks_url: "http://127.0.0.1:9/.well-known/jwks.json".into(),
+            jwks_timeout_ms: 200,
+            ..Default::default()
+        };
+        Trust::from_config(&cfg).expect("trust")
+    }
+
+    async fn through_check(uri: &str, token: Option<&str>) -> Request {
+        let trust = keyless_trust();
+        let mut req = Request::builder().uri(uri);
+        if let Some(t) = token {
+            req = req.header(trust.header(), t);
+        }
+        check_assertion(State(trust), req.body(Body::empty()).unwrap()).await
+    }
+
+    fn has_assertion(headers: &HeaderMap) -> bool {
+        headers.contains_key(identity_assertion::DEFAULT_HEADER)
+    }
+
+    #[tokio::test]
+    async fn a_handshake_leaves_with_the_verdict_and_without_the_token() {
+        let req = through_check("/socket.io/?EIO=4&transport=websocket", Some("a.b.c")).await;
+        assert!(!has_assertion(req.headers()), "the token is kept");
+        let verdict = req.extensions().get::<CheckedAssertion>().expect("verdict");
+        assert_eq!(verdict.0, Err(VerifyError::Malformed));
+
+        let req = through_check("/socket.io/?EIO=4&transport=polling", None).await;
+        let verdict = req.extensions().get::<CheckedAssertion>().expect("verdict");
+        assert_eq!(verdict.0, Err(VerifyError::Missing));
+    }
+
+    #[tokio::test]
+    async fn other_requests_keep_their_header_and_get_no_verdict() {
+        for uri in ["/presence", "/socket.io/?EIO=4&transport=polling&sid=abc"] {
+            let req = through_check(uri, Some("a.b.c")).await;
+            assert!(has_assertion(req.headers()), "{uri}: header dropped");
+            assert!(
+                req.extensions().get::<CheckedAssertion>().is_none(),
+                "{uri}"
+            );
+        }
+    }
 
     #[test]
     fn only_requests_that_open_a_session_are_handshakes() {
