@@ -15,9 +15,11 @@
 //!   taskset in run.sh), CHANGES=<k> presence changes to time (default 5), PAGE_SIZE=<users>
 //!   the server's `presence.snapshot_page_size` (default: the server's default).
 //!
-//! The client is built to not be the bottleneck: one small read buffer per socket (tungstenite's
-//! default 128 KiB buffer is zero-filled on every read, which alone costs a second of CPU per
-//! broadcast to 9000 sockets), arrival times written to a shared array, no channel per message.
+//! The client is built to take as little of the shared cores as it can: during the ramp, one
+//! small read buffer per socket (tungstenite's default 128 KiB buffer is zero-filled on every
+//! read, which alone costs a second of CPU per broadcast to 9000 sockets); during the timed
+//! changes, one thread polling all sockets through one epoll set (`reader`), arrival times
+//! written to a shared array, no channel per message.
 
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -29,6 +31,8 @@ use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::sync::Notify;
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tokio_tungstenite::tungstenite::{client::IntoClientRequest, Message};
+
+mod reader;
 
 /// Resident set of a process, in KiB.
 fn rss_kb(pid: u32) -> u64 {
@@ -223,7 +227,7 @@ struct Shared {
 
 const NO_PROBE: usize = usize::MAX;
 
-#[tokio::main]
+#[tokio::main(flavor = "current_thread")]
 async fn main() -> anyhow::Result<()> {
     let args: Vec<String> = std::env::args().collect();
     if args.len() < 4 {
@@ -307,6 +311,9 @@ async fn main() -> anyhow::Result<()> {
     let probe_names: Arc<Vec<String>> =
         Arc::new((0..changes).map(|k| format!("\"probe-{k}\"")).collect());
     let ws_config = WebSocketConfig::default().read_buffer_size(4096);
+    // Set once the clients are idle: each client task hands its socket to the reader thread.
+    let (handover_tx, handover_rx) = tokio::sync::watch::channel(false);
+    let (handed_tx, mut handed_rx) = tokio::sync::mpsc::unbounded_channel();
     let token_for = |sub: String, sid: String| {
         signer
             .sign(
@@ -321,8 +328,8 @@ async fn main() -> anyhow::Result<()> {
     };
     let connect = |i: usize| {
         let token = token_for(format!("user-{}", i % users), format!("s{i}"));
-        let (url, shared, probe_names) = (url.clone(), shared.clone(), probe_names.clone());
-        let addr = addr.clone();
+        let (url, shared) = (url.clone(), shared.clone());
+        let (addr, handover, handed) = (addr.clone(), handover_rx.clone(), handed_tx.clone());
         tokio::spawn(async move {
             let mut req = url.into_client_request().expect("url");
             req.headers_mut()
@@ -347,7 +354,13 @@ async fn main() -> anyhow::Result<()> {
             let _ = ws.next().await; // engine.io open
             let _ = ws.send(Message::text("40")).await;
             let mut counted = false;
-            while let Some(Ok(msg)) = ws.next().await {
+            let mut handover = handover;
+            loop {
+                let msg = tokio::select! {
+                    msg = ws.next() => msg,
+                    _ = handover.wait_for(|now| *now) => break,
+                };
+                let Some(Ok(msg)) = msg else { return };
                 let Message::Text(t) = msg else { continue };
                 if t.as_str() == "2" {
                     let _ = ws.send(Message::text("3")).await;
@@ -362,18 +375,15 @@ async fn main() -> anyhow::Result<()> {
                     continue;
                 }
                 shared.bytes.fetch_add(t.len() as u64, Ordering::Relaxed);
-                let probe = shared.probe.load(Ordering::Acquire);
-                if probe != NO_PROBE
-                    && shared.arrived[i].load(Ordering::Relaxed) == 0
-                    && t.contains(probe_names[probe].as_str())
-                {
-                    let at = shared.start.elapsed().as_nanos() as u64;
-                    shared.arrived[i].store(at.max(1), Ordering::Relaxed);
-                    shared.delivered[i].store(ws.get_ref().last_rx_ns, Ordering::Relaxed);
-                    if shared.arrived_count.fetch_add(1, Ordering::AcqRel) + 1 == n {
-                        shared.all_arrived.notify_one();
-                    }
+            }
+            // The measuring phase reads this socket from the reader thread (see `reader`): a
+            // duplicate of its fd keeps it open when this task drops its own.
+            use std::os::fd::AsFd;
+            match ws.get_ref().inner.as_fd().try_clone_to_owned() {
+                Ok(fd) => {
+                    let _ = handed.send((i, fd));
                 }
+                Err(e) => eprintln!("client {i}: cannot hand its socket over: {e}"),
             }
         });
     };
@@ -446,6 +456,23 @@ async fn main() -> anyhow::Result<()> {
     let rss_steady = rss_kb(pid);
     let alloc_steady = allocator_kb(&addr).await;
 
+    // From here on, one thread reads every client (see `reader`).
+    drop(handed_tx);
+    handover_tx.send_replace(true);
+    let mut conns = Vec::with_capacity(n);
+    while conns.len() < n {
+        match tokio::time::timeout(Duration::from_secs(30), handed_rx.recv()).await {
+            Ok(Some(conn)) => conns.push(conn),
+            Ok(None) | Err(_) => break,
+        }
+    }
+    anyhow::ensure!(
+        conns.len() == n,
+        "only {}/{n} clients were still connected after the ramp",
+        conns.len()
+    );
+    let reader = reader::start(conns, shared.clone(), probe_names.clone())?;
+
     // Presence changes: new users "probe-k" come online, one at a time.
     shared.bytes.store(0, Ordering::Relaxed);
     let mut lat: Vec<Duration> = Vec::with_capacity(n * changes);
@@ -507,6 +534,7 @@ async fn main() -> anyhow::Result<()> {
         probes.push(probe); // stays online: the next change is another user
         tokio::time::sleep(Duration::from_millis(300)).await;
     }
+    let report = reader.finish()?;
     let change_bytes = shared.bytes.load(Ordering::Relaxed) / changes.max(1) as u64;
     lat.sort();
     delivered.sort();
@@ -562,6 +590,12 @@ async fn main() -> anyhow::Result<()> {
         "  bytes sent per change: {change_bytes} ({:.1} x N)",
         change_bytes as f64 / n as f64
     );
+    if report.closed + report.protocol_errors > 0 {
+        println!(
+            "  WARNING: {} clients closed and {} unreadable frames during the changes",
+            report.closed, report.protocol_errors
+        );
+    }
     let per = |rss: u64, count: usize| rss.saturating_sub(rss0) as f64 / count as f64;
     println!(
         "  server RSS: {rss0} kB empty; {rss_ramp} kB after the ramp ({:.1} KB/socket); \
