@@ -204,12 +204,7 @@ async fn serve(
     // Tests and scripts that bind port 0 read the real address from this line on stdout.
     println!("presence-service listening on {addr}");
     tracing::info!(%addr, "listening");
-    // Presence frames are small and latency-bound: never hold one back for Nagle.
-    let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
-        if let Err(e) = tcp.set_nodelay(true) {
-            tracing::debug!(error = %e, "TCP_NODELAY not set");
-        }
-    });
+    let listener = crate::connection_fd::TcpNodelayListener(listener);
     // Both outside the Socket.IO layer, so they run before it sees (and keeps) the handshake:
     // first its headers leave the read buffer, then its assertion is checked and dropped.
     let router = router
@@ -219,8 +214,14 @@ async fn serve(
         ))
         .layer(axum::middleware::map_request(
             crate::handshake_memory::detach_from_read_buffer,
+        ))
+        .layer(axum::middleware::map_request(
+            crate::connection_fd::hand_to_transport,
         ));
-    let server = axum::serve(listener, router);
+    let server = axum::serve(
+        listener,
+        router.into_make_service_with_connect_info::<crate::connection_fd::ConnFd>(),
+    );
     tokio::select! {
         res = server => res.map_err(|source| StartError::Listen { addr, source }),
         () = shutdown => {

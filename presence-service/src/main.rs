@@ -10,6 +10,7 @@ mod app;
 mod backend;
 mod cluster_link;
 mod config;
+mod connection_fd;
 mod diff;
 mod handshake_check;
 mod handshake_memory;
@@ -27,13 +28,17 @@ mod trust;
 /// slots that transient buffers just freed, scattered over many slabs that then can never be
 /// returned: 17.4 KB per idle socket, against 14.6 KB without them, for about 5% more CPU per
 /// broadcast (`integration/bench/presence/run.sh`; `/metrics` shows allocated vs resident).
+/// Freed pages are returned by jemalloc's background thread: without it they are purged only
+/// when the process next allocates, and a node whose idle sockets allocate nothing (broadcasts
+/// are written straight to them) kept the ramp's freed pages for as long as it stayed quiet.
 #[global_allocator]
 static ALLOC: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 
 /// Read by jemalloc at startup; `_RJEM_MALLOC_CONF` in the environment still overrides it.
 #[allow(non_upper_case_globals)]
 #[export_name = "_rjem_malloc_conf"]
-pub static malloc_conf: &[u8] = b"tcache:false,dirty_decay_ms:1000,muzzy_decay_ms:0\0";
+pub static malloc_conf: &[u8] =
+    b"tcache:false,dirty_decay_ms:1000,muzzy_decay_ms:0,background_thread:true\0";
 
 #[derive(Parser)]
 #[command(about = "Socket.IO presence that trusts only the gateway's signed assertion")]

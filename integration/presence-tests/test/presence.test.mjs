@@ -143,6 +143,31 @@ describe('diff mode', () => {
     watcher.close();
   });
 
+  // Websocket-only sockets get broadcasts written straight to them (not through their writer
+  // task): the frames must still arrive whole and in order, and the metric shows the path.
+  test('broadcasts written straight to websocket sockets arrive in order', async () => {
+    const direct = async () => {
+      const text = await (await fetch(`${node.url}/metrics`)).text();
+      return Number(/^presence_direct_frames_total (\d+)$/m.exec(text)?.[1] ?? NaN);
+    };
+    const before = await direct();
+    const watchers = await Promise.all(['d-w1', 'd-w2', 'd-w3'].map((id) => new Tab(node.url, token(id), { transports: ['websocket'] }).connected()));
+    const marks = watchers.map((w) => w.mark());
+    const order = ['d-1', 'd-2', 'd-3', 'd-4', 'd-5'];
+    const joiners = [];
+    for (const id of order) {
+      joiners.push(await new Tab(node.url, token(id), { transports: ['websocket'] }).connected());
+      await Promise.all(watchers.map((w, i) => w.waitFor('presence_diff', (d) => d.joins.some((u) => u.id === id), 5000, marks[i])));
+    }
+    for (const [i, w] of watchers.entries()) {
+      const seen = w.events.slice(marks[i]).filter((e) => e.event === 'presence_diff').flatMap((e) => e.data.joins.map((u) => u.id)).filter((id) => order.includes(id));
+      assert.deepEqual(seen, order);
+    }
+    const after = await direct();
+    assert.ok(after - before >= order.length * watchers.length, `direct frames ${before} -> ${after}`);
+    [...joiners, ...watchers].forEach((t) => t.close());
+  });
+
   test('a reload within the grace period sends no diff for the user', async () => {
     const watcher = await new Tab(node.url, token('watcher2')).connected();
     const page = await new Tab(node.url, token('kim')).connected();

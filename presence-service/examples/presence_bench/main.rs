@@ -45,20 +45,26 @@ fn rss_kb(pid: u32) -> u64 {
         .unwrap_or(0)
 }
 
-/// CPU time used so far by all threads of a process (ns precision, from schedstat).
+/// CPU time used so far by a process, all its threads counted, including threads that have
+/// already exited (the server's broadcasts run part of their fan-out on short-lived threads):
+/// the process's CPU-time clock, in ns.
 fn cpu_time(pid: &str) -> Duration {
-    let mut total = 0u64;
-    if let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) {
-        for t in tasks.flatten() {
-            let s = std::fs::read_to_string(t.path().join("schedstat")).unwrap_or_default();
-            total += s
-                .split_whitespace()
-                .next()
-                .and_then(|v| v.parse::<u64>().ok())
-                .unwrap_or(0);
-        }
+    let Ok(pid) = pid.parse::<libc::pid_t>() else {
+        return Duration::ZERO;
+    };
+    let mut clock: libc::clockid_t = 0;
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: plain syscalls writing into the two locals above.
+    let ok = unsafe {
+        libc::clock_getcpuclockid(pid, &mut clock) == 0 && libc::clock_gettime(clock, &mut ts) == 0
+    };
+    if !ok {
+        return Duration::ZERO;
     }
-    Duration::from_nanos(total)
+    Duration::new(ts.tv_sec as u64, ts.tv_nsec as u32)
 }
 
 /// The server's own allocator figures from `/metrics` (KiB allocated, KiB resident): RSS minus
