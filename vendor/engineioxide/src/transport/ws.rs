@@ -191,7 +191,7 @@ where
     // PATCHED (edge-gateway): emits to a websocket-only session on a plain TCP connection may
     // write straight to it (see `socket::DirectWrite`).
     if heartbeat.is_some() && conn_fd.is_some() {
-        let _ = socket.direct.set(Box::new(DirectHandle(sink.clone())));
+        let _ = socket.direct.set(Box::new(DirectHandle(Arc::downgrade(&sink))));
     }
 
     // Pipe between websocket and internal socket channel.
@@ -449,7 +449,8 @@ struct WriterState<S> {
 
 type SharedSink<S> = Arc<WsWriter<S>>;
 
-struct DirectHandle<S>(SharedSink<S>);
+/// Weak: the session must not keep its connection open after its writer is gone.
+struct DirectHandle<S>(std::sync::Weak<WsWriter<S>>);
 
 /// Frames up to this size are written directly; larger ones go through the queue.
 const DIRECT_MAX: usize = 1024;
@@ -463,11 +464,14 @@ where
 {
     fn try_write(&self, text: &str, queued: &AtomicUsize) -> Direct {
         use std::io::Write;
-        let Some(fd) = self.0.fd else {
+        let Some(writer) = self.0.upgrade() else {
+            return Direct::Busy;
+        };
+        let Some(fd) = writer.fd else {
             return Direct::Busy;
         };
         // The writer holds the lock while it writes: then the queue it is.
-        let Ok(state) = self.0.state.try_lock() else {
+        let Ok(state) = writer.state.try_lock() else {
             return Direct::Busy;
         };
         if !state.open || queued.load(Ordering::Acquire) != 0 {
