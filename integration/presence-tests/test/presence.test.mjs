@@ -143,8 +143,8 @@ describe('diff mode', () => {
     watcher.close();
   });
 
-  // Websocket-only sockets get broadcasts written straight to them (not through their writer
-  // task): the frames must still arrive whole and in order, and the metric shows the path.
+  // Websocket sockets get broadcasts written straight to them (not through their writer task):
+  // the frames must still arrive whole and in order, and the metric shows the path.
   test('broadcasts written straight to websocket sockets arrive in order', async () => {
     const direct = async () => {
       const text = await (await fetch(`${node.url}/metrics`)).text();
@@ -166,6 +166,33 @@ describe('diff mode', () => {
     const after = await direct();
     assert.ok(after - before >= order.length * watchers.length, `direct frames ${before} -> ${after}`);
     [...joiners, ...watchers].forEach((t) => t.close());
+  });
+
+  test('a client upgraded from polling gets its broadcasts written straight to it too', async () => {
+    const direct = async () => {
+      const text = await (await fetch(`${node.url}/metrics`)).text();
+      return Number(/^presence_direct_frames_total (\d+)$/m.exec(text)?.[1] ?? NaN);
+    };
+    const watcher = await new Tab(node.url, token('u-w')).connected();
+    const engine = watcher.socket.io.engine;
+    if (engine.transport.name !== 'websocket') await new Promise((resolve) => engine.once('upgrade', resolve));
+    // Its own join comes back to it as a diff too: out of the way first.
+    await watcher.waitFor('presence_diff', (d) => d.joins.some((u) => u.id === 'u-w'));
+    const mark = watcher.mark();
+    const before = await direct();
+    // Polling-only joiners: nothing is ever written to them directly, so every direct frame
+    // counted below went to the upgraded watcher.
+    const order = ['u-1', 'u-2', 'u-3'];
+    const joiners = [];
+    for (const id of order) {
+      joiners.push(await new Tab(node.url, token(id), { transports: ['polling'] }).connected());
+      await watcher.waitFor('presence_diff', (d) => d.joins.some((u) => u.id === id), 5000, mark);
+    }
+    const seen = watcher.events.slice(mark).filter((e) => e.event === 'presence_diff').flatMap((e) => e.data.joins.map((u) => u.id));
+    assert.deepEqual(seen, order);
+    const written = (await direct()) - before;
+    assert.ok(written >= order.length, `${written} direct frames for ${order.length} diffs`);
+    [...joiners, watcher].forEach((t) => t.close());
   });
 
   test('a reload within the grace period sends no diff for the user', async () => {

@@ -128,7 +128,7 @@ pub(crate) enum Direct {
     Failed,
 }
 
-/// PATCHED (edge-gateway): the websocket of a websocket-only session on a plain TCP connection
+/// PATCHED (edge-gateway): the websocket of a v4 session on a plain TCP connection
 /// (`ConnectionFd`), writable from the thread that emits. A broadcast to thousands of sockets
 /// otherwise wakes one writer task per socket, queues one boxed entry per socket, and each task
 /// frames the message through tokio-tungstenite: per socket, about twice the cost of the write

@@ -188,14 +188,13 @@ where
         fd: conn_fd,
         state: tokio::sync::Mutex::new(WriterState { tx, open: true }),
     });
-    // PATCHED (edge-gateway): emits to a websocket-only session on a plain TCP connection may
-    // write straight to it (see `socket::DirectWrite`).
-    if heartbeat.is_some() && conn_fd.is_some() {
-        let _ = socket.direct.set(Box::new(DirectHandle(Arc::downgrade(&sink))));
-    }
+    // PATCHED (edge-gateway): emits to a v4 session on a plain TCP connection may write
+    // straight to its websocket (see `socket::DirectWrite`), once its writer has the queue.
+    let direct = (socket.protocol == ProtocolVersion::V4 && conn_fd.is_some())
+        .then(|| Box::new(DirectHandle(Arc::downgrade(&sink))) as Box<dyn DirectWrite>);
 
     // Pipe between websocket and internal socket channel.
-    tokio::spawn(forward_to_socket::<H, S>(socket.clone(), sink, heartbeat));
+    tokio::spawn(forward_to_socket::<H, S>(socket.clone(), sink, heartbeat, direct));
 
     // pipe between internal socket channel and websocket
     match forward_to_handler(&engine, rx, &socket)
@@ -283,6 +282,7 @@ async fn forward_to_socket<H: EngineIoHandler, S>(
     socket: Arc<Socket<H::Data>>,
     sink: SharedSink<S>,
     heartbeat: Option<(Duration, Duration)>,
+    direct: Option<Box<dyn DirectWrite>>,
 ) where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
@@ -301,6 +301,12 @@ async fn forward_to_socket<H: EngineIoHandler, S>(
         volatile_rx,
         ..
     } = &mut *internal_rx;
+    // PATCHED (edge-gateway): from here on this task owns the queue (a polling request of an
+    // upgrading session has finished with it), and direct writes may begin: every entry still
+    // queued is counted, so none is overtaken.
+    if let Some(direct) = direct {
+        let _ = socket.direct.set(direct);
+    }
 
     // map a packet to a websocket message
     // It is declared as a macro rather than a closure to avoid ownership issues
