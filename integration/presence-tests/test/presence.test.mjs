@@ -143,13 +143,15 @@ describe('diff mode', () => {
     watcher.close();
   });
 
+  // Frames written straight to websockets so far, from the node's metrics.
+  const direct = async () => {
+    const text = await (await fetch(`${node.url}/metrics`)).text();
+    return Number(/^presence_direct_frames_total (\d+)$/m.exec(text)?.[1] ?? NaN);
+  };
+
   // Websocket sockets get broadcasts written straight to them (not through their writer task):
   // the frames must still arrive whole and in order, and the metric shows the path.
   test('broadcasts written straight to websocket sockets arrive in order', async () => {
-    const direct = async () => {
-      const text = await (await fetch(`${node.url}/metrics`)).text();
-      return Number(/^presence_direct_frames_total (\d+)$/m.exec(text)?.[1] ?? NaN);
-    };
     const before = await direct();
     const watchers = await Promise.all(['d-w1', 'd-w2', 'd-w3'].map((id) => new Tab(node.url, token(id), { transports: ['websocket'] }).connected()));
     const marks = watchers.map((w) => w.mark());
@@ -169,10 +171,6 @@ describe('diff mode', () => {
   });
 
   test('a client upgraded from polling gets its broadcasts written straight to it too', async () => {
-    const direct = async () => {
-      const text = await (await fetch(`${node.url}/metrics`)).text();
-      return Number(/^presence_direct_frames_total (\d+)$/m.exec(text)?.[1] ?? NaN);
-    };
     const watcher = await new Tab(node.url, token('u-w')).connected();
     const engine = watcher.socket.io.engine;
     if (engine.transport.name !== 'websocket') await new Promise((resolve) => engine.once('upgrade', resolve));

@@ -185,13 +185,18 @@ where
         .then_some((engine.config.ping_interval, engine.config.ping_timeout));
     let (tx, rx) = ws.split();
     let sink: SharedSink<S> = Arc::new(WsWriter {
-        fd: conn_fd,
         state: tokio::sync::Mutex::new(WriterState { tx, open: true }),
     });
     // PATCHED (edge-gateway): emits to a v4 session on a plain TCP connection may write
     // straight to its websocket (see `socket::DirectWrite`), once its writer has the queue.
-    let direct = (socket.protocol == ProtocolVersion::V4 && conn_fd.is_some())
-        .then(|| Box::new(DirectHandle(Arc::downgrade(&sink))) as Box<dyn DirectWrite>);
+    let direct = conn_fd
+        .filter(|_| socket.protocol == ProtocolVersion::V4)
+        .map(|fd| {
+            Box::new(DirectHandle {
+                writer: Arc::downgrade(&sink),
+                fd,
+            }) as Box<dyn DirectWrite>
+        });
 
     // Pipe between websocket and internal socket channel.
     tokio::spawn(forward_to_socket::<H, S>(socket.clone(), sink, heartbeat, direct));
@@ -440,10 +445,8 @@ async fn forward_to_socket<H: EngineIoHandler, S>(
 
 /// PATCHED (edge-gateway): the write half of a websocket, shared by its writer task and the
 /// tasks that emit to it directly (`socket::DirectWrite`). The writer holds the lock while it
-/// writes and flushes; `fd` is the connection's own socket, valid for as long as `state` (which
-/// owns the connection through the split stream) is alive.
+/// writes and flushes.
 struct WsWriter<S> {
-    fd: Option<i32>,
     state: tokio::sync::Mutex<WriterState<S>>,
 }
 
@@ -455,8 +458,13 @@ struct WriterState<S> {
 
 type SharedSink<S> = Arc<WsWriter<S>>;
 
-/// Weak: the session must not keep its connection open after its writer is gone.
-struct DirectHandle<S>(std::sync::Weak<WsWriter<S>>);
+/// `writer` is weak: the session must not keep its connection open after its writer is gone.
+/// `fd` is the connection's own socket, valid for as long as `writer` (which owns the
+/// connection through the split stream) is alive.
+struct DirectHandle<S> {
+    writer: std::sync::Weak<WsWriter<S>>,
+    fd: i32,
+}
 
 /// Frames up to this size are written directly; larger ones go through the queue.
 const DIRECT_MAX: usize = 1024;
@@ -470,10 +478,7 @@ where
 {
     fn try_write(&self, text: &str, queued: &AtomicUsize) -> Direct {
         use std::io::Write;
-        let Some(writer) = self.0.upgrade() else {
-            return Direct::Busy;
-        };
-        let Some(fd) = writer.fd else {
+        let Some(writer) = self.writer.upgrade() else {
             return Direct::Busy;
         };
         // The writer holds the lock while it writes: then the queue it is.
@@ -483,33 +488,31 @@ where
         if !state.open || queued.load(Ordering::Acquire) != 0 {
             return Direct::Busy;
         }
-        // An unmasked text frame with the Engine.IO message packet: `4` and the message.
+        // An unmasked text frame with the Engine.IO message packet: `4` and the message
+        // (lengths from 126 take a 2-byte extended length; DIRECT_MAX keeps it below 64 KiB).
         let len = text.len() + 1;
-        let mut frame = [0u8; DIRECT_MAX];
-        let head = if len < 126 {
-            frame[1] = len as u8;
-            2
-        } else if len <= usize::from(u16::MAX) {
-            frame[1] = 126;
-            frame[2..4].copy_from_slice(&(len as u16).to_be_bytes());
-            4
-        } else {
-            return Direct::Busy;
-        };
+        let head = if len < 126 { 2 } else { 4 };
         if head + len > DIRECT_MAX {
             return Direct::Busy;
         }
-        frame[0] = 0x81;
-        frame[head] = b'4';
-        frame[head + 1..head + len].copy_from_slice(text.as_bytes());
-        let frame = &frame[..head + len];
-        // SAFETY: `fd` is the connection's socket, open while `state` is alive (held above);
+        let mut frame: smallvec::SmallVec<[u8; DIRECT_MAX]> = smallvec::SmallVec::new();
+        frame.push(0x81);
+        if len < 126 {
+            frame.push(len as u8);
+        } else {
+            frame.push(126);
+            frame.extend_from_slice(&(len as u16).to_be_bytes());
+        }
+        frame.push(b'4');
+        frame.extend_from_slice(text.as_bytes());
+        let fd = self.fd;
+        // SAFETY: `fd` is the connection's socket, open while `writer` is alive (held above);
         // ManuallyDrop keeps this borrowed view from closing it. std writes with MSG_NOSIGNAL,
         // and the socket is non-blocking (tokio set it so).
         let stream = std::mem::ManuallyDrop::new(unsafe {
             <std::net::TcpStream as std::os::fd::FromRawFd>::from_raw_fd(fd)
         });
-        let result = (&*stream).write(frame);
+        let result = (&*stream).write(&frame);
         drop(state);
         match result {
             Ok(n) if n == frame.len() => {
