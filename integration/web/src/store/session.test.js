@@ -14,12 +14,20 @@ let baseUrl;
 let signedIn; // the stand-in's one session: who is logged in, or null
 let sockets; // server-side sockets, in connection order
 let userChecks; // resolvers waiting for the next GET /api/auth/user
+let apiDown; // the whole stack is down: the API answers 503 and handshakes are refused
+let refusals; // how many more connects the server's middleware refuses, and with what
+let logs; // what the store logged (raw errors belong there, not on screen)
+const log = { info: (...a) => logs.push(a.join(' ')), warn: (...a) => logs.push(a.join(' ')) };
+// Short delays so the tests run fast; the page uses the defaults (connection.js).
+const FAST = { backoff: { baseMs: 20, maxMs: 80 }, log };
+const FAST_SOCKET = { reconnectionDelay: 20, reconnectionDelayMax: 80 };
 
 function standIn(req, res) {
   const reply = (status, body) => {
     res.writeHead(status, { 'content-type': 'application/json' });
     res.end(JSON.stringify(body));
   };
+  if (apiDown && req.url.startsWith('/api/')) return reply(503, { error: 'unavailable' });
   if (req.method === 'GET' && req.url === '/api/auth/user') {
     userChecks.splice(0).forEach((resolve) => resolve());
     return signedIn ? reply(200, { user: signedIn }) : reply(401, { user: null });
@@ -47,8 +55,14 @@ beforeEach(async () => {
   signedIn = null;
   sockets = [];
   userChecks = [];
+  apiDown = false;
+  refusals = [];
+  logs = [];
   server = http.createServer(standIn);
-  io = new Server(server);
+  // Like the gateway: a handshake without a live session gets an HTTP error, not a socket.
+  io = new Server(server, { allowRequest: (req, ok) => ok(null, !apiDown && signedIn !== null) });
+  // Like the presence service's middleware: a refusal is a CONNECT_ERROR with the reason.
+  io.use((socket, next) => (refusals.length ? next(new Error(refusals.shift())) : next()));
   io.on('connection', (socket) => sockets.push(socket));
   await new Promise((ok) => server.listen(0, '127.0.0.1', ok));
   baseUrl = `http://127.0.0.1:${server.address().port}`;
@@ -81,7 +95,7 @@ function until(store, predicate, what) {
 const ids = (state) => state.onlineUsers.map((u) => u.id).join(',');
 
 async function signedInStore(transports) {
-  const store = createSessionStore({ baseUrl, socketOptions: { transports } });
+  const store = createSessionStore({ baseUrl, socketOptions: { transports, ...FAST_SOCKET }, ...FAST });
   expect(await store.getState().login('alice', 'alice-pass')).toBe(true);
   await until(store, (s) => s.connection === 'online', 'socket connected');
   return store;
@@ -113,12 +127,12 @@ describe.each([['polling', 'websocket'], ['websocket']])('session store over %s'
 
 describe('session store lifecycle', () => {
   it('restores a login, and reports anonymous without one', async () => {
-    const anonymous = createSessionStore({ baseUrl });
+    const anonymous = createSessionStore({ baseUrl, ...FAST });
     await anonymous.getState().restore();
     expect(anonymous.getState()).toMatchObject({ status: 'anonymous', user: null, socket: null });
 
     signedIn = alice;
-    const restored = createSessionStore({ baseUrl });
+    const restored = createSessionStore({ baseUrl, ...FAST });
     await restored.getState().restore();
     expect(restored.getState()).toMatchObject({ status: 'authenticated', user: alice });
     await until(restored, (s) => s.connection === 'online', 'socket connected');
@@ -126,7 +140,7 @@ describe('session store lifecycle', () => {
   });
 
   it('a wrong password leaves the user signed out with no socket', async () => {
-    const store = createSessionStore({ baseUrl });
+    const store = createSessionStore({ baseUrl, ...FAST });
     expect(await store.getState().login('alice', 'nope')).toBe(false);
     expect(store.getState()).toMatchObject({ user: null, socket: null, loginError: 'Wrong username or password.' });
   });
@@ -159,5 +173,104 @@ describe('session store lifecycle', () => {
     expect(store.getState()).toMatchObject({ status: 'authenticated', user: alice, socket: null, connection: 'offline' });
     expect(io.engine.clientsCount).toBe(0);
     expect(sockets).toHaveLength(1);
+  });
+});
+
+describe('the connection tells the truth and heals itself', () => {
+  it('retries a refusal that can pass (unauthorized: unknown_kid) with a backoff until it is live', async () => {
+    refusals = ['unauthorized: unknown_kid', 'unauthorized: unknown_kid'];
+    signedIn = alice;
+    const store = createSessionStore({ baseUrl, socketOptions: { transports: ['websocket'], ...FAST_SOCKET }, ...FAST });
+    await store.getState().restore();
+    await until(store, (s) => s.connection === 'retrying', 'refused, retrying');
+    expect(store.getState().connectionError).toBe('unauthorized: unknown_kid');
+    await until(store, (s) => s.connection === 'online', 'live after the keys arrived');
+    expect(refusals).toHaveLength(0);
+    expect(sockets).toHaveLength(1);
+    expect(logs.join('\n')).toContain('unauthorized: unknown_kid'); // in the console, not on screen
+    sockets[0].emit('online_users', { onlineUsers: [alice] });
+    await until(store, (s) => ids(s) === 'alice', 'list');
+    await store.getState().logout();
+  });
+
+  it.each([['polling', 'websocket'], ['websocket']])(
+    'a lost connection (%s) shows reconnecting, keeps the list for a greyed view, and a fresh snapshot replaces it',
+    async (...transports) => {
+      const store = await signedInStore(transports);
+      sockets[0].emit('online_users', { onlineUsers: [alice, bob] });
+      await until(store, (s) => ids(s) === 'alice,bob', 'list');
+      sockets[0].conn.close(); // the transport drops, as when the service stops
+      const lost = await until(store, (s) => s.connection === 'reconnecting', 'reconnecting');
+      expect(ids(lost)).toBe('alice,bob'); // kept; the page shows it greyed out
+      await until(store, (s) => s.connection === 'online', 'live again');
+      sockets[1].emit('online_users', { onlineUsers: [alice] });
+      await until(store, (s) => ids(s) === 'alice', 'the new snapshot replaces the stale list');
+      await store.getState().logout();
+    },
+  );
+
+  it('a handshake refused because the session is gone signs the page out', async () => {
+    const store = await signedInStore(['polling', 'websocket']);
+    signedIn = null; // the session expired: the gateway answers the handshake with an HTTP error
+    sockets[0].conn.close();
+    await until(store, (s) => s.status === 'anonymous', 'signed out');
+    expect(store.getState()).toMatchObject({ user: null, socket: null, connection: 'offline', onlineUsers: [], signedOutReason: 'session-ended' });
+    expect(logs.join('\n')).toMatch(/xhr poll error|websocket error/);
+  });
+
+  it('a whole-stack outage (API and handshakes down) keeps the user signed in and recovers by itself', async () => {
+    const store = await signedInStore(['polling', 'websocket']);
+    apiDown = true;
+    sockets[0].conn.close();
+    await until(store, (s) => s.connection === 'retrying', 'retrying');
+    const checked = new Promise((resolve) => userChecks.push(resolve));
+    expect(store.getState()).toMatchObject({ status: 'authenticated', user: alice });
+    apiDown = false;
+    await checked; // at least one session check went through during the outage...
+    await until(store, (s) => s.connection === 'online', 'live again');
+    expect(store.getState()).toMatchObject({ status: 'authenticated', user: alice }); // ...and none signed out
+    await store.getState().logout();
+  });
+
+  it('a server-side disconnect while the API is down is retried later, not taken as a logout', async () => {
+    const store = await signedInStore(['websocket']);
+    apiDown = true;
+    sockets[0].disconnect(true);
+    await until(store, (s) => s.connection === 'offline', 'offline');
+    await until(store, (s) => s.connection === 'retrying', 'tries again later');
+    apiDown = false;
+    await until(store, (s) => s.connection === 'online', 'live again');
+    expect(store.getState()).toMatchObject({ status: 'authenticated', user: alice });
+    await store.getState().logout();
+  });
+
+  it('Retry after a server-side disconnect opens a new socket, keeping the greyed list until the snapshot', async () => {
+    const store = await signedInStore(['websocket']);
+    sockets[0].emit('online_users', { onlineUsers: [alice, bob] });
+    await until(store, (s) => ids(s) === 'alice,bob', 'list');
+    const checked = new Promise((resolve) => userChecks.push(resolve));
+    sockets[0].disconnect(true);
+    await until(store, (s) => s.connection === 'offline', 'offline');
+    await checked;
+    expect(ids(store.getState())).toBe('alice,bob');
+    store.getState().retryNow();
+    await until(store, (s) => s.connection === 'online', 'live again');
+    expect(sockets).toHaveLength(2);
+    sockets[1].emit('online_users', { onlineUsers: [alice] });
+    await until(store, (s) => ids(s) === 'alice', 'fresh list');
+    await store.getState().logout();
+  });
+
+  it('says why the user is signed out: a logout, or nothing on a first visit', async () => {
+    const store = await signedInStore(['websocket']);
+    expect(store.getState().signedOutReason).toBe(null);
+    await store.getState().logout();
+    expect(store.getState()).toMatchObject({ status: 'anonymous', signedOutReason: 'logout' });
+    const fresh = createSessionStore({ baseUrl, ...FAST });
+    await fresh.getState().restore();
+    expect(fresh.getState()).toMatchObject({ status: 'anonymous', signedOutReason: null });
+    expect(await store.getState().login('alice', 'alice-pass')).toBe(true);
+    expect(store.getState().signedOutReason).toBe(null);
+    await store.getState().logout();
   });
 });
