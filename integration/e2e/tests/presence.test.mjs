@@ -17,6 +17,11 @@ const CHROMIUM_FLAGS = [
 const ARTIFACTS = path.join(REPO, 'integration', 'artifacts');
 const GRACE_MS = 1000;
 const UI_TIMEOUT = 15_000;
+// Recovery after a restart: the services start, the gateway's health check (every 2 s) finds the
+// presence service again, and socket.io-client's next attempt (backoff up to 5 s) gets through.
+const RECOVERY_TIMEOUT = 30_000;
+// Raw error texts that belong in the console, never on screen.
+const INTERNAL_CODES = /unknown_kid|unauthorized|xhr poll error|xhr post error|websocket error|transport close|transport error|io server disconnect|ping timeout/i;
 
 const LOGINS = {
   alice: { password: 'alice-pass', name: 'Alice Archer' },
@@ -46,14 +51,59 @@ async function onlineIds(page) {
   return (await page.locator('[data-testid="online-users"] li').evaluateAll((lis) => lis.map((li) => li.dataset.userId))).sort();
 }
 
-async function waitForConnection(page, state) {
-  await page.locator(`[data-testid="connection"][data-state="${state}"]`).waitFor({ timeout: UI_TIMEOUT });
+async function waitForConnection(page, state, timeout = UI_TIMEOUT) {
+  await page.locator(`[data-testid="connection"][data-state="${state}"]`).waitFor({ timeout });
+}
+
+async function screenshot(page, name) {
+  fs.mkdirSync(ARTIFACTS, { recursive: true });
+  await page.screenshot({ path: path.join(ARTIFACTS, `${name}.png`), fullPage: true });
+}
+
+/** No internal error code anywhere in the page's visible text. */
+async function assertNoInternalCodes(page, what) {
+  const text = await page.locator('body').innerText();
+  assert.doesNotMatch(text, INTERNAL_CODES, `${what}: internal code on screen:\n${text}`);
+}
+
+/**
+ * While not live the page says so in plain words, offers Retry, and the online list is greyed
+ * out (or empty), so nobody trusts a stale one.
+ */
+async function assertNotLive(page, what) {
+  const banner = page.locator('[data-testid="connection-banner"]');
+  await banner.waitFor({ timeout: UI_TIMEOUT });
+  assert.match(await banner.innerText(), /Reconnecting…|Can’t reach the presence service — retrying/, `${what}: banner`);
+  assert.equal(await banner.locator('button:has-text("Retry")').count(), 1, `${what}: a Retry button`);
+  const list = page.locator('[data-testid="online-users"]');
+  assert.equal(await list.getAttribute('data-stale'), 'true', `${what}: the list is marked stale`);
+  // Greyed out: wait out the fade (a CSS transition), then the list is faint, or empty.
+  await page.waitForFunction(
+    () => {
+      const ul = document.querySelector('[data-testid="online-users"]');
+      return ul.children.length === 0 || Number(getComputedStyle(ul).opacity) <= 0.5;
+    },
+    null,
+    { timeout: UI_TIMEOUT },
+  );
+  await assertNoInternalCodes(page, what);
+}
+
+/** Live again: the list is trusted (not greyed), and shows exactly `ids`. */
+async function assertLive(page, ids, what) {
+  await waitForConnection(page, 'online', RECOVERY_TIMEOUT);
+  await waitForOnline(page, ids, what);
+  assert.equal(await page.locator('[data-testid="online-users"]').getAttribute('data-stale'), 'false', `${what}: list not stale`);
+  assert.equal(await page.locator('[data-testid="connection-banner"]').count(), 0, `${what}: no banner while live`);
+  await assertNoInternalCodes(page, what);
 }
 
 /** Logs in through the login form, as a user would, and waits for the live dashboard. */
-async function logIn(context, url, user) {
+async function logIn(context, url, user, shotName) {
   const page = await context.newPage();
   await page.goto(`${url}/login`);
+  await page.locator('button[type="submit"]').waitFor({ timeout: UI_TIMEOUT });
+  if (shotName) await screenshot(page, shotName);
   await page.fill('input[name="username"]', user);
   await page.fill('input[name="password"]', LOGINS[user].password);
   await page.click('button[type="submit"]');
@@ -94,8 +144,9 @@ for (const mode of ['compat', 'diff']) {
     const newContext = () => browser.newContext({ ignoreHTTPSErrors: true });
 
     test('alice logs in and sees only herself', async () => {
-      alice = await logIn(await newContext(), stack.url, 'alice');
+      alice = await logIn(await newContext(), stack.url, 'alice', `login-${mode}`);
       await waitForOnline(alice, ['alice'], 'alice alone');
+      await assertNoInternalCodes(alice, 'dashboard');
     });
 
     test('bob logs in in a second browser context and both see each other', async () => {
@@ -103,8 +154,7 @@ for (const mode of ['compat', 'diff']) {
       bob = await logIn(bobContext, stack.url, 'bob');
       await waitForOnline(bob, ['alice', 'bob'], 'bob sees both');
       await waitForOnline(alice, ['alice', 'bob'], 'alice sees bob arrive');
-      fs.mkdirSync(ARTIFACTS, { recursive: true });
-      await alice.screenshot({ path: path.join(ARTIFACTS, `dashboard-${mode}.png`), fullPage: true });
+      await screenshot(alice, `dashboard-${mode}`);
     });
 
     test('bob opens a second tab and closes it: alice still sees bob', async () => {
@@ -121,9 +171,37 @@ for (const mode of ['compat', 'diff']) {
       assert.deepEqual(await onlineIds(bob), ['alice', 'bob']);
     });
 
+    test('the presence service crashes: both pages say so, grey the list, and go live again when it is back', async () => {
+      await stack.stopService('presence-service', 'SIGKILL');
+      for (const [page, who] of [[alice, 'alice'], [bob, 'bob']]) {
+        // The lost connection is retried; the attempts fail at the gateway (no upstream).
+        await waitForConnection(page, 'retrying');
+        await assertNotLive(page, `${who} while the presence service is down`);
+      }
+      await screenshot(alice, `reconnecting-${mode}`);
+      await stack.startService('presence-service');
+      await assertLive(alice, ['alice', 'bob'], 'alice live again');
+      await assertLive(bob, ['alice', 'bob'], 'bob live again');
+    });
+
+    test('a restart of the whole stack: the open pages recover by themselves, still signed in', async () => {
+      await stack.stopAll();
+      for (const [page, who] of [[alice, 'alice'], [bob, 'bob']]) {
+        await waitForConnection(page, 'retrying');
+        await assertNotLive(page, `${who} while the stack is down`);
+        assert.match(page.url(), /\/dashboard$/, `${who} stays signed in while the API is unreachable`);
+      }
+      await stack.startAll();
+      await assertLive(alice, ['alice', 'bob'], 'alice after the restart');
+      await assertLive(bob, ['alice', 'bob'], 'bob after the restart');
+      await waitForSockets(stack, 2);
+    });
+
     test('bob logs out and alice sees him leave', async () => {
       await bob.click('button:has-text("Log out")');
       await bob.waitForURL('**/login', { timeout: UI_TIMEOUT });
+      await bob.locator('[data-testid="signed-out-notice"]:has-text("You have been signed out")').waitFor({ timeout: UI_TIMEOUT });
+      await screenshot(bob, `signed-out-${mode}`);
       await waitForOnline(alice, ['alice'], 'alice sees bob leave');
       // The session is gone: a reload of /dashboard lands on /login.
       await bob.goto(`${stack.url}/dashboard`);
@@ -139,6 +217,8 @@ for (const mode of ['compat', 'diff']) {
       await waitForOnline(alice, ['alice'], 'alice sees carol leave');
       // Carol's page learns its socket was ended by the server and goes back to the login form.
       await carol.waitForURL('**/login', { timeout: UI_TIMEOUT });
+      await carol.locator('[data-testid="signed-out-notice"]:has-text("You have been signed out")').waitFor({ timeout: UI_TIMEOUT });
+      await assertNoInternalCodes(carol, "carol's sign-in page");
     });
 
     test('an anonymous visitor of /dashboard lands on /login and its socket handshake is refused', async () => {

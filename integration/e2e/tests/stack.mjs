@@ -1,6 +1,7 @@
 // Starts the real stack for one test run: demo-service, presence-service and the gateway (TLS),
 // each on a free loopback port, with their own config files, dev certificate, signing key and
-// SQLite file in a fresh temp folder. Everything started here is stopped by PID in stop().
+// SQLite file in a fresh temp folder. Everything started here is stopped by PID in stop(); a test
+// can also stop and start one service, or all of them, on the same ports (stopService, startAll).
 import { spawn } from 'node:child_process';
 import { once } from 'node:events';
 import fs from 'node:fs';
@@ -147,11 +148,25 @@ export async function startStack({ mode, graceMs }) {
   fs.writeFileSync(path.join(dir, 'gateway.toml'), gatewayToml(ports));
   fs.writeFileSync(path.join(dir, 'presence.toml'), presenceToml({ ...ports, mode, graceMs }));
 
-  const children = [];
-  const start = (name, args) => {
+  // Each service's command line and readiness URLs: the same ports every time, so a service can
+  // be stopped and started again (a crash, a restart of the whole stack) behind an open page.
+  const services = {
+    'demo-service': {
+      args: ['--listen', `127.0.0.1:${ports.demo}`, '--sessions-db', 'sessions.db', '--web-dist', WEB_DIST],
+      ready: [`http://127.0.0.1:${ports.demo}/healthz`],
+    },
+    'presence-service': { args: ['--config', 'presence.toml'], ready: [`http://127.0.0.1:${ports.presence}/healthz`] },
+    gateway: {
+      args: ['--config', 'gateway.toml'],
+      ready: [`http://127.0.0.1:${ports.admin}/readyz`, `https://localhost:${ports.tls}/healthz`],
+    },
+  };
+  const running = new Map(); // name -> child process
+
+  const spawnService = (name) => {
     const logPath = path.join(dir, `${name}.log`);
     const log = fs.openSync(logPath, 'a');
-    const child = spawn(path.join(BIN, name), args, {
+    const child = spawn(path.join(BIN, name), services[name].args, {
       cwd: dir,
       stdio: ['ignore', log, log],
       env: { ...process.env, RUST_LOG: process.env.RUST_LOG || 'info' },
@@ -159,31 +174,49 @@ export async function startStack({ mode, graceMs }) {
     fs.closeSync(log);
     child.logTail = () => fs.readFileSync(logPath, 'utf8').split('\n').slice(-30).join('\n');
     child.stackName = name;
-    children.push(child);
+    running.set(name, child);
     return child;
+  };
+  const ready = async (name) => {
+    for (const url of services[name].ready) await waitReady(name, url, running.get(name));
+  };
+
+  /** Stops one service by PID (SIGTERM, or `signal`) and resolves once it has exited. */
+  const stopService = async (name, signal = 'SIGTERM') => {
+    const child = running.get(name);
+    running.delete(name);
+    if (!child || child.exitCode !== null || child.signalCode !== null) return;
+    const exited = once(child, 'exit');
+    child.kill(signal);
+    const timer = setTimeout(() => child.kill('SIGKILL'), 10_000);
+    await exited;
+    clearTimeout(timer);
+  };
+
+  /** Starts a stopped service again, on its old port, and resolves once it is ready. */
+  const startService = async (name) => {
+    if (running.has(name)) throw new Error(`${name} is already running`);
+    spawnService(name);
+    await ready(name);
   };
 
   const stop = async () => {
-    for (const child of children.reverse()) {
-      if (child.exitCode !== null || child.signalCode !== null) continue;
-      const exited = once(child, 'exit');
-      child.kill('SIGTERM');
-      const timer = setTimeout(() => child.kill('SIGKILL'), 10_000);
-      await exited;
-      clearTimeout(timer);
-    }
+    for (const name of ['gateway', 'presence-service', 'demo-service']) await stopService(name);
     if (!process.env.E2E_KEEP_TMP) fs.rmSync(dir, { recursive: true, force: true });
   };
 
+  /** Starts the three services in order: the demo service creates the sessions table first. */
+  const startAll = async () => {
+    spawnService('demo-service');
+    await ready('demo-service');
+    spawnService('presence-service');
+    spawnService('gateway');
+    await ready('presence-service');
+    await ready('gateway');
+  };
+
   try {
-    const demo = start('demo-service', ['--listen', `127.0.0.1:${ports.demo}`, '--sessions-db', 'sessions.db', '--web-dist', WEB_DIST]);
-    // The demo service creates the sessions table that the gateway reads: it goes first.
-    await waitReady('demo-service', `http://127.0.0.1:${ports.demo}/healthz`, demo);
-    const presence = start('presence-service', ['--config', 'presence.toml']);
-    const gateway = start('gateway', ['--config', 'gateway.toml']);
-    await waitReady('presence-service', `http://127.0.0.1:${ports.presence}/healthz`, presence);
-    await waitReady('gateway', `http://127.0.0.1:${ports.admin}/readyz`, gateway);
-    await waitReady('gateway (TLS)', `https://localhost:${ports.tls}/healthz`, gateway);
+    await startAll();
   } catch (err) {
     await stop();
     throw err;
@@ -194,6 +227,13 @@ export async function startStack({ mode, graceMs }) {
     presenceUrl: `http://127.0.0.1:${ports.presence}`,
     dir,
     stop,
+    stopService,
+    startService,
+    /** Stops every service (SIGTERM, gateway first) and resolves once all have exited. */
+    stopAll: async () => {
+      for (const name of ['gateway', 'presence-service', 'demo-service']) await stopService(name);
+    },
+    startAll,
   };
 }
 

@@ -42,7 +42,7 @@ export default function LoginPage() {
       <main className="content narrow">
         <section className="panel">
           <h1>Sign in</h1>
-          <p className="muted">See who from your team is online right now.</p>
+          <p className="muted">See who’s online right now.</p>
           {notice && (
             <p className="notice" role="status" data-testid="signed-out-notice">
               {notice}
@@ -67,7 +67,7 @@ export default function LoginPage() {
             </button>
           </form>
           <div className="hint">
-            <p>Demo logins — pick one to fill the form:</p>
+            <p>Demo logins (click one to fill the form):</p>
             <ul className="demo-logins">
               {DEMO_LOGINS.map(([user, pass]) => (
                 <li key={user}>
