@@ -76,10 +76,13 @@ async fn presence<A: Adapter>(
     }
 }
 
-/// Not ready while this node's users cannot be seen by the others: the shared store is
-/// unreachable, or broadcasts do not reach the other nodes.
+/// Not ready while it would refuse every socket (no key to verify assertions with yet), or while
+/// this node's users cannot be seen by the others: the shared store is unreachable, or
+/// broadcasts do not reach the other nodes.
 async fn readyz<A: Adapter>(State(ctx): State<Arc<HttpContext<A>>>) -> Response {
-    let reason = if !ctx.backend.is_healthy() {
+    let reason = if !ctx.trust.has_keys() {
+        "no keys to verify assertions yet (gateway JWKS not loaded)\n"
+    } else if !ctx.backend.is_healthy() {
         "presence store unreachable\n"
     } else if ctx.link.as_ref().is_some_and(|l| !l.is_up()) {
         "cross-node broadcast unavailable\n"

@@ -1,9 +1,18 @@
 //! Who is connecting: the gateway's signed assertion and nothing else.
 //!
 //! Keys come from PEM files (fixed) or from the gateway's JWKS (cached; refetched when a token
-//! names a `kid` we do not know, at most once per `jwks_refetch_min_interval_ms`, so that key
-//! rotation needs no restart and forged kids cannot make us hammer the gateway).
+//! names a `kid` we do not know, so that key rotation needs no restart).
+//!
+//! Refetch rules, so that neither a slow start nor forged kids hurt:
+//! - after a fetch that brought keys, an unknown `kid` refetches at most once per
+//!   `jwks_refetch_min_interval_ms` (forged kids cannot make us hammer the gateway);
+//! - after a failed or empty fetch, nothing is rate-limited: an unknown `kid` always tries
+//!   again (the gateway may have come up since), and a background task retries with a short
+//!   backoff until keys are held, so `/readyz` turns ready without waiting for a handshake;
+//! - concurrent refetches are serialised, and a caller that waited while another fetch
+//!   completed uses its result instead of fetching again.
 
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -36,10 +45,28 @@ enum KeySource {
         timeout: Duration,
         min_interval: Duration,
         keys: RwLock<KeySet>,
-        /// Last fetch attempt; the lock also serialises concurrent refetches.
-        last_fetch: Mutex<Option<Instant>>,
+        /// The last attempt; the lock also serialises concurrent refetches.
+        last_fetch: Mutex<FetchState>,
+        /// Set once a fetch brought at least one key (`/readyz`).
+        has_keys: AtomicBool,
+        /// Fetches completed, either way: a caller that finds it moved while it waited for the
+        /// lock takes that fetch's outcome instead of fetching again.
+        generation: AtomicU64,
     },
 }
+
+/// What the last JWKS fetch did.
+#[derive(Debug, Default)]
+struct FetchState {
+    /// When it started; `None` before the first.
+    at: Option<Instant>,
+    /// Whether it brought at least one key.
+    ok: bool,
+}
+
+/// First retry delay after a failed fetch in the background, doubled up to the cap.
+const RETRY_FIRST: Duration = Duration::from_millis(100);
+const RETRY_MAX: Duration = Duration::from_secs(2);
 
 /// Verifies assertions against the configured keys.
 #[derive(Clone)]
@@ -57,7 +84,9 @@ impl Trust {
                 timeout: Duration::from_millis(cfg.jwks_timeout_ms),
                 min_interval: Duration::from_millis(cfg.jwks_refetch_min_interval_ms),
                 keys: RwLock::new(KeySet::new()),
-                last_fetch: Mutex::new(None),
+                last_fetch: Mutex::new(FetchState::default()),
+                has_keys: AtomicBool::new(false),
+                generation: AtomicU64::new(0),
             }
         } else {
             let mut keys = KeySet::new();
@@ -89,16 +118,41 @@ impl Trust {
         })
     }
 
-    /// First JWKS fetch at start. A gateway that is not up yet is not fatal: the next unknown
-    /// `kid` triggers a fetch again.
+    /// First JWKS fetch at start. A gateway that is not up yet is not fatal: a background task
+    /// retries with a short backoff until keys are held, and every unknown `kid` retries too.
     pub async fn warm_up(&self) {
-        if let KeySource::Jwks { url, .. } = &*self.source {
-            match self.refetch(true).await {
-                Ok(n) => tracing::info!(%url, keys = n, "JWKS loaded"),
-                Err(e) => {
-                    tracing::warn!(error = %e, "JWKS not loaded yet; will retry on the first handshake")
-                }
+        let KeySource::Jwks { url, .. } = &*self.source else {
+            return;
+        };
+        match self.refetch(Refetch::Always).await {
+            Ok(n) => tracing::info!(%url, keys = n, "JWKS loaded"),
+            Err(e) => {
+                tracing::warn!(error = %e, "JWKS not loaded yet; retrying in the background");
+                let trust = self.clone();
+                tokio::spawn(async move { trust.retry_until_loaded().await });
             }
+        }
+    }
+
+    async fn retry_until_loaded(&self) {
+        let mut delay = RETRY_FIRST;
+        while !self.has_keys() {
+            tokio::time::sleep(delay).await;
+            delay = (delay * 2).min(RETRY_MAX);
+            match self.refetch(Refetch::IfNoKeys).await {
+                Ok(n) if n > 0 => tracing::info!(keys = n, "JWKS loaded"),
+                Ok(_) => {}
+                Err(e) => tracing::debug!(error = %e, "JWKS still not loaded; retrying"),
+            }
+        }
+    }
+
+    /// Whether assertions can be verified at all: PEM keys configured, or a JWKS fetch brought
+    /// keys. Until then every handshake would be refused, so the node is not ready.
+    pub fn has_keys(&self) -> bool {
+        match &*self.source {
+            KeySource::Fixed(keys) => !keys.is_empty(),
+            KeySource::Jwks { has_keys, .. } => has_keys.load(Ordering::Acquire),
         }
     }
 
@@ -125,7 +179,7 @@ impl Trust {
                 let first = self.verifier.verify(token, &*keys.read().await);
                 match first {
                     Err(VerifyError::UnknownKid(kid)) => {
-                        if let Err(e) = self.refetch(false).await {
+                        if let Err(e) = self.refetch(Refetch::UnknownKid).await {
                             tracing::warn!(error = %e, %kid, "JWKS refetch for an unknown kid failed");
                         }
                         self.verifier.verify(token, &*keys.read().await)
@@ -136,33 +190,76 @@ impl Trust {
         }
     }
 
-    /// Fetches the JWKS unless the last attempt is more recent than the minimum interval.
-    async fn refetch(&self, force: bool) -> Result<usize, KeyLoadError> {
+    /// Fetches the JWKS when `why` says so (see the module's refetch rules); returns the number
+    /// of keys held afterwards.
+    async fn refetch(&self, why: Refetch) -> Result<usize, KeyLoadError> {
         let KeySource::Jwks {
             url,
             timeout,
             min_interval,
             keys,
             last_fetch,
+            has_keys,
+            generation,
         } = &*self.source
         else {
             return Ok(0);
         };
+        let seen = generation.load(Ordering::Acquire);
         let mut last = last_fetch.lock().await;
-        if !force && last.is_some_and(|t| t.elapsed() < *min_interval) {
-            return Ok(keys.read().await.len());
+        let held = keys.read().await.len();
+        if generation.load(Ordering::Acquire) != seen {
+            // A fetch completed while this caller waited: as fresh as ours would be.
+            return if last.ok {
+                Ok(held)
+            } else {
+                Err(KeyLoadError::Jwks {
+                    url: url.clone(),
+                    reason: "the fetch just made failed".into(),
+                })
+            };
         }
-        *last = Some(Instant::now());
-        let fetched = tokio::time::timeout(*timeout, fetch_jwks(url))
-            .await
-            .map_err(|_| KeyLoadError::Jwks {
+        let skip = match why {
+            Refetch::Always => false,
+            Refetch::IfNoKeys => held > 0,
+            Refetch::UnknownKid => last.ok && last.at.is_some_and(|t| t.elapsed() < *min_interval),
+        };
+        if skip {
+            return Ok(held);
+        }
+        last.at = Some(Instant::now());
+        let outcome = match tokio::time::timeout(*timeout, fetch_jwks(url)).await {
+            Err(_) => Err(KeyLoadError::Jwks {
                 url: url.clone(),
                 reason: "timed out".into(),
-            })??;
+            }),
+            // Whatever was held stays: an empty set means a gateway misconfigured or starting,
+            // not a reason to refuse everyone.
+            Ok(Ok(fetched)) if fetched.is_empty() => Err(KeyLoadError::Jwks {
+                url: url.clone(),
+                reason: "no keys in the set".into(),
+            }),
+            Ok(fetched) => fetched,
+        };
+        last.ok = outcome.is_ok();
+        generation.fetch_add(1, Ordering::AcqRel);
+        let fetched = outcome?;
         let n = fetched.len();
         *keys.write().await = fetched;
+        has_keys.store(true, Ordering::Release);
         Ok(n)
     }
+}
+
+/// Why a JWKS fetch is considered.
+#[derive(Debug, Clone, Copy)]
+enum Refetch {
+    /// At start.
+    Always,
+    /// The background retry: only while no key was ever loaded.
+    IfNoKeys,
+    /// A token named a `kid` we do not hold.
+    UnknownKid,
 }
 
 async fn fetch_jwks(url: &str) -> Result<KeySet, KeyLoadError> {
@@ -187,4 +284,123 @@ async fn fetch_jwks(url: &str) -> Result<KeySet, KeyLoadError> {
         .to_bytes();
     let text = std::str::from_utf8(&body).map_err(|e| bad(e.to_string()))?;
     KeySet::from_jwks_json(text).map_err(|e| bad(e.to_string()))
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::AtomicUsize;
+
+    use identity_assertion::{AssertionSigner, Identity, SigningKey};
+    use tokio::net::TcpListener;
+
+    use super::*;
+
+    /// A JWKS endpoint that answers `body` and counts the requests it served.
+    async fn serve_jwks(listener: TcpListener, body: String) -> Arc<AtomicUsize> {
+        let hits = Arc::new(AtomicUsize::new(0));
+        let counted = hits.clone();
+        let app = axum::Router::new().route(
+            "/jwks",
+            axum::routing::get(move || {
+                counted.fetch_add(1, Ordering::SeqCst);
+                let body = body.clone();
+                async move { body }
+            }),
+        );
+        tokio::spawn(async move { axum::serve(listener, app).await });
+        hits
+    }
+
+    /// A port with nobody listening yet (the gateway not started), and a way to start it there.
+    async fn unused_port() -> std::net::SocketAddr {
+        let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        l.local_addr().unwrap()
+    }
+
+    fn trust_for(addr: std::net::SocketAddr) -> Trust {
+        Trust::from_config(&TrustConfig {
+            jwks_url: format!("http://{addr}/jwks"),
+            // Long enough that the test would fail if a failed fetch started the rate limit.
+            jwks_refetch_min_interval_ms: 60_000,
+            ..TrustConfig::default()
+        })
+        .unwrap()
+    }
+
+    fn token(signer: &AssertionSigner) -> String {
+        let id = Identity {
+            sub: "alice".into(),
+            name: None,
+            sid: "s".into(),
+        };
+        signer.sign(&id, "presence-service").unwrap()
+    }
+
+    fn signer() -> AssertionSigner {
+        AssertionSigner::new("edge-gateway", 60, vec![SigningKey::generate("k1")]).unwrap()
+    }
+
+    #[tokio::test]
+    async fn a_failed_first_fetch_does_not_rate_limit_the_next_handshake() {
+        let addr = unused_port().await;
+        let trust = trust_for(addr);
+        trust.warm_up().await;
+        assert!(!trust.has_keys());
+        // The gateway comes up after the presence service.
+        let signer = signer();
+        let jwks = serde_json::to_string(&signer.jwks()).unwrap();
+        serve_jwks(TcpListener::bind(addr).await.unwrap(), jwks).await;
+        let claims = trust.verify(&token(&signer)).await;
+        assert_eq!(claims.map(|c| c.sub).ok().as_deref(), Some("alice"));
+        assert!(trust.has_keys());
+    }
+
+    #[tokio::test]
+    async fn keys_arrive_in_the_background_without_a_handshake() {
+        let addr = unused_port().await;
+        let trust = trust_for(addr);
+        trust.warm_up().await;
+        let jwks = serde_json::to_string(&signer().jwks()).unwrap();
+        serve_jwks(TcpListener::bind(addr).await.unwrap(), jwks).await;
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !trust.has_keys() {
+            assert!(Instant::now() < deadline, "keys never loaded");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    #[tokio::test]
+    async fn an_empty_set_is_retried_and_keys_are_rate_limited_once_held() {
+        let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = l.local_addr().unwrap();
+        let hits = serve_jwks(l, r#"{"keys":[]}"#.into()).await;
+        let trust = trust_for(addr);
+        trust.warm_up().await;
+        assert!(!trust.has_keys());
+        let signer = signer();
+        // Unknown kid after an empty set: fetched again at once, twice in a row.
+        let before = hits.load(Ordering::SeqCst);
+        assert!(trust.verify(&token(&signer)).await.is_err());
+        assert!(trust.verify(&token(&signer)).await.is_err());
+        assert!(hits.load(Ordering::SeqCst) >= before + 2);
+
+        // Once keys are held, forged kids do not make it fetch again within the interval.
+        let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = l.local_addr().unwrap();
+        let jwks = serde_json::to_string(&signer.jwks()).unwrap();
+        let hits = serve_jwks(l, jwks).await;
+        let trust = trust_for(addr);
+        trust.warm_up().await;
+        assert!(trust.has_keys());
+        let other =
+            AssertionSigner::new("edge-gateway", 60, vec![SigningKey::generate("k2")]).unwrap();
+        let after_start = hits.load(Ordering::SeqCst);
+        for _ in 0..5 {
+            assert!(matches!(
+                trust.verify(&token(&other)).await,
+                Err(VerifyError::UnknownKid(_))
+            ));
+        }
+        assert_eq!(hits.load(Ordering::SeqCst), after_start);
+    }
 }

@@ -136,6 +136,49 @@ fn http_routes_trust_only_the_gateway_assertion() {
     std::fs::remove_dir_all(dir).ok();
 }
 
+/// Started before the gateway: not ready while it holds no key (every socket would be refused),
+/// ready by itself once the gateway's JWKS answers, without a handshake to trigger the fetch.
+#[test]
+fn not_ready_until_the_gateway_keys_are_loaded() {
+    let dir = temp_dir();
+    let port = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap().port()
+    };
+    let node = start(
+        &format!("[server]\nlisten = \"127.0.0.1:0\"\n[trust]\njwks_url = \"http://127.0.0.1:{port}/jwks\"\n"),
+        &dir,
+    );
+    let (status, body) = request(&node.addr, "GET", "/readyz", None);
+    assert_eq!(status, 503, "{body}");
+    assert!(body.contains("keys"), "{body}");
+    assert_eq!(request(&node.addr, "GET", "/healthz", None).0, 200);
+
+    let (signer, _) = signer();
+    let jwks = serde_json::to_string(&signer.jwks()).unwrap();
+    let gateway = std::net::TcpListener::bind(("127.0.0.1", port)).unwrap();
+    std::thread::spawn(move || {
+        for conn in gateway.incoming() {
+            let Ok(mut conn) = conn else { return };
+            let mut buf = [0u8; 2048];
+            let _ = conn.read(&mut buf);
+            let _ = write!(
+                conn,
+                "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{jwks}",
+                jwks.len()
+            );
+        }
+    });
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while request(&node.addr, "GET", "/readyz", None).0 != 200 {
+        assert!(std::time::Instant::now() < deadline, "never ready");
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    let good = signer.sign(&alice(), "presence-service").unwrap();
+    assert_eq!(request(&node.addr, "GET", "/presence", Some(&good)).0, 200);
+    std::fs::remove_dir_all(dir).ok();
+}
+
 #[test]
 fn a_config_error_names_file_line_and_key() {
     let dir = temp_dir();
