@@ -123,6 +123,16 @@ async function waitForSockets(stack, n) {
   }
 }
 
+/** Resolves once the presence service's metric `name` (labels included) satisfies `ok`. */
+async function waitForMetric(stack, name, ok, what) {
+  const deadline = Date.now() + UI_TIMEOUT;
+  let seen;
+  while (!ok((seen = await metric(`${stack.presenceUrl}/metrics`, name)) || 0)) {
+    if (Date.now() > deadline) throw new Error(`${what}: ${name} stayed ${seen}`);
+    await new Promise((r) => setTimeout(r, 50)); // a metric has no event to await
+  }
+}
+
 for (const mode of ['compat', 'diff']) {
   describe(`presence through the TLS gateway (${mode} events)`, () => {
     let stack;
@@ -182,6 +192,27 @@ for (const mode of ['compat', 'diff']) {
       await stack.startService('presence-service');
       await assertLive(alice, ['alice', 'bob'], 'alice live again');
       await assertLive(bob, ['alice', 'bob'], 'bob live again');
+    });
+
+    test('the presence service restarts without the gateway keys: pages retry its unknown_kid refusal until it has them', async () => {
+      stack.jwks.publish(false);
+      await stack.stopService('presence-service'); // SIGTERM: it closes its sockets
+      await stack.startService('presence-service');
+      const refused = `presence_rejected_handshakes_total{reason="unknown_kid"}`;
+      await waitForMetric(stack, refused, (n) => n >= 2, 'both pages refused with unknown_kid');
+      for (const [page, who] of [[alice, 'alice'], [bob, 'bob']]) {
+        await waitForConnection(page, 'retrying');
+        await assertNotLive(page, `${who} while refused with unknown_kid`);
+      }
+      stack.jwks.publish(true);
+      // Alice's page retries by itself (socket.io-client would not: the refusal ends its
+      // attempts); Bob does not wait for the next attempt and presses Retry.
+      const retry = bob.locator('[data-testid="connection-banner"] button:has-text("Retry")');
+      await retry.click({ timeout: 5000 }).catch(async (err) => {
+        if (await retry.count()) throw err; // else bob's own scheduled retry got there first
+      });
+      await assertLive(bob, ['alice', 'bob'], 'bob after Retry');
+      await assertLive(alice, ['alice', 'bob'], 'alice after her automatic retry');
     });
 
     test('a restart of the whole stack: the open pages recover by themselves, still signed in', async () => {

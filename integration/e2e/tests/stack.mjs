@@ -118,12 +118,44 @@ audience = "presence-service"
 `;
 }
 
-function presenceToml({ presence, admin, mode, graceMs }) {
+/**
+ * The presence service reads the gateway's keys through this relay, so a test can hold them
+ * back (`publish(false)`: 503) and see what a page does while the service answers every
+ * handshake with `unauthorized: unknown_kid`, as after a start before the gateway's.
+ */
+async function startJwksRelay(port, adminPort) {
+  let published = true;
+  const server = http.createServer((req, res) => {
+    if (!published) {
+      res.writeHead(503, { 'content-type': 'text/plain' });
+      return res.end('keys not published yet\n');
+    }
+    const upstream = http.get(`http://127.0.0.1:${adminPort}/.well-known/jwks.json`, (up) => {
+      res.writeHead(up.statusCode, { 'content-type': up.headers['content-type'] || 'application/json' });
+      up.pipe(res);
+    });
+    upstream.on('error', () => {
+      res.writeHead(502, { 'content-type': 'text/plain' });
+      res.end('gateway unreachable\n');
+    });
+    return undefined;
+  });
+  server.listen(port, '127.0.0.1');
+  await once(server, 'listening');
+  return {
+    publish: (yes) => {
+      published = yes;
+    },
+    close: () => new Promise((resolve) => server.close(resolve)),
+  };
+}
+
+function presenceToml({ presence, jwks, mode, graceMs }) {
   return `# written by integration/e2e/tests/stack.mjs
 [server]
 listen = "127.0.0.1:${presence}"
 [trust]
-jwks_url = "http://127.0.0.1:${admin}/.well-known/jwks.json"
+jwks_url = "http://127.0.0.1:${jwks}/.well-known/jwks.json"
 jwks_refetch_min_interval_ms = 200
 [presence]
 mode = "${mode}"
@@ -144,7 +176,7 @@ export async function startStack({ mode, graceMs }) {
     throw new Error(`${WEB_DIST}/index.html is missing: run \`npm ci && npm run build\` in integration/web first`);
   }
   const dir = fs.mkdtempSync(path.join(os.tmpdir(), `e2e-stack-${mode}-`));
-  const ports = { tls: await freePort(), admin: await freePort(), demo: await freePort(), presence: await freePort() };
+  const ports = { tls: await freePort(), admin: await freePort(), demo: await freePort(), presence: await freePort(), jwks: await freePort() };
   fs.writeFileSync(path.join(dir, 'gateway.toml'), gatewayToml(ports));
   fs.writeFileSync(path.join(dir, 'presence.toml'), presenceToml({ ...ports, mode, graceMs }));
 
@@ -162,6 +194,7 @@ export async function startStack({ mode, graceMs }) {
     },
   };
   const running = new Map(); // name -> child process
+  const jwks = await startJwksRelay(ports.jwks, ports.admin);
 
   const spawnService = (name) => {
     const logPath = path.join(dir, `${name}.log`);
@@ -202,6 +235,7 @@ export async function startStack({ mode, graceMs }) {
 
   const stop = async () => {
     for (const name of ['gateway', 'presence-service', 'demo-service']) await stopService(name);
+    await jwks.close();
     if (!process.env.E2E_KEEP_TMP) fs.rmSync(dir, { recursive: true, force: true });
   };
 
@@ -234,6 +268,7 @@ export async function startStack({ mode, graceMs }) {
       for (const name of ['gateway', 'presence-service', 'demo-service']) await stopService(name);
     },
     startAll,
+    jwks,
   };
 }
 
