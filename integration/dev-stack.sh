@@ -9,6 +9,16 @@
 # loopback behind it, sessions in var/sessions.db (SQLite), presence in memory.
 # Ctrl-C (or SIGTERM) stops everything. Logs go to var/log/<service>.log.
 #
+# The first build compiles a few hundred crates: several minutes (about 10 on 2 cores); cargo
+# prints its progress as it goes. Later starts rebuild only what changed.
+#
+# "ready" is printed only once a real Socket.IO connection is accepted end to end: a demo user
+# logs in through the gateway, opens a Socket.IO connection through it (Engine.IO polling) and
+# receives the presence service's connect ack (`40`). Until then a refusal (`44`) is retried.
+#
+# One stack per checkout: var/dev-stack.pid names the running one, and a second start says so
+# (and how to stop it) instead of failing on busy ports.
+#
 # Prerequisites: cargo, node + npm, curl, cmake (for the gateway's build), ss (iproute2; optional,
 # to name the process that holds a busy port).
 #
@@ -16,7 +26,8 @@
 #   GATEWAY_CONFIG   (config/gateway.toml)     PRESENCE_CONFIG (config/presence.toml)
 #   SESSIONS_DB      (var/sessions.db)         DEMO_LISTEN     (127.0.0.1:3000)
 #   SKIP_BUILD=1     start what is already built
-#   READY_TIMEOUT    seconds to wait for each service (60)
+#   READY_TIMEOUT    seconds to wait for each service, and for the first accepted socket (60)
+#   READY_USER / READY_PASSWORD   demo login used by the readiness probe (dave / dave-pass)
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -27,7 +38,10 @@ PRESENCE_CONFIG=${PRESENCE_CONFIG:-config/presence.toml}
 SESSIONS_DB=${SESSIONS_DB:-var/sessions.db}
 DEMO_LISTEN=${DEMO_LISTEN:-127.0.0.1:3000}
 READY_TIMEOUT=${READY_TIMEOUT:-60}
+READY_USER=${READY_USER:-dave}
+READY_PASSWORD=${READY_PASSWORD:-dave-pass}
 LOG_DIR=var/log
+PID_FILE=var/dev-stack.pid
 BIN=target/debug
 
 say() { printf '\033[1m[dev-stack]\033[0m %s\n' "$*"; }
@@ -37,8 +51,48 @@ die() { printf '\033[1;31m[dev-stack] error:\033[0m %s\n' "$*" >&2; exit 1; }
 for tool in cargo node npm curl; do
   command -v "$tool" >/dev/null || die "'$tool' is not installed (needed: cargo, node + npm, curl, cmake)"
 done
+if [ "${SKIP_BUILD:-0}" != 1 ] && ! command -v cmake >/dev/null; then
+  die "'cmake' is not installed: the gateway's build needs it (Debian: apt-get install cmake build-essential)"
+fi
 [ -f "$GATEWAY_CONFIG" ] || die "$GATEWAY_CONFIG not found"
 [ -f "$PRESENCE_CONFIG" ] || die "$PRESENCE_CONFIG not found"
+
+# --- one stack at a time ------------------------------------------------------------------------------
+# var/dev-stack.pid holds the pid of the running dev-stack.sh, from before its build until it has
+# stopped everything. It is created atomically (noclobber), so two starts cannot both take it; a
+# file left by a killed run (its pid gone, or reused by something else) is replaced.
+is_dev_stack() { [ -r "/proc/$1/cmdline" ] && tr '\0' ' ' <"/proc/$1/cmdline" | grep -q 'dev-stack\.sh'; }
+already_running() {
+  local pid=$1
+  printf '\033[1;31m[dev-stack] error:\033[0m the dev stack is already running (pid %s)\n' "$pid" >&2
+  echo "  Stop it with Ctrl-C in its terminal, or: kill $pid   (then run this again)" >&2
+  echo "  It is at https://localhost:${GATEWAY_PORT_HINT:-8443}/ (logs: var/log/)" >&2
+  exit 1
+}
+take_pid_file() {
+  local other tries=0
+  mkdir -p "$(dirname "$PID_FILE")"
+  until (set -C; echo "$$" >"$PID_FILE") 2>/dev/null; do
+    other=$(head -n 1 "$PID_FILE" 2>/dev/null | tr -dc 0-9)
+    if [ -n "$other" ] && [ "$other" != "$$" ] && kill -0 "$other" 2>/dev/null && is_dev_stack "$other"; then
+      already_running "$other"
+    fi
+    tries=$((tries + 1))
+    [ "$tries" -lt 5 ] || die "cannot take $PID_FILE (remove it if no dev stack is running)"
+    rm -f "$PID_FILE" # stale: its dev-stack.sh is gone
+  done
+  OWN_PID_FILE=1
+}
+release_pid_file() {
+  if [ "${OWN_PID_FILE:-0}" = 1 ] && [ "$(head -n 1 "$PID_FILE" 2>/dev/null)" = "$$" ]; then
+    rm -f "$PID_FILE"
+  fi
+  OWN_PID_FILE=0
+}
+GATEWAY_PORT_HINT=$(sed -n '/^\[\[listener\]\]/,/^\[/s/^[[:space:]]*listen[[:space:]]*=[[:space:]]*".*:\([0-9]*\)".*/\1/p' "$GATEWAY_CONFIG" | head -n 1)
+take_pid_file
+trap 'release_pid_file' EXIT
+trap 'exit 130' INT TERM # Ctrl-C during the build: the EXIT trap still gives the pid file back
 
 # --- ports ------------------------------------------------------------------------------------------
 # The ports come from the same configs the services read, so editing a config moves the check too.
@@ -66,8 +120,21 @@ port_holder() {
   fi
 }
 
+# The dev-stack.sh that started the process holding port $1, if that is what holds it.
+port_stack_pid() {
+  local pid ppid
+  command -v ss >/dev/null || return 0
+  pid=$(ss -Hltnp "sport = :$1" 2>/dev/null | sed -n 's/.*pid=\([0-9]*\).*/\1/p' | head -n 1)
+  [ -n "$pid" ] || return 0
+  ppid=$(ps -o ppid= -p "$pid" 2>/dev/null | tr -d ' ')
+  if [ -n "$ppid" ] && [ "$ppid" != "$$" ] && is_dev_stack "$ppid"; then echo "$ppid"; fi
+}
+
 check_ports() {
-  local i holder busy=0
+  local i holder busy=0 stack
+  # Every port held by the services of one other dev stack: say that, not four port lines.
+  stack=$(for p in "${PORTS[@]}"; do port_stack_pid "$p"; done | sort -u)
+  if [ -n "$stack" ] && [ "$(wc -l <<<"$stack")" = 1 ]; then already_running "$stack"; fi
   for i in "${!PORTS[@]}"; do
     holder=$(port_holder "${PORTS[$i]}")
     if [ -n "$holder" ]; then
@@ -83,6 +150,11 @@ check_ports
 
 # --- build ------------------------------------------------------------------------------------------
 if [ "${SKIP_BUILD:-0}" != 1 ]; then
+  first_build=0
+  for b in gateway presence-service demo-service; do [ -x "$BIN/$b" ] || first_build=1; done
+  if [ "$first_build" = 1 ]; then
+    say "first build: this takes several minutes (about 10 on 2 cores); cargo shows its progress below"
+  fi
   say "building the gateway, the presence service and the demo service (cargo, debug)"
   cargo build -p gateway -p presence-service -p demo-service
   say "building the web app (integration/web)"
@@ -125,7 +197,7 @@ stop_all() {
   say "stopped"
 }
 trap 'STOPPING=1' INT TERM
-trap 'stop_all' EXIT
+trap 'stop_all; release_pid_file' EXIT
 
 # Each service is started under `set -m`, which gives it its own process group: a terminal's Ctrl-C
 # then reaches only this script, which stops the services itself (and waits for them) instead of
@@ -179,6 +251,83 @@ CERT=$(sed -n 's/\(^\|.*[[:space:]{,]\)cert[[:space:]]*=[[:space:]]*"\([^"]*\)".
 case "$CERT" in /*) ;; *) CERT="$(dirname "$GATEWAY_CONFIG")/$CERT" ;; esac
 CA=$(realpath -m --relative-to="$ROOT" "$(dirname "$CERT")/ca.crt" 2>/dev/null || echo "$(dirname "$CERT")/ca.crt")
 wait_ready gateway "$URL" "${PIDS[2]}"
+
+# --- ready = a socket is accepted ---------------------------------------------------------------------
+# Every service answering its health check is not enough: the presence service may still refuse
+# sockets (say, before it has the gateway's signing key). So the last check is what a browser
+# does: log in through the gateway, open a Socket.IO connection through it (Engine.IO long-polling:
+# GET the handshake `0{"sid":..}`, POST the Socket.IO CONNECT `40`, GET the answer) and wait for
+# the connect ack `40{"sid":..}`. A `44` connect_error (refused) is retried until READY_TIMEOUT.
+CURL=(curl -sk --noproxy '*')
+PROBE_COOKIE=
+SOCKET_VERDICT=
+probe_socket() {
+  local base=$1 answer status sid query body packet
+  if [ -z "$PROBE_COOKIE" ]; then
+    PROBE_COOKIE=$("${CURL[@]}" --max-time 5 -D - -o /dev/null -H 'content-type: application/json' \
+      -d "{\"username\":\"$READY_USER\",\"password\":\"$READY_PASSWORD\"}" "$base/api/auth/login" |
+      sed -n 's/^[Ss]et-[Cc]ookie: \([^=;]*=[^;]*\).*/\1/p' | head -n 1 | tr -d '\r')
+    [ -n "$PROBE_COOKIE" ] || { SOCKET_VERDICT="login as $READY_USER through the gateway failed"; return 1; }
+  fi
+  answer=$("${CURL[@]}" --max-time 5 -w '\n%{http_code}' -H "cookie: $PROBE_COOKIE" \
+    "$base/socket.io/?EIO=4&transport=polling")
+  status=${answer##*$'\n'}
+  body=${answer%$'\n'*}
+  if [ "$status" != 200 ]; then
+    SOCKET_VERDICT="the Engine.IO handshake through the gateway answered ${status/#000/no response}"
+    return 1
+  fi
+  sid=$(sed -n 's/^0{.*"sid":"\([^"]*\)".*/\1/p' <<<"$body")
+  [ -n "$sid" ] || { SOCKET_VERDICT="the Engine.IO handshake has no sid: ${body:0:80}"; return 1; }
+  query="EIO=4&transport=polling&sid=$sid"
+  answer=$("${CURL[@]}" --max-time 5 -H 'content-type: text/plain;charset=UTF-8' --data-binary 40 \
+    "$base/socket.io/?$query")
+  if [ "$answer" != ok ]; then
+    SOCKET_VERDICT="the Socket.IO CONNECT was not taken: ${answer:0:80}"
+    return 1
+  fi
+  body=$("${CURL[@]}" --max-time 10 "$base/socket.io/?$query")
+  # Close this Engine.IO session at once (a `1` packet), rather than leave it to the ping timeout.
+  "${CURL[@]}" --max-time 5 -o /dev/null -H 'content-type: text/plain;charset=UTF-8' \
+    --data-binary 1 "$base/socket.io/?$query" || true
+  # A polling answer may hold several packets, separated by 0x1e.
+  SOCKET_VERDICT="no connect answer: ${body:0:80}"
+  while IFS= read -r -d $'\x1e' packet || [ -n "$packet" ]; do
+    case "$packet" in
+      40*) SOCKET_VERDICT="accepted"; return 0 ;;
+      44*) SOCKET_VERDICT="refused by the presence service: $packet" ;;
+    esac
+  done <<<"$body"
+  return 1
+}
+
+wait_socket_accepted() {
+  local base=$1 deadline=$((SECONDS + READY_TIMEOUT)) delay=0.2 last= i
+  say "checking that a Socket.IO connection is accepted through the gateway (as $READY_USER)"
+  until probe_socket "$base"; do
+    if [ "$STOPPING" = 1 ]; then exit 130; fi
+    for i in "${!PIDS[@]}"; do
+      if ! kill -0 "${PIDS[$i]}" 2>/dev/null; then
+        tail -n 30 "$LOG_DIR/${NAMES[$i]}.log" >&2 || true
+        die "${NAMES[$i]} exited during startup (see above)"
+      fi
+    done
+    if [ "$SOCKET_VERDICT" != "$last" ]; then
+      say "not yet: $SOCKET_VERDICT (retrying)"
+      last=$SOCKET_VERDICT
+    fi
+    if [ "$SECONDS" -ge "$deadline" ]; then
+      tail -n 20 "$LOG_DIR/presence-service.log" >&2 || true
+      die "no Socket.IO connection accepted within ${READY_TIMEOUT}s (last: $SOCKET_VERDICT); logs: $LOG_DIR/"
+    fi
+    sleep "$delay"
+    case "$delay" in 0.2) delay=0.5 ;; 0.5) delay=1 ;; esac
+  done
+  # Done with the probe's session: log it out (the gateway passes the logout on to presence).
+  "${CURL[@]}" --max-time 5 -o /dev/null -X POST -H "cookie: $PROBE_COOKIE" "$base/api/auth/logout" || true
+  say "a Socket.IO connection was accepted (connect ack received)"
+}
+wait_socket_accepted "${URL%/}"
 
 cat <<EOF
 
