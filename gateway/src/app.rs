@@ -28,23 +28,28 @@ use crate::upstream::{balancer, UpstreamPool};
 
 /// Creates the development certificate and signing key the config asks for, if missing.
 pub fn ensure_dev_files(cfg: &Config) -> Result<(), ConfigError> {
-    for l in &cfg.listeners {
+    for (i, l) in cfg.listeners.iter().enumerate() {
         let Some(tls) = &l.tls else { continue };
         let (cert, key) = (cfg.path(tls.cert.get_ref()), cfg.path(tls.key.get_ref()));
         if tls.generate_dev_cert && (!cert.exists() || !key.exists()) {
             let dir = cert.parent().unwrap_or(Path::new("."));
-            crate::devcerts::make_tls(dir, &[])
-                .map_err(|e| cfg.source.error_at(tls.cert.span(), "listener.tls.cert", e))?;
+            crate::devcerts::make_tls(dir, &[]).map_err(|e| {
+                cfg.source
+                    .error_at(tls.cert.span(), &format!("listener[{i}].tls.cert"), e)
+            })?;
             tracing::info!(dir = %dir.display(), "made a development CA and server certificate");
         }
     }
-    for k in &cfg.assertion.keys {
+    for (i, k) in cfg.assertion.keys.iter().enumerate() {
         if let (true, Some(file)) = (k.generate_if_missing, &k.private_key.get_ref().file) {
             let path = cfg.path(file);
             if !path.exists() {
                 crate::devcerts::make_signing_key(&path).map_err(|e| {
-                    cfg.source
-                        .error_at(k.private_key.span(), "assertion.keys.private_key", e)
+                    cfg.source.error_at(
+                        k.private_key.span(),
+                        &format!("assertion.keys[{i}].private_key"),
+                        e,
+                    )
                 })?;
                 tracing::info!(path = %path.display(), "made a development assertion signing key");
             }
@@ -74,7 +79,7 @@ fn load_signer_with(
 ) -> Result<(AssertionSigner, Vec<u8>), ConfigError> {
     let mut keys = Vec::new();
     let mut first_pem = Vec::new();
-    for k in &cfg.assertion.keys {
+    for (i, k) in cfg.assertion.keys.iter().enumerate() {
         if checking
             && will_be_generated(
                 cfg,
@@ -88,7 +93,7 @@ fn load_signer_with(
         let err = |e: String| {
             cfg.source.error_at(
                 k.private_key.span(),
-                &format!("assertion.keys[{}].private_key", k.kid),
+                &format!("assertion.keys[{i}].private_key"),
                 e,
             )
         };
@@ -101,14 +106,21 @@ fn load_signer_with(
         keys.push(key);
     }
     let signer = AssertionSigner::new(cfg.gateway.id.clone(), cfg.assertion.ttl_secs, keys)
-        .map_err(|e| ConfigError(format!("{}: assertion.keys: {e}", cfg.source.file)))?;
+        .map_err(|e| {
+            let span = cfg
+                .assertion
+                .keys
+                .first()
+                .map_or(0..0, |k| k.private_key.span());
+            cfg.source.error_at(span, "assertion.keys", e)
+        })?;
     // The session handle key is derived from the signing key so that every gateway instance
     // sharing a key computes the same handle for a session (logout works across instances).
     let handle_key = Sha256::new_with_prefix(b"session-handle\0")
         .chain_update(&first_pem)
         .finalize()
         .to_vec();
-    for l in &cfg.listeners {
+    for (i, l) in cfg.listeners.iter().enumerate() {
         let Some(tls) = &l.tls else { continue };
         let cert_missing =
             !cfg.path(tls.cert.get_ref()).exists() || !cfg.path(tls.key.get_ref()).exists();
@@ -116,18 +128,18 @@ fn load_signer_with(
             continue;
         }
         for (path, key) in [
-            (&tls.cert, "listener.tls.cert"),
-            (&tls.key, "listener.tls.key"),
+            (&tls.cert, format!("listener[{i}].tls.cert")),
+            (&tls.key, format!("listener[{i}].tls.key")),
         ] {
             let full = cfg.path(path.get_ref());
             let text = std::fs::read_to_string(&full).map_err(|e| {
                 cfg.source
-                    .error_at(path.span(), key, format!("{}: {e}", full.display()))
+                    .error_at(path.span(), &key, format!("{}: {e}", full.display()))
             })?;
             if !text.contains("-----BEGIN") {
                 return Err(cfg.source.error_at(
                     path.span(),
-                    key,
+                    &key,
                     format!("{} is not PEM", full.display()),
                 ));
             }
@@ -286,16 +298,16 @@ pub fn build(cfg: Config) -> Result<Server, ConfigError> {
         // Resolve once now so the first requests have upstreams; the background service then
         // re-resolves and health-checks on its own schedule.
         if let Err(e) = aux_rt.block_on(lb.update()) {
-            tracing::warn!(route = %r.name, error = %e, "upstreams do not resolve yet");
+            tracing::warn!(route = %r.name.get_ref(), error = %e, "upstreams do not resolve yet");
         }
-        let hc = background_service(&format!("health checks for route {}", r.name), lb);
+        let hc = background_service(&format!("health checks for route {}", r.name.get_ref()), lb);
         let pool = UpstreamPool::new(hc.task());
         server.add_service(hc);
         routes.push(Route {
-            name: r.name.clone(),
-            path_prefix: r.path_prefix.clone(),
+            name: r.name.get_ref().clone(),
+            path_prefix: r.path_prefix.get_ref().clone(),
             host: r.host.clone(),
-            auth: r.auth,
+            auth: *r.auth.get_ref(),
             audience: r.audience.clone(),
             assertion_header: r.assertion_header.to_ascii_lowercase(),
             allowed_origins: r.allowed_origins.clone(),
@@ -342,12 +354,16 @@ pub fn build(cfg: Config) -> Result<Server, ConfigError> {
             Some(tls) => {
                 let cert = cfg.path(tls.cert.get_ref()).display().to_string();
                 let key = cfg.path(tls.key.get_ref()).display().to_string();
-                let mut settings = TlsSettings::intermediate(&cert, &key)
-                    .map_err(|e| cfg.source.error_at(tls.cert.span(), "listener.tls", e))?;
+                let mut settings = TlsSettings::intermediate(&cert, &key).map_err(|e| {
+                    cfg.source
+                        .error_at(tls.cert.span(), &format!("listener[{i}].tls"), e)
+                })?;
                 if l.http2 {
                     settings.enable_h2();
                 }
                 svc.add_listener(endpoint.tls(settings));
+                svc.endpoints()
+                    .set_pre_tls_callback(Arc::new(PlainHttpOnTlsPort));
             }
         }
         server.add_service(svc);
@@ -366,4 +382,135 @@ pub fn build(cfg: Config) -> Result<Server, ConfigError> {
     server.add_service(admin);
     server.bootstrap();
     Ok(server)
+}
+
+/// Answers plain HTTP sent to a TLS listener (`http://localhost:8443`) with a readable 400
+/// naming the https:// URL, instead of a TLS alert the browser shows as garbage or "connection
+/// reset". Runs before Pingora's TLS handshake: it peeks at the first byte, and a TLS
+/// ClientHello (a handshake record, 0x16) goes on to the handshake untouched.
+struct PlainHttpOnTlsPort;
+
+/// How long a plain-HTTP client may take to send its request head, and how much of it is read.
+const PLAIN_HTTP_HEAD_TIMEOUT: Duration = Duration::from_secs(5);
+const PLAIN_HTTP_HEAD_MAX: usize = 8192;
+
+/// Marks Pingora's "Downstream handshake error" line for a connection answered here, so the
+/// log filter (main.rs) can drop it: the info line below already tells the story.
+pub const PLAIN_HTTP_REFUSED: &str = "plain HTTP on a TLS listener, answered 400";
+
+#[async_trait::async_trait]
+impl pingora::listeners::PreTlsProcess for PlainHttpOnTlsPort {
+    async fn process(
+        &self,
+        stream: &mut pingora::protocols::l4::stream::Stream,
+    ) -> pingora::Result<()> {
+        use pingora::protocols::GetSocketDigest;
+        use pingora::{Error, ErrorType};
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+        let mut first = [0u8; 1];
+        stream.read_exact(&mut first).await.map_err(|e| {
+            Error::because(
+                ErrorType::ConnectionClosed,
+                "closed before a TLS ClientHello",
+                e,
+            )
+        })?;
+        // HTTP methods are upper-case tokens; anything else (a ClientHello is 0x16) is for TLS.
+        if !first[0].is_ascii_uppercase() {
+            stream.rewind(&first);
+            return Ok(());
+        }
+        let mut head = first.to_vec();
+        let mut buf = [0u8; 1024];
+        let read_head = async {
+            while !head.windows(4).any(|w| w == b"\r\n\r\n") && head.len() < PLAIN_HTTP_HEAD_MAX {
+                match stream.read(&mut buf).await {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => head.extend_from_slice(&buf[..n]),
+                }
+            }
+        };
+        // A slow or partial head still gets the answer; only the URL in it may be vaguer.
+        let _ = tokio::time::timeout(PLAIN_HTTP_HEAD_TIMEOUT, read_head).await;
+        let url = https_url(
+            &head,
+            stream
+                .get_socket_digest()
+                .and_then(|d| d.local_addr().cloned()),
+        );
+        let body = format!("This port speaks HTTPS, not plain HTTP: use {url}\n");
+        let resp = format!(
+            "HTTP/1.1 400 Bad Request\r\nContent-Type: text/plain; charset=utf-8\r\n\
+             X-Content-Type-Options: nosniff\r\nCache-Control: no-store\r\n\
+             Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
+            body.len()
+        );
+        let peer = stream
+            .get_socket_digest()
+            .and_then(|d| d.peer_addr().map(|a| a.to_string()))
+            .unwrap_or_default();
+        tracing::info!(%peer, %url, "plain HTTP request on a TLS listener: answered 400");
+        // The client may already be gone; there is nothing more to do for it either way.
+        if stream.write_all(resp.as_bytes()).await.is_ok() {
+            let _ = stream.flush().await;
+            let _ = stream.shutdown().await;
+        }
+        Err(Error::explain(
+            ErrorType::HandshakeError,
+            PLAIN_HTTP_REFUSED,
+        ))
+    }
+}
+
+/// `https://<Host><path>` from a plain-HTTP request head. The Host header is the client's own
+/// (this page is only shown to the client who sent it), but only URL-safe characters are
+/// echoed; without a usable Host the listener's own address stands in.
+fn https_url(head: &[u8], local: Option<pingora::protocols::l4::socket::SocketAddr>) -> String {
+    let text = String::from_utf8_lossy(head);
+    let mut lines = text.split("\r\n");
+    let target = lines
+        .next()
+        .and_then(|l| l.split(' ').nth(1))
+        .filter(|t| t.starts_with('/'))
+        .unwrap_or("/");
+    let host = lines
+        .take_while(|l| !l.is_empty())
+        .find_map(|l| {
+            let (k, v) = l.split_once(':')?;
+            k.trim().eq_ignore_ascii_case("host").then(|| v.trim())
+        })
+        .map(str::to_string)
+        .or_else(|| local.and_then(|a| a.as_inet().map(|a| a.to_string())))
+        .unwrap_or_else(|| "localhost".into());
+    let safe = |s: &str| {
+        !s.is_empty()
+            && s.len() <= 2048
+            && s.bytes()
+                .all(|b| b.is_ascii_graphic() && !b"<>\"'`\\".contains(&b))
+    };
+    let host = if safe(&host) {
+        host
+    } else {
+        "localhost".into()
+    };
+    let target = if safe(target) { target } else { "/" };
+    format!("https://{host}{target}")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::https_url;
+
+    #[test]
+    fn plain_http_answer_names_the_https_url() {
+        let head = b"GET /socket.io/?EIO=4 HTTP/1.1\r\nhost: localhost:8443\r\n\r\n";
+        assert_eq!(
+            https_url(head, None),
+            "https://localhost:8443/socket.io/?EIO=4"
+        );
+        let head = b"GET /<script> HTTP/1.1\r\nHost: a\"b\r\n\r\n";
+        assert_eq!(https_url(head, None), "https://localhost/");
+        assert_eq!(https_url(b"GET", None), "https://localhost/");
+    }
 }

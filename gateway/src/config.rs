@@ -61,6 +61,49 @@ impl ConfigSource {
     }
 }
 
+/// `file:line:col: key: message` for an error from the toml deserializer. Serde's own wording
+/// is kept: for an unknown variant it already lists the allowed ones ("expected one of ...").
+pub fn toml_error(text: &str, file: &str, key: &str, e: &toml::de::Error) -> ConfigError {
+    let (line, col) = e.span().map_or((1, 1), |s| line_col(text, s.start));
+    let msg = e.message().trim();
+    if key.is_empty() {
+        ConfigError(format!("{file}:{line}:{col}: {msg}"))
+    } else {
+        ConfigError(format!("{file}:{line}:{col}: {key}: {msg}"))
+    }
+}
+
+/// The dotted TOML key path of a serde path: `route[1].auth`, `session.lookup_timeout_ms`.
+/// `Spanned` wrappers deserialize through private field names; they are not keys.
+pub fn key_path(path: &serde_path_to_error::Path) -> String {
+    use serde_path_to_error::Segment;
+    let mut out = String::new();
+    for seg in path.iter() {
+        match seg {
+            Segment::Seq { index } => out.push_str(&format!("[{index}]")),
+            Segment::Map { key } | Segment::Enum { variant: key } => {
+                if key.starts_with("$__serde_spanned") {
+                    continue;
+                }
+                if !out.is_empty() {
+                    out.push('.');
+                }
+                let bare = !key.is_empty()
+                    && key
+                        .bytes()
+                        .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-');
+                if bare {
+                    out.push_str(key);
+                } else {
+                    out.push_str(&format!("{key:?}"));
+                }
+            }
+            Segment::Unknown => {}
+        }
+    }
+    out
+}
+
 fn line_col(text: &str, offset: usize) -> (usize, usize) {
     let before = &text[..offset.min(text.len())];
     let line = before.matches('\n').count() + 1;
@@ -305,13 +348,13 @@ pub enum AuthPolicy {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RouteConfig {
-    pub name: String,
+    pub name: Spanned<String>,
     #[serde(default = "default_prefix")]
-    pub path_prefix: String,
+    pub path_prefix: Spanned<String>,
     pub host: Option<String>,
     pub upstreams: Spanned<Vec<String>>,
     #[serde(default = "default_auth")]
-    pub auth: AuthPolicy,
+    pub auth: Spanned<AuthPolicy>,
     /// `aud` of assertions minted for this route.
     pub audience: Option<String>,
     #[serde(default = "default_header")]
@@ -332,11 +375,11 @@ fn no_sessions() -> Spanned<Vec<String>> {
     Spanned::new(0..0, Vec::new())
 }
 
-fn default_prefix() -> String {
-    "/".into()
+fn default_prefix() -> Spanned<String> {
+    Spanned::new(0..0, "/".into())
 }
-fn default_auth() -> AuthPolicy {
-    AuthPolicy::None
+fn default_auth() -> Spanned<AuthPolicy> {
+    Spanned::new(0..0, AuthPolicy::None)
 }
 fn default_header() -> String {
     identity_assertion::DEFAULT_HEADER.into()
@@ -387,10 +430,11 @@ impl Config {
     }
 
     pub fn parse(text: &str, file: &str, base_dir: PathBuf) -> Result<Self, ConfigError> {
-        let mut cfg: Config = toml::from_str(text).map_err(|e| {
-            let (line, col) = e.span().map_or((0, 0), |s| line_col(text, s.start));
-            ConfigError(format!("{file}:{line}:{col}: {}", e.message().trim()))
-        })?;
+        // serde_path_to_error records where in the document deserialization stopped, so a type
+        // error names its key (`route[1].auth`), not only the line toml points at.
+        let de = toml::Deserializer::parse(text).map_err(|e| toml_error(text, file, "", &e))?;
+        let mut cfg: Config = serde_path_to_error::deserialize(de)
+            .map_err(|e| toml_error(text, file, &key_path(e.path()), e.inner()))?;
         cfg.base_dir = base_dir;
         cfg.source = ConfigSource {
             file: file.to_string(),
@@ -408,92 +452,100 @@ impl Config {
     /// they need.
     fn validate(&self) -> Result<(), ConfigError> {
         let src = &self.source;
+        // Something missing has no span of its own: point at the top of the file.
+        let missing = |key: &str, msg: &str| src.error_at(0..0, key, msg);
         parse_addr(src, &self.admin.listen, "admin.listen")?;
         if self.listeners.is_empty() {
-            return Err(ConfigError(format!(
-                "{}: at least one [[listener]] is required",
-                src.file
-            )));
+            return Err(missing("listener", "at least one [[listener]] is required"));
         }
-        for l in &self.listeners {
-            parse_addr(src, &l.listen, "listener.listen")?;
+        for (i, l) in self.listeners.iter().enumerate() {
+            parse_addr(src, &l.listen, &format!("listener[{i}].listen"))?;
         }
-        for p in &self.gateway.trusted_proxies {
+        for (i, p) in self.gateway.trusted_proxies.iter().enumerate() {
             crate::forwarding::parse_cidr(p.get_ref())
-                .map_err(|e| src.error_at(p.span(), "gateway.trusted_proxies", e))?;
+                .map_err(|e| src.error_at(p.span(), &format!("gateway.trusted_proxies[{i}]"), e))?;
         }
         if self.routes.is_empty() {
-            return Err(ConfigError(format!(
-                "{}: at least one [[route]] is required",
-                src.file
-            )));
+            return Err(missing("route", "at least one [[route]] is required"));
         }
         let mut names = std::collections::HashSet::new();
-        for r in &self.routes {
-            if !names.insert(r.name.as_str()) {
-                return Err(ConfigError(format!(
-                    "{}: route.name: duplicate route name {:?}",
-                    src.file, r.name
-                )));
+        for (i, r) in self.routes.iter().enumerate() {
+            let key = |k: &str| format!("route[{i}].{k}");
+            let name = r.name.get_ref();
+            if !names.insert(name.as_str()) {
+                return Err(src.error_at(
+                    r.name.span(),
+                    &key("name"),
+                    format!("duplicate route name {name:?}"),
+                ));
             }
-            if !r.path_prefix.starts_with('/') {
-                return Err(ConfigError(format!(
-                    "{}: route {:?}: path_prefix must start with '/'",
-                    src.file, r.name
-                )));
+            if !r.path_prefix.get_ref().starts_with('/') {
+                return Err(src.error_at(
+                    r.path_prefix.span(),
+                    &key("path_prefix"),
+                    "must start with '/'",
+                ));
             }
             if r.upstreams.get_ref().is_empty() {
                 return Err(src.error_at(
                     r.upstreams.span(),
-                    "route.upstreams",
+                    &key("upstreams"),
                     "at least one upstream is required",
                 ));
             }
-            for u in r.upstreams.get_ref() {
+            for (j, u) in r.upstreams.get_ref().iter().enumerate() {
                 if crate::upstream::parse_upstream(u).is_err() {
                     return Err(src.error_at(
                         r.upstreams.span(),
-                        "route.upstreams",
+                        &key(&format!("upstreams[{j}]")),
                         format!("{u:?} is not host:port"),
                     ));
                 }
             }
-            for name in r.sessions.get_ref() {
-                if !self.sessions.contains_key(name) {
+            for (j, n) in r.sessions.get_ref().iter().enumerate() {
+                if !self.sessions.contains_key(n) {
                     return Err(src.error_at(
                         r.sessions.span(),
-                        "route.sessions",
-                        format!("no [sessions.{name}] table"),
+                        &key(&format!("sessions[{j}]")),
+                        format!("no [sessions.{n}] table"),
                     ));
                 }
             }
             let has_session = self.session.is_some() || !r.sessions.get_ref().is_empty();
-            if r.auth != AuthPolicy::None {
+            let auth = *r.auth.get_ref();
+            if auth != AuthPolicy::None {
                 if !has_session {
-                    return Err(ConfigError(format!(
-                        "{}: route {:?}: auth = {:?} needs a [session] section (or `sessions`)",
-                        src.file, r.name, r.auth
-                    )));
+                    return Err(src.error_at(
+                        r.auth.span(),
+                        &key("auth"),
+                        format!(
+                            "route {name:?}: auth = {auth:?} needs a [session] section (or `sessions`)"
+                        ),
+                    ));
                 }
                 if r.audience.is_none() {
-                    return Err(ConfigError(format!(
-                        "{}: route {:?}: auth needs `audience` (the upstream's assertion audience)",
-                        src.file, r.name
-                    )));
+                    return Err(src.error_at(
+                        r.auth.span(),
+                        &key("audience"),
+                        format!(
+                            "route {name:?}: auth needs `audience` (the upstream's assertion audience)"
+                        ),
+                    ));
                 }
             }
             if let Some(l) = &r.logout {
                 if !has_session {
-                    return Err(ConfigError(format!(
-                        "{}: route {:?}: logout needs a [session] section",
-                        src.file, r.name
-                    )));
+                    return Err(src.error_at(
+                        r.name.span(),
+                        &key("logout"),
+                        format!("route {name:?}: logout needs a [session] section"),
+                    ));
                 }
-                for n in &l.notify {
+                for (j, n) in l.notify.iter().enumerate() {
                     if !n.get_ref().starts_with("http://") {
                         return Err(src.error_at(
                             n.span(),
-                            "route.logout.notify",
+                            &key(&format!("logout.notify[{j}]")),
                             "must be an http:// URL",
                         ));
                     }
@@ -501,25 +553,25 @@ impl Config {
             }
         }
         if self.assertion.keys.is_empty() {
-            return Err(ConfigError(format!(
-                "{}: assertion.keys: at least one [[assertion.keys]] signing key is required",
-                src.file
-            )));
+            return Err(missing(
+                "assertion.keys",
+                "at least one [[assertion.keys]] signing key is required",
+            ));
         }
-        for k in &self.assertion.keys {
+        for (i, k) in self.assertion.keys.iter().enumerate() {
             let s = k.private_key.get_ref();
             let set = [s.value.is_some(), s.env.is_some(), s.file.is_some()];
             if set.iter().filter(|b| **b).count() != 1 {
                 return Err(src.error_at(
                     k.private_key.span(),
-                    "assertion.keys.private_key",
+                    &format!("assertion.keys[{i}].private_key"),
                     "set exactly one of `value`, `env`, `file`",
                 ));
             }
             if k.generate_if_missing && s.file.is_none() {
                 return Err(src.error_at(
                     k.private_key.span(),
-                    "assertion.keys.generate_if_missing",
+                    &format!("assertion.keys[{i}].generate_if_missing"),
                     "needs `private_key.file`",
                 ));
             }
@@ -531,10 +583,11 @@ impl Config {
             .map(|(n, s)| (format!("sessions.{n}"), s));
         for (key, s) in all.chain(named) {
             if s.flavour == SessionFlavour::Express && s.secrets.is_empty() {
-                return Err(ConfigError(format!(
-                    "{}: {key}.secrets: the express flavour needs at least one secret",
-                    src.file
-                )));
+                return Err(src.error_at(
+                    s.store.span(),
+                    &format!("{key}.secrets"),
+                    "the express flavour needs at least one secret",
+                ));
             }
             if s.flavour == SessionFlavour::Express
                 && matches!(s.store.get_ref(), StoreConfig::Sqlite { .. })
@@ -623,7 +676,10 @@ audience = "presence-service"
             "auth = \"socketio-handshake\"\nupstream_timeout = 3",
         );
         let err = parse(&text).unwrap_err().to_string();
-        assert!(err.starts_with("gw.toml:20:1:"), "{err}");
+        assert!(
+            err.starts_with("gw.toml:20:1: route[0].upstream_timeout:"),
+            "{err}"
+        );
         assert!(err.contains("unknown field `upstream_timeout`"), "{err}");
     }
 
@@ -631,8 +687,38 @@ audience = "presence-service"
     fn bad_enum_value_is_located() {
         let text = MINIMAL.replace("auth = \"socketio-handshake\"", "auth = \"cookie\"");
         let err = parse(&text).unwrap_err().to_string();
-        assert!(err.starts_with("gw.toml:19:8:"), "{err}");
-        assert!(err.contains("cookie"), "{err}");
+        assert!(err.starts_with("gw.toml:19:8: route[0].auth: unknown variant `cookie`, expected one of `none`, `session`, `socketio-handshake`"), "{err}");
+    }
+
+    #[test]
+    fn type_errors_name_the_key_path() {
+        let text = MINIMAL.replace(
+            "store = { kind",
+            "lookup_timeout_ms = \"1s\"\nstore = { kind",
+        );
+        let err = parse(&text).unwrap_err().to_string();
+        assert_eq!(
+            err,
+            "gw.toml:13:21: session.lookup_timeout_ms: invalid type: string \"1s\", expected u64"
+        );
+        let text = MINIMAL.replace("[\"127.0.0.1:3001\"]", "\"127.0.0.1:3001\"");
+        let err = parse(&text).unwrap_err().to_string();
+        assert!(
+            err.starts_with("gw.toml:18:13: route[0].upstreams: invalid type: string"),
+            "{err}"
+        );
+        let text = MINIMAL.replace("kid = \"k1\"", "kid = 1");
+        let err = parse(&text).unwrap_err().to_string();
+        assert!(
+            err.starts_with("gw.toml:6:7: assertion.keys[0].kid: invalid type: integer"),
+            "{err}"
+        );
+        let text = MINIMAL.replace("\"redis\"", "\"memcached\"");
+        let err = parse(&text).unwrap_err().to_string();
+        assert_eq!(
+            err,
+            "gw.toml:13:18: session.store.kind: unknown variant `memcached`, expected `sqlite` or `redis`"
+        );
     }
 
     #[test]
@@ -641,13 +727,13 @@ audience = "presence-service"
         let err = parse(&text).unwrap_err().to_string();
         assert!(err.starts_with("gw.toml:18:"), "{err}");
         assert!(
-            err.contains("route.upstreams") && err.contains("nowhere"),
+            err.contains("route[0].upstreams[0]") && err.contains("nowhere"),
             "{err}"
         );
 
         let text = MINIMAL.replace("listen = \"127.0.0.1:8080\"", "listen = \"8080\"");
         let err = parse(&text).unwrap_err().to_string();
-        assert!(err.starts_with("gw.toml:3:10: listener.listen"), "{err}");
+        assert!(err.starts_with("gw.toml:3:10: listener[0].listen"), "{err}");
     }
 
     #[test]
@@ -674,7 +760,7 @@ audience = "presence-service"
         );
         let err = parse(&text).unwrap_err().to_string();
         assert!(
-            err.starts_with("gw.toml:21:12: route.sessions: no [sessions.nope] table"),
+            err.starts_with("gw.toml:21:12: route[0].sessions[0]: no [sessions.nope] table"),
             "{err}"
         );
         let named = MINIMAL.replace("[session]", "[sessions.express]").replace(

@@ -37,16 +37,20 @@ enum Command {
 }
 
 fn main() -> ExitCode {
+    use tracing_subscriber::layer::SubscriberExt;
+    use tracing_subscriber::util::SubscriberInitExt;
     // Pingora logs every refused or failed request itself at error level; the gateway logs
     // each request once, with its reason, so Pingora's own lines are kept to real faults.
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| {
-                "info,pingora_core=warn,pingora_proxy=off,pingora_load_balancing=error".into()
-            }),
-        )
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| {
+        "info,pingora_core=warn,pingora_proxy=off,pingora_load_balancing=error".into()
+    });
+    let fmt = tracing_subscriber::fmt::layer()
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .with_writer(std::io::stderr)
+        .with_writer(std::io::stderr);
+    tracing_subscriber::registry()
+        .with(filter)
+        .with(HandshakeNoise::default())
+        .with(fmt)
         .init();
     let cli = Cli::parse();
     match cli.command.unwrap_or(Command::Run) {
@@ -97,5 +101,95 @@ fn main() -> ExitCode {
             tracing::info!(config = %cli.config.display(), "gateway starting");
             server.run_forever()
         }
+    }
+}
+
+/// Pingora logs every failed TLS handshake as `ERROR Downstream handshake error from ...`
+/// (pingora-core `services::listening`, through the `log` crate). Most are expected client
+/// behaviour: a browser that does not trust the certificate (the dev CA) aborts the handshake,
+/// and retries. This layer drops those lines and says it once a minute, at info, with how many
+/// there were; other Pingora errors, including a handshake timeout, are untouched.
+#[derive(Default)]
+struct HandshakeNoise {
+    /// When the last summary was written, and failures seen since.
+    state: std::sync::Mutex<(Option<std::time::Instant>, u64)>,
+}
+
+const HANDSHAKE_SUMMARY_EVERY: std::time::Duration = std::time::Duration::from_secs(60);
+
+/// The event's message and its target (a `log` record's own target, not "log").
+#[derive(Default)]
+struct MessageAndTarget {
+    message: String,
+    target: Option<String>,
+}
+
+impl tracing::field::Visit for MessageAndTarget {
+    fn record_str(&mut self, field: &tracing::field::Field, value: &str) {
+        match field.name() {
+            "log.target" => self.target = Some(value.to_string()),
+            "message" => self.message = value.to_string(),
+            _ => {}
+        }
+    }
+
+    fn record_debug(&mut self, field: &tracing::field::Field, value: &dyn std::fmt::Debug) {
+        if field.name() == "message" {
+            self.message = format!("{value:?}");
+        }
+    }
+}
+
+/// Whether an event is Pingora's line for a failed downstream TLS handshake.
+fn is_handshake_failure(event: &tracing::Event<'_>) -> Option<String> {
+    if *event.metadata().level() != tracing::Level::ERROR {
+        return None;
+    }
+    let mut v = MessageAndTarget::default();
+    event.record(&mut v);
+    let target = v.target.as_deref().unwrap_or(event.metadata().target());
+    (target == "pingora_core::services::listening"
+        && v.message.starts_with("Downstream handshake error"))
+    .then_some(v.message)
+}
+
+impl<S: tracing::Subscriber> tracing_subscriber::Layer<S> for HandshakeNoise {
+    fn event_enabled(
+        &self,
+        event: &tracing::Event<'_>,
+        _ctx: tracing_subscriber::layer::Context<'_, S>,
+    ) -> bool {
+        let Some(message) = is_handshake_failure(event) else {
+            return true;
+        };
+        // Our own info line already covers a plain-HTTP request answered on a TLS port.
+        if message.contains(gateway::app::PLAIN_HTTP_REFUSED) {
+            return false;
+        }
+        let due = {
+            let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
+            state.1 += 1;
+            let due = state
+                .0
+                .is_none_or(|last| last.elapsed() >= HANDSHAKE_SUMMARY_EVERY);
+            if due {
+                let failed = state.1;
+                *state = (Some(std::time::Instant::now()), 0);
+                Some(failed)
+            } else {
+                None
+            }
+        };
+        // Emitted outside the lock. The subscriber is the global default, so this nested event
+        // is dispatched normally (it is not one of Pingora's, so it is not dropped here).
+        if let Some(failed) = due {
+            tracing::info!(
+                failed,
+                last = %message.trim_start_matches("Downstream handshake error "),
+                "TLS handshakes failed: clients that do not trust the certificate (e.g. the dev \
+                 CA) or do not speak TLS; expected, summarised at most once a minute"
+            );
+        }
+        false
     }
 }

@@ -2,7 +2,8 @@
 //!
 //! `request_filter`: route → classify → authenticate (→ refuse with a status)
 //! `upstream_peer`: choose upstream (sticky for Engine.IO sessions)
-//! `upstream_request_filter`: rewrite headers (strip smuggled identity, add ours, X-Forwarded-*)
+//! `upstream_request_filter`: rewrite headers (strip smuggled identity, add ours, client-address
+//! headers: Forwarded, X-Forwarded-*, X-Real-IP)
 //! `response_filter` / `response_body_filter`: note upgrades, learn Engine.IO `sid`s
 //! `logging`: one access line, metrics, logout notification
 //! `upgrade_detached`: a WebSocket leaves Pingora after its `101` for the lean relay (`tunnel`)
@@ -381,6 +382,19 @@ impl ProxyHttp for Gateway {
         for name in smuggled {
             upstream.remove_header(&name);
         }
+        // `X_Forwarded_For` and friends: never legitimate, believed by some upstreams.
+        let underscored =
+            forwarding::underscore_spellings(upstream.headers.keys().map(|k| k.as_str()));
+        for name in underscored {
+            upstream.remove_header(&name);
+        }
+        // Upstreams get origin-form targets only (see `forwarding::origin_form`). Pingora has
+        // already refused an absolute-form target whose authority differs from Host.
+        if upstream.method != http::Method::CONNECT {
+            if let Some(target) = forwarding::origin_form(upstream.raw_path(), &upstream.uri) {
+                upstream.set_uri(target);
+            }
+        }
         if let (Some(token), Some(route)) = (&ctx.assertion, &ctx.route) {
             upstream.insert_header(route.assertion_header.clone(), token.as_str())?;
         }
@@ -392,6 +406,8 @@ impl ProxyHttp for Gateway {
         );
         upstream.insert_header("x-forwarded-for", fwd.for_)?;
         upstream.insert_header("x-forwarded-proto", fwd.proto)?;
+        upstream.insert_header("forwarded", fwd.forwarded)?;
+        upstream.insert_header("x-real-ip", fwd.real_ip)?;
         match fwd.host {
             Some(h) => upstream.insert_header("x-forwarded-host", h)?,
             None => {

@@ -321,6 +321,8 @@ pub fn express_session_json(user: &str, expires_in: time::Duration) -> String {
 
 pub struct Gateway {
     pub http: u16,
+    /// The TLS listener's port (dev certificate in `dir/certs/`), when started with one.
+    pub https: Option<u16>,
     pub admin: u16,
     pub dir: tempfile::TempDir,
     child: Child,
@@ -340,10 +342,27 @@ impl Gateway {
     }
 
     pub async fn start_with(body: &str, gateway_section: &str) -> Self {
+        Self::start_full(body, gateway_section, false).await
+    }
+
+    /// Like [`Gateway::start`], plus a TLS listener with a generated development certificate
+    /// (CA in `dir/certs/ca.crt`).
+    pub async fn start_tls(body: &str) -> Self {
+        Self::start_full(body, "", true).await
+    }
+
+    async fn start_full(body: &str, gateway_section: &str, tls: bool) -> Self {
         let dir = tempfile::tempdir().expect("tempdir");
         let key = SigningKey::generate("test-1");
         std::fs::write(dir.path().join("signing.pem"), key.to_pkcs8_pem()).expect("key");
         let (http, admin) = (free_port(), free_port());
+        let https = tls.then(free_port);
+        let tls_listener = https.map_or(String::new(), |p| {
+            format!(
+                "[[listener]]\nlisten = \"127.0.0.1:{p}\"\n\
+                 tls = {{ cert = \"certs/server.crt\", key = \"certs/server.key\", generate_dev_cert = true }}\n"
+            )
+        });
         let config = format!(
             r#"
 [gateway]
@@ -358,6 +377,8 @@ listen = "127.0.0.1:{admin}"
 
 [[listener]]
 listen = "127.0.0.1:{http}"
+
+{tls_listener}
 
 [[assertion.keys]]
 kid = "test-1"
@@ -379,6 +400,7 @@ private_key = {{ file = "signing.pem" }}
             .expect("gateway binary");
         let gw = Self {
             http,
+            https,
             admin,
             dir,
             child,
@@ -516,4 +538,17 @@ pub fn header<'a>(hdrs: &'a [(String, String)], name: &str) -> Option<&'a str> {
     hdrs.iter()
         .find(|(k, _)| k.eq_ignore_ascii_case(name))
         .map(|(_, v)| v.as_str())
+}
+
+/// Sends `raw` bytes on a fresh connection and returns everything the server sends back until
+/// it closes (or 10 s pass).
+pub async fn raw_exchange(port: u16, raw: &[u8]) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .expect("connect");
+    s.write_all(raw).await.expect("write");
+    let mut out = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(10), s.read_to_end(&mut out)).await;
+    String::from_utf8_lossy(&out).to_string()
 }
