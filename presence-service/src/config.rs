@@ -18,16 +18,24 @@ pub enum ConfigError {
         path: PathBuf,
         source: std::io::Error,
     },
-    /// The toml crate's message already carries line, column and key.
-    #[error("{path}: {source}")]
+    /// A syntax or type error. The first line is `file:line:col: key: message`; the toml
+    /// crate's rendering (the offending line, underlined) follows for the reader.
+    #[error("{path}:{line}:{col}: {key}{message}\n{source}", key = key_prefix(key))]
     Parse {
         path: PathBuf,
+        line: usize,
+        col: usize,
+        /// Dotted key path (`presence.mode`); empty for a syntax error.
+        key: String,
+        message: String,
         source: Box<toml::de::Error>,
     },
-    #[error("{path}:{line}: `{key}`: {reason}")]
+    /// A value of the right type that makes no sense.
+    #[error("{path}:{line}:{col}: {key}: {reason}")]
     Invalid {
         path: PathBuf,
         line: usize,
+        col: usize,
         key: &'static str,
         reason: String,
     },
@@ -223,14 +231,38 @@ impl Config {
 
     /// Parses `text` as if read from `path` (for error messages and relative paths).
     pub fn parse(text: &str, path: &Path) -> Result<Self, ConfigError> {
-        let mut config: Config = toml::from_str(text).map_err(|e| ConfigError::Parse {
-            path: path.to_path_buf(),
-            source: Box::new(e),
+        let parse_error = |key: String, mut e: toml::de::Error| {
+            let (line, col) = e.span().map_or((1, 1), |s| line_col(text, s.start));
+            // Lets the toml crate render the offending line under our summary line.
+            e.set_input(Some(text));
+            ConfigError::Parse {
+                path: path.to_path_buf(),
+                line,
+                col,
+                key,
+                message: e.message().trim().to_string(),
+                source: Box::new(e),
+            }
+        };
+        // serde_path_to_error tracks where deserialization stopped, so a type error names its
+        // key (`presence.grace_ms`) and not only the line.
+        let de = toml::Deserializer::parse(text).map_err(|e| parse_error(String::new(), e))?;
+        let mut config: Config = serde_path_to_error::deserialize(de).map_err(|e| {
+            let key = key_path(e.path());
+            parse_error(key, e.into_inner())
         })?;
         let invalid = |span: std::ops::Range<usize>, key: &'static str, reason: String| {
+            // A checked value without a span of its own (a plain number) is found by its key.
+            let start = if span.is_empty() {
+                key_offset(text, key)
+            } else {
+                span.start
+            };
+            let (line, col) = line_col(text, start);
             ConfigError::Invalid {
                 path: path.to_path_buf(),
-                line: line_of(text, span.start),
+                line,
+                col,
                 key,
                 reason,
             }
@@ -293,12 +325,75 @@ impl Config {
     }
 }
 
-fn line_of(text: &str, offset: usize) -> usize {
-    text[..offset.min(text.len())]
-        .bytes()
-        .filter(|b| *b == b'\n')
-        .count()
-        + 1
+fn line_col(text: &str, offset: usize) -> (usize, usize) {
+    let before = &text[..offset.min(text.len())];
+    let line = before.matches('\n').count() + 1;
+    let col = before
+        .rfind('\n')
+        .map_or(before.len(), |nl| before.len() - nl - 1)
+        + 1;
+    (line, col)
+}
+
+fn key_prefix(key: &str) -> String {
+    if key.is_empty() {
+        String::new()
+    } else {
+        format!("{key}: ")
+    }
+}
+
+/// The dotted TOML key path of a serde path: `trust.public_keys[0].pem`. `Spanned` wrappers
+/// deserialize through private field names, which are not keys.
+fn key_path(path: &serde_path_to_error::Path) -> String {
+    use serde_path_to_error::Segment;
+    let mut out = String::new();
+    for seg in path.iter() {
+        match seg {
+            Segment::Seq { index } => out.push_str(&format!("[{index}]")),
+            Segment::Map { key } | Segment::Enum { variant: key } => {
+                if key.starts_with("$__serde_spanned") {
+                    continue;
+                }
+                if !out.is_empty() {
+                    out.push('.');
+                }
+                out.push_str(key);
+            }
+            Segment::Unknown => {}
+        }
+    }
+    out
+}
+
+/// Byte offset of the value of `table.key` (`key = value` under `[table]`), or 0 if the text
+/// does not spell it that way. Only for errors: plain numbers carry no span after parsing.
+fn key_offset(text: &str, dotted: &str) -> usize {
+    let Some((table, key)) = dotted.rsplit_once('.') else {
+        return 0;
+    };
+    let mut current = String::new();
+    let mut offset = 0;
+    for line in text.split_inclusive('\n') {
+        let trimmed = line.trim_start();
+        if let Some(header) = trimmed.strip_prefix('[') {
+            current = header
+                .split(']')
+                .next()
+                .unwrap_or_default()
+                .trim()
+                .to_string();
+        } else if current == table {
+            if let Some(rest) = trimmed.strip_prefix(key) {
+                if let Some(value) = rest.trim_start().strip_prefix('=') {
+                    let value_at = line.len() - value.trim_start().len();
+                    return offset + value_at;
+                }
+            }
+        }
+        offset += line.len();
+    }
+    0
 }
 
 pub fn ms(v: u64) -> Duration {
@@ -341,7 +436,7 @@ mod tests {
             Config::parse("\n[server]\nlisten = \"nope\"\n", Path::new("p.toml")).unwrap_err();
         assert_eq!(
             err.to_string(),
-            "p.toml:3: `server.listen`: \"nope\" is not an ip:port"
+            "p.toml:3:10: server.listen: \"nope\" is not an ip:port"
         );
     }
 
@@ -359,7 +454,7 @@ mod tests {
         let err = Config::parse(text, Path::new("/nonexistent/p.toml")).unwrap_err();
         assert!(
             err.to_string()
-                .starts_with("/nonexistent/p.toml:3: `trust.public_keys.pem`"),
+                .starts_with("/nonexistent/p.toml:3:7: trust.public_keys.pem"),
             "{err}"
         );
         std::fs::remove_dir_all(dir).ok();
@@ -367,17 +462,73 @@ mod tests {
 
     #[test]
     fn snapshot_page_size_zero_is_refused() {
-        let err =
-            Config::parse("[presence]\nsnapshot_page_size = 0\n", Path::new("p.toml")).unwrap_err();
-        assert!(
-            err.to_string().contains("presence.snapshot_page_size"),
-            "{err}"
+        let err = Config::parse(
+            "[presence]\nmode = \"diff\"\nsnapshot_page_size = 0\n",
+            Path::new("p.toml"),
+        )
+        .unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "p.toml:3:22: presence.snapshot_page_size: must be at least 1"
         );
     }
 
     #[test]
     fn bad_mode_is_refused() {
         let err = Config::parse("[presence]\nmode = \"full\"\n", Path::new("p.toml")).unwrap_err();
-        assert!(err.to_string().contains("line 2"), "{err}");
+        let first = err
+            .to_string()
+            .lines()
+            .next()
+            .unwrap_or_default()
+            .to_string();
+        assert_eq!(
+            first,
+            "p.toml:2:8: presence.mode: unknown variant `full`, expected `compat` or `diff`"
+        );
+    }
+
+    /// Type errors name file, line, column and the dotted key, not only "invalid type".
+    #[test]
+    fn type_errors_name_the_key_path() {
+        let cases = [
+            (
+                "[presence]\ngrace_ms = \"3s\"\n",
+                "p.toml:2:12: presence.grace_ms: invalid type: string \"3s\", expected u64",
+            ),
+            (
+                "[backend]\nkind = \"postgres\"\n",
+                "p.toml:2:8: backend.kind: unknown variant `postgres`, expected `memory` or `redis`",
+            ),
+            (
+                "[server]\nlisten = 3001\n",
+                "p.toml:2:10: server.listen: invalid type: integer `3001`, expected a string",
+            ),
+            (
+                "[[trust.public_keys]]\nkid = \"k\"\npem = [\"a\"]\n",
+                "p.toml:3:7: trust.public_keys[0].pem: invalid type: sequence, expected path string",
+            ),
+            (
+                "[presence]\ngrace = 3\n",
+                "p.toml:2:1: presence.grace: unknown field `grace`",
+            ),
+        ];
+        for (text, want) in cases {
+            let err = Config::parse(text, Path::new("p.toml"))
+                .unwrap_err()
+                .to_string();
+            assert!(err.starts_with(want), "want {want:?}\n got {err}");
+            // The toml crate's rendering of the line follows the summary.
+            assert!(err.contains("TOML parse error at line"), "{err}");
+        }
+        let err = Config::parse(
+            "[backend]\nheartbeat_interval_ms = 5000\n",
+            Path::new("p.toml"),
+        )
+        .unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "p.toml:1:1: backend.node_ttl_ms: must be larger than heartbeat_interval_ms"
+        );
     }
 }
