@@ -10,7 +10,7 @@
 set -uo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$ROOT"
-ALL="lint rust rust-slow gateway-js presence-js presence-py web e2e dev-stack compose"
+ALL="lint rust rust-slow fuzz gateway-js presence-js presence-py web e2e dev-stack compose"
 SUITES=${SUITES:-$ALL}
 passed=0; failed=0; failures=()
 
@@ -36,6 +36,7 @@ venv() { # venv NAME REQUIREMENTS -> prints the venv's python
 lint() { cargo fmt --all -- --check && cargo clippy --workspace --all-targets -- -D warnings; }
 rust() { cargo build --workspace --all-targets && cargo test --workspace; }
 rust_slow() { cargo test --workspace -- --ignored; }
+fuzz_smoke() { fuzz/run.sh 20000; }
 gateway_js() { cargo build -p gateway && (cd integration/gateway-tests && npm ci --no-audit --no-fund && npm test); }
 presence_js() { cargo build -p presence-service && (cd integration/presence-tests && npm ci --no-audit --no-fund && npm test); }
 presence_py() {
@@ -54,6 +55,7 @@ compose() { integration/docker/run-suite.sh; }
 run lint lint
 run rust rust
 run rust-slow rust_slow
+run fuzz fuzz_smoke
 run gateway-js gateway_js
 run presence-js presence_js
 run presence-py presence_py

@@ -3,11 +3,12 @@
 //! Order matters: parse the cookie, verify its signature, and only then touch the store, so a
 //! forged cookie costs no I/O. An expired session is refused even if the store still returns it.
 
-mod cookie;
-mod express;
-mod fields;
-mod store;
-mod tower;
+// Public so the fuzz targets (`fuzz/`) reach the parsers directly.
+pub mod cookie;
+pub mod express;
+pub mod fields;
+pub mod store;
+pub mod tower;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};

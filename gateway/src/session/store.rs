@@ -116,10 +116,7 @@ impl Store {
             tower_sessions_core::session_store::Error::Decode(m) => StoreError::Corrupt(m),
             other => StoreError::Unavailable(other.to_string()),
         })?;
-        Ok(record.map(|r| StoredSession {
-            data: r.data.into_iter().collect(),
-            expires: Some(r.expiry_date),
-        }))
+        Ok(record.map(from_tower_record))
     }
 
     pub async fn load_express(&self, sid: &str) -> Result<Option<StoredSession>, StoreError> {
@@ -131,16 +128,7 @@ impl Store {
             .await
             .map_err(|e| StoreError::Unavailable(e.to_string()))?;
         let Some(raw) = raw else { return Ok(None) };
-        let data: Map<String, Value> =
-            serde_json::from_str(&raw).map_err(|e| StoreError::Corrupt(e.to_string()))?;
-        let expires = data
-            .get("cookie")
-            .and_then(|c| c.get("expires"))
-            .and_then(Value::as_str)
-            .map(|s| OffsetDateTime::parse(s, &time::format_description::well_known::Rfc3339))
-            .transpose()
-            .map_err(|e| StoreError::Corrupt(format!("cookie.expires: {e}")))?;
-        Ok(Some(StoredSession { data, expires }))
+        decode_connect_redis(&raw).map(Some)
     }
 
     /// For `/readyz`: can we reach the store right now?
@@ -157,5 +145,27 @@ impl Store {
                 .map(|_| ())
                 .map_err(|e| StoreError::Unavailable(e.to_string())),
         }
+    }
+}
+
+/// A connect-redis value (express-session's JSON, `cookie.expires` in RFC 3339) as a session.
+pub fn decode_connect_redis(raw: &str) -> Result<StoredSession, StoreError> {
+    let data: Map<String, Value> =
+        serde_json::from_str(raw).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+    let expires = data
+        .get("cookie")
+        .and_then(|c| c.get("expires"))
+        .and_then(Value::as_str)
+        .map(|s| OffsetDateTime::parse(s, &time::format_description::well_known::Rfc3339))
+        .transpose()
+        .map_err(|e| StoreError::Corrupt(format!("cookie.expires: {e}")))?;
+    Ok(StoredSession { data, expires })
+}
+
+/// A tower-sessions record (as its store decoded it) as a session.
+pub fn from_tower_record(r: tower_sessions_core::session::Record) -> StoredSession {
+    StoredSession {
+        data: r.data.into_iter().collect(),
+        expires: Some(r.expiry_date),
     }
 }
