@@ -106,7 +106,7 @@ socket_accepted() {
       40*) ACCEPT="connect ack ${packet:0:60}"; return 0 ;;
       44*) ACCEPT="refused: $packet"; return 1 ;;
     esac
-  done <<<"$body"
+  done < <(printf '%s' "$body")
   return 1
 }
 

@@ -297,7 +297,7 @@ probe_socket() {
       40*) SOCKET_VERDICT="accepted"; return 0 ;;
       44*) SOCKET_VERDICT="refused by the presence service: $packet" ;;
     esac
-  done <<<"$body"
+  done < <(printf '%s' "$body")
   return 1
 }
 
