@@ -10,7 +10,7 @@
 set -uo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$ROOT"
-ALL="lint rust rust-slow fuzz gateway-js presence-js presence-py web e2e dev-stack compose"
+ALL="lint rust rust-slow fuzz gateway-js presence-js presence-py presence-faults web e2e dev-stack compose"
 SUITES=${SUITES:-$ALL}
 passed=0; failed=0; failures=()
 
@@ -43,6 +43,10 @@ presence_py() {
   local py; py=$(venv presence integration/presence-tests/requirements.txt) || return 1
   cargo build -p presence-service && (cd integration/presence-tests && "$ROOT/$py" -m pytest -q python)
 }
+presence_faults() { # fault injection, both event modes (~3 min); needs redis-server
+  local py; py=$(venv presence integration/presence-tests/requirements.txt) || return 1
+  cargo build -p presence-service && (cd integration/presence-tests && "$ROOT/$py" -m pytest -q -s faults)
+}
 web() { (cd integration/web && npm ci --no-audit --no-fund && npm test && npm run build); }
 e2e() {
   cargo build -p gateway -p presence-service -p demo-service &&
@@ -59,6 +63,7 @@ run fuzz fuzz_smoke
 run gateway-js gateway_js
 run presence-js presence_js
 run presence-py presence_py
+run presence-faults presence_faults
 run web web
 run e2e e2e
 run dev-stack dev_stack

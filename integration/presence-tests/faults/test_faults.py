@@ -51,6 +51,7 @@ class Cluster:
         self.tabs = [Tab(self.key, u, s, self.rec, mode) for i, u in enumerate(users)
                      for s in range(2 if i < TWO_TAB_USERS else 1)]
         self.flash_count = 0
+        self.resets = 0
 
     async def start(self):
         await self.redis.start()
@@ -63,6 +64,22 @@ class Cluster:
         for n in self.nodes:
             await n.stop()
         self.redis.stop()
+
+    async def reset(self):
+        """After a round that did not converge: every tab closed, the nodes killed, Redis restarted
+        empty, the nodes started again, so the next round does not inherit the broken state.
+        Counted as a kill of every node (no flap is blamed on it)."""
+        t = now()
+        await asyncio.gather(*(tab.close() for tab in self.tabs if tab.sio), return_exceptions=True)
+        for n in self.nodes:
+            await n.kill()
+        self.redis.kill()
+        await self.redis.start()
+        for n in self.nodes:
+            await n.start()
+        for n in self.nodes:
+            self.faults.append({"kind": "reset", "target": n.name, "start": t, "heal": now()})
+        self.resets += 1
 
     def up_nodes(self):
         return [n for n in self.nodes if n.name not in self.down]
@@ -208,12 +225,12 @@ class Cluster:
     def faulted(self, node_name, a, b):
         return any(f["target"] == node_name and f["start"] <= b and (f["heal"] or now()) >= a for f in self.faults)
 
-    def context(self, t):
+    def context(self, t, short=False):
         for f in reversed(self.faults):
             if f["start"] <= t <= (f["heal"] or now()):
-                return f"during {f['kind']}({f['target']})"
+                return f"during {f['kind']}" if short else f"during {f['kind']}({f['target']})"
             if f["heal"] and 0 <= t - f["heal"] <= 3:
-                return f"{t - f['heal']:.2f}s after healing {f['kind']}({f['target']})"
+                return f"after {f['kind']}" if short else f"{t - f['heal']:.2f}s after healing {f['kind']}({f['target']})"
         return "no fault near"
 
     def flaps(self):
@@ -230,7 +247,7 @@ class Cluster:
                     continue
                 if self.faulted(s["node"], s["open_t"], t) or self.faulted(obs_node, s["open_t"] - SETTLE, t):
                     continue
-                out.append(("flap", f"{user} removed ({kind}, {event}) from {obs}@{obs_node}'s list at "
+                out.append((f"flap[{self.context(t, short=True)}]", f"{user} removed ({kind}, {event}) from {obs}@{obs_node}'s list at "
                                     f"{t - self.t0:.2f}s while {s['tab']}@{s['node']} stayed connected "
                                     f"(open since {s['open_t'] - self.t0:.2f}s); {self.context(t)}"))
                 break
@@ -263,6 +280,8 @@ async def scenario(mode):
             c.log(f"round 0 (no fault): {'converged in %.2fs' % conv if probs is None else 'NOT converged'}")
             for p in probs or []:
                 violations.append((p[0], 0, "none", p[1]))
+            if probs:
+                await c.reset()
             bounds.setdefault("none", []).append(conv)
             r = 0
             while (ROUNDS == 0 or r < ROUNDS) and now() - c.t0 < SECS:
@@ -284,6 +303,8 @@ async def scenario(mode):
                     for p in probs:
                         c.log(f"    {p[0]}: {p[1]}")
                         violations.append((p[0], r, what, p[1]))
+                    c.log("resetting the cluster (tabs closed, nodes and redis restarted empty)")
+                    await c.reset()
     finally:
         await c.stop()
     for inv, detail in c.flaps() + (c.order() if mode == "diff" else []):
@@ -294,7 +315,7 @@ async def scenario(mode):
     for n in c.rec.notes:
         c.log(f"note: {n}")
     c.log(f"{len(c.rec.sockets)} socket connections, {c.flash_count} close-right-after-connect, "
-          f"{len(c.faults)} faults")
+          f"{len(c.faults) - c.resets * NODES} faults, {c.resets} resets after a failed round")
     c.log("heal -> convergence, seconds (min / median / max, n; '-' = did not converge):")
     for kind in ["none"] + FAULT_KINDS:
         xs = bounds.get(kind, [])
