@@ -22,7 +22,16 @@ fuzz_target!(|data: &[u8]| {
         return;
     };
     let base = PathBuf::from("/nonexistent/fuzz");
-    match Config::parse(text, FILE, base.clone()) {
+    let parsed = Config::parse(text, FILE, base.clone());
+    // FUZZ_PRINT=1 shows the parser's answer when replaying an input.
+    static PRINT: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    if *PRINT.get_or_init(|| std::env::var_os("FUZZ_PRINT").is_some()) {
+        eprintln!(
+            "{:?}",
+            parsed.as_ref().map(|_| "accepted").map_err(|e| &e.0)
+        );
+    }
+    match parsed {
         Err(e) => {
             let msg = &e.0;
             assert!(
