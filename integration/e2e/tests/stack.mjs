@@ -14,7 +14,8 @@ import { fileURLToPath } from 'node:url';
 
 export const REPO = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../../..');
 const BIN = path.join(REPO, 'target', 'debug');
-const WEB_DIST = path.join(REPO, 'integration', 'web', 'dist');
+// E2E_WEB_DIST: test another build of the page (say, an older one) without touching web/dist.
+const WEB_DIST = process.env.E2E_WEB_DIST || path.join(REPO, 'integration', 'web', 'dist');
 
 /** A port nobody listens on right now (the OS picks it). */
 async function freePort() {
