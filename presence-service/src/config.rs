@@ -366,23 +366,30 @@ fn key_path(path: &serde_path_to_error::Path) -> String {
     out
 }
 
-/// Byte offset of the value of `table.key` (`key = value` under `[table]`), or 0 if the text
-/// does not spell it that way. Only for errors: plain numbers carry no span after parsing.
+/// Byte offset of the value of `table.key` (`key = value` under `[table]`); else of the
+/// `[table]` header (the key was left at its default); else 0. Only for errors: plain numbers
+/// carry no span after parsing.
 fn key_offset(text: &str, dotted: &str) -> usize {
     let Some((table, key)) = dotted.rsplit_once('.') else {
         return 0;
     };
     let mut current = String::new();
     let mut offset = 0;
+    let mut header_at = None;
     for line in text.split_inclusive('\n') {
         let trimmed = line.trim_start();
-        if let Some(header) = trimmed.strip_prefix('[') {
-            current = header
+        if trimmed.starts_with('[') {
+            // `[table]` or `[[array.of.tables]]`.
+            current = trimmed
+                .trim_start_matches('[')
                 .split(']')
                 .next()
                 .unwrap_or_default()
                 .trim()
                 .to_string();
+            if current == table && header_at.is_none() {
+                header_at = Some(offset + line.len() - trimmed.len());
+            }
         } else if current == table {
             if let Some(rest) = trimmed.strip_prefix(key) {
                 if let Some(value) = rest.trim_start().strip_prefix('=') {
@@ -393,7 +400,7 @@ fn key_offset(text: &str, dotted: &str) -> usize {
         }
         offset += line.len();
     }
-    0
+    header_at.unwrap_or(0)
 }
 
 pub fn ms(v: u64) -> Duration {
@@ -522,13 +529,13 @@ mod tests {
             assert!(err.contains("TOML parse error at line"), "{err}");
         }
         let err = Config::parse(
-            "[backend]\nheartbeat_interval_ms = 5000\n",
+            "[presence]\nmode = \"diff\"\n[backend]\nheartbeat_interval_ms = 5000\n",
             Path::new("p.toml"),
         )
         .unwrap_err();
         assert_eq!(
             err.to_string(),
-            "p.toml:1:1: backend.node_ttl_ms: must be larger than heartbeat_interval_ms"
+            "p.toml:3:1: backend.node_ttl_ms: must be larger than heartbeat_interval_ms"
         );
     }
 }
