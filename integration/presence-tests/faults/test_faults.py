@@ -52,6 +52,7 @@ class Cluster:
                      for s in range(2 if i < TWO_TAB_USERS else 1)]
         self.flash_count = 0
         self.resets = 0
+        self.flashes = []  # (t, node, user, variant)
 
     async def start(self):
         await self.redis.start()
@@ -109,6 +110,7 @@ class Cluster:
             user = f"u{rng.randrange(USERS):02d}"
             variant = rng.choice(["fin", "close", "ack"])
             node = rng.choice(up)
+            self.flashes.append((now(), node.name, user, variant))
             try:
                 res = await asyncio.wait_for(flash_socket(self.key, node, user, variant), 4)
             except Exception as e:  # noqa: BLE001
@@ -190,8 +192,10 @@ class Cluster:
                                              f"missing {sorted(expected - pres)}"))
             want = sum(1 for t in self.tabs if t.live and t.node is n)
             if socks != want:
+                recent = [f"{u}/{v}" for (t, nn, u, v) in self.flashes if nn == n.name and t > self.round_t]
                 out.append(("metrics_sockets", f"{n.name} presence_connected_sockets={socks:g}, "
-                                               f"sockets really open={want}"))
+                                               f"sockets really open={want}; close-right-after-connect "
+                                               f"on {n.name} this round: {recent}"))
         for t in self.tabs:
             if not t.live:
                 continue
@@ -270,7 +274,7 @@ async def scenario(mode):
     violations = []  # (invariant, round, fault, detail)
     bounds = {}
     await c.start()
-    c.t0 = now()
+    c.t0 = c.round_t = now()
     c.log(f"seed {SEED}, {NODES} nodes, redis :{c.redis.port}, logs in {workdir}")
     kinds = []
     try:
@@ -290,6 +294,7 @@ async def scenario(mode):
                     kinds = FAULT_KINDS[:]
                     rng.shuffle(kinds)
                 kind = kinds.pop()
+                c.round_t = now()
                 await c.ops(rng.randint(4, 10))
                 f = await c.fault(kind)
                 conv, probs = await c.converge(probe, f["heal"])
