@@ -171,6 +171,7 @@ class Recorder:
         self.sockets = []   # dicts: user, node, open_t, close_t, tab, first_event
         self.removals = []  # (t, observer tab, observer node, user, kind, event)
         self.notes = []
+        self.drops = []  # (t, node, what): sockets the server or the network closed
 
 
 class Tab:
@@ -221,9 +222,10 @@ class Tab:
         for ev in ("online_users", "user_connected", "user_disconnected", "presence_diff"):
             sio.on(ev, (lambda ev: lambda data: self._on(conn, ev, data))(ev))
 
-        def on_disconnect(*_):
+        def on_disconnect(*reason):
             if conn["close_t"] is None and conn["open_t"] is not None:
                 conn["close_t"] = now()
+                self.rec.drops.append((now(), node.name, f"dropped {self.name} {reason}"))
             if self.conn is conn:
                 self.live = False
 

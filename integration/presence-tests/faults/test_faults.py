@@ -53,6 +53,7 @@ class Cluster:
         self.flash_count = 0
         self.resets = 0
         self.flashes = []  # (t, node, user, variant)
+        self.oplog = []  # (t, node, what)
 
     async def start(self):
         await self.redis.start()
@@ -97,14 +98,21 @@ class Cluster:
         kind = rng.choices(["connect", "disconnect", "reload", "flash"], weights=[5, 2, 3, 2])[0]
         if kind == "connect" and idle and up:
             tab = rng.choice(idle)
-            await tab.connect(rng.choice(up))
+            node = rng.choice(up)
+            self.oplog.append((now(), node.name, f"connect {tab.name}"))
+            ok = await tab.connect(node)
+            self.oplog.append((now(), node.name, f"connected {tab.name} {ok}"))
         elif kind == "disconnect" and live:
-            await rng.choice(live).close()
+            tab = rng.choice(live)
+            self.oplog.append((now(), tab.node.name, f"close {tab.name}"))
+            await tab.close()
         elif kind == "reload" and live and up:
             tab = rng.choice(live)
             target = tab.node if rng.random() < 0.6 and tab.node in up else rng.choice(up)
+            self.oplog.append((now(), tab.node.name, f"reload {tab.name} -> {target.name}"))
             await tab.close()
-            await tab.connect(target)
+            ok = await tab.connect(target)
+            self.oplog.append((now(), target.name, f"reloaded {tab.name} {ok}"))
         elif kind == "flash" and up:
             self.flash_count += 1
             user = f"u{rng.randrange(USERS):02d}"
@@ -195,7 +203,8 @@ class Cluster:
                 recent = [f"{u}/{v}" for (t, nn, u, v) in self.flashes if nn == n.name and t > self.round_t]
                 out.append(("metrics_sockets", f"{n.name} presence_connected_sockets={socks:g}, "
                                                f"sockets really open={want}; close-right-after-connect "
-                                               f"on {n.name} this round: {recent}"))
+                                               f"on {n.name} this round: {recent}; tab operations there this round: "
+                                               f"{[w for (t, nn, w) in sorted(self.oplog + self.rec.drops) if nn == n.name and t > self.round_t]}"))
         for t in self.tabs:
             if not t.live:
                 continue
