@@ -140,12 +140,11 @@ fn tower_signed(value: &str, keys: &[Vec<u8>], raw: &[u8]) {
     match tower::decode(value, keys) {
         Ok(id) if keys.is_empty() => assert_eq!(id.to_string(), value),
         Ok(id) => {
-            let (digest, rest) = value.split_at(44);
+            let rest = &value[44..];
             assert!(
                 keys.iter().any(|k| tower_sign(rest, k) == value),
                 "{value:?} verified but no key signed it"
             );
-            let _ = digest;
             assert_eq!(id.to_string(), rest);
         }
         Err(_) => {}
