@@ -154,6 +154,11 @@ pub struct AnnouncerConfig {
     pub snapshot_page_size: usize,
 }
 
+/// The room of sockets that have been sent their snapshot. Every broadcast goes to it only, and
+/// a socket joins it in this task right after its `online_users` is queued, so no socket can
+/// be sent a change before the list it applies to (diff mode's order; compat's too).
+pub const LIVE_ROOM: &str = "presence:live";
+
 /// Who the rest of a paged snapshot goes to.
 enum PageRecipients<A: Adapter> {
     /// Sockets that just connected (their `online_users` carried the first page).
@@ -277,7 +282,7 @@ impl<A: Adapter> Announcer<A> {
                 _ = presence.release_changed.notified() => {
                     next_release = presence.expire(Instant::now());
                 }
-                _ = heartbeat.tick() => self.maintain(&presence).await,
+                _ = heartbeat.tick() => self.maintain(&presence, rx.is_empty()).await,
                 _ = tokio::time::sleep_until(stop_at.unwrap_or(release_at).into()), if stop_at.is_some() => {
                     tracing::warn!("stop deadline passed; releasing the users still held");
                     break;
@@ -375,9 +380,14 @@ impl<A: Adapter> Announcer<A> {
         }
     }
 
-    async fn maintain(&mut self, presence: &Presence<A>) {
+    /// `settled`: no effect is queued, so the model's users are exactly what should be stored.
+    async fn maintain(&mut self, presence: &Presence<A>, settled: bool) {
         let held = presence.held();
-        match self.backend.maintain(&held).await {
+        match self
+            .backend
+            .maintain(settled.then_some(held.as_slice()))
+            .await
+        {
             Ok(Changes { joins, leaves }) => {
                 for id in leaves {
                     tracing::info!(user = %id, "user removed (its node stopped heartbeating, or re-sync)");
@@ -480,6 +490,7 @@ impl<A: Adapter> Announcer<A> {
                 tracing::debug!(error = %e, sid = %socket.id, "snapshot not sent (socket gone?)");
             } else {
                 self.metrics.emitted("online_users");
+                socket.join(LIVE_ROOM);
                 sent.push(socket);
             }
         }
@@ -580,8 +591,11 @@ impl<A: Adapter> Announcer<A> {
             tracing::warn!(event, "no default namespace (server closed?); not sent");
             return;
         };
-        let sent =
-            tokio::time::timeout(self.cfg.emit_timeout, ns.clone().emit(event, payload)).await;
+        let sent = tokio::time::timeout(
+            self.cfg.emit_timeout,
+            ns.clone().to(LIVE_ROOM).emit(event, payload),
+        )
+        .await;
         let ok = match sent {
             Ok(Ok(())) => true,
             // The adapter published first: only some of this node's sockets (closing, or too
@@ -601,7 +615,7 @@ impl<A: Adapter> Announcer<A> {
                 event,
                 "cluster broadcast failed; emitting to local sockets only"
             );
-            if let Err(e) = ns.local().emit(event, payload).await {
+            if let Err(e) = ns.local().to(LIVE_ROOM).emit(event, payload).await {
                 tracing::warn!(event, error = %e, "local broadcast failed");
                 return;
             }

@@ -45,6 +45,11 @@ fn socketio_builder(cfg: &Config) -> SocketIoBuilder {
         .ping_interval(ms(l.ping_interval_ms))
         .ping_timeout(ms(l.ping_timeout_ms))
         .max_payload(l.max_payload)
+        // `max_payload` bounds a polling request's body; a websocket message or frame gets the
+        // same bound, so an oversized one closes the session (as Socket.IO's `maxHttpBufferSize`
+        // does) instead of being read, answered, and leaving a buffer its size behind.
+        .ws_max_message_size(usize::try_from(l.max_payload).unwrap_or(usize::MAX))
+        .ws_max_frame_size(usize::try_from(l.max_payload).unwrap_or(usize::MAX))
         .max_buffer_size(l.max_buffer_size)
         .ws_read_buffer_size(l.ws_read_buffer_size)
 }

@@ -43,8 +43,10 @@ pub trait PresenceBackend: Send + Sync + 'static {
     /// announced again after their leave, without re-reading the whole list per page.
     async fn lookup(&self, ids: &[&str]) -> Result<Vec<Option<User>>, BackendError>;
     /// Called every heartbeat interval with what this node holds: keeps the node alive, removes
-    /// the users of dead nodes and repairs what an outage left behind.
-    async fn maintain(&self, held: &[User]) -> Result<Changes, BackendError>;
+    /// the users of dead nodes and repairs what an outage left behind. `held` is `None` while
+    /// effects are still queued for the backend: the model is then ahead of what was stored,
+    /// and a repair waits for a heartbeat at which both agree.
+    async fn maintain(&self, held: Option<&[User]>) -> Result<Changes, BackendError>;
     /// False while the shared store is unreachable (`/readyz`).
     fn is_healthy(&self) -> bool;
     /// This node stops: release whatever it still holds and deregister it. Returns the users
@@ -87,7 +89,7 @@ impl PresenceBackend for MemoryBackend {
         Ok(ids.iter().map(|id| users.get(*id).cloned()).collect())
     }
 
-    async fn maintain(&self, _held: &[User]) -> Result<Changes, BackendError> {
+    async fn maintain(&self, _held: Option<&[User]>) -> Result<Changes, BackendError> {
         Ok(Changes::default())
     }
 

@@ -78,8 +78,9 @@ pub struct TrustConfig {
     pub header: String,
     /// Where the gateway publishes its keys. Used when `public_keys` is empty.
     pub jwks_url: String,
-    /// At most one JWKS refetch per this interval, however many unknown kids arrive: a flood of
-    /// forged kids must not turn into a flood of requests to the gateway.
+    /// After a fetch that brought keys, at most one refetch per this interval, however many
+    /// unknown kids arrive: a flood of forged kids must not turn into a flood of requests to the
+    /// gateway. A failed or empty fetch is retried without waiting for it (see `trust`).
     pub jwks_refetch_min_interval_ms: u64,
     pub jwks_timeout_ms: u64,
     /// Static public keys (SPKI PEM files). When set, the JWKS is not used.

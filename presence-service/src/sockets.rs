@@ -28,8 +28,24 @@ pub struct SocketContext<A: Adapter> {
 /// can change it.
 #[derive(Debug, Clone)]
 struct SocketIdentity {
-    user: User,
     session: String,
+}
+
+/// A socket's place in the presence model: taken when the socket is admitted, given back when
+/// the socket object is dropped. Socketioxide drops a socket once nothing refers to it any more
+/// (closed, removed from its namespace, no send under way), whichever way it ended: a normal
+/// disconnect, a close before the connect ack went out, or a close before the connect handler
+/// ran. Counting by ownership rather than by a disconnect callback leaves no window in which a
+/// socket that closed early is never uncounted (a ghost that keeps its user online).
+struct SocketLease<A: Adapter> {
+    presence: Arc<Presence<A>>,
+    user_id: String,
+}
+
+impl<A: Adapter> Drop for SocketLease<A> {
+    fn drop(&mut self) {
+        self.presence.disconnect(&self.user_id);
+    }
 }
 
 /// Why a connection was refused; the text is the `connect_error` message clients see.
@@ -106,8 +122,13 @@ async fn admit<A: Adapter>(ctx: &SocketContext<A>, socket: &SocketRef<A>) -> Res
         return Err(e.into());
     }
     tracing::debug!(request_id, user = %user.id, sid = %socket.id, "socket.io handshake accepted");
+    // Stored in the socket, so it lives exactly as long as the socket. (Extensions hand out
+    // clones: the `Arc` makes them all one lease.)
+    socket.extensions.insert(Arc::new(SocketLease {
+        presence: ctx.presence.clone(),
+        user_id: user.id.clone(),
+    }));
     socket.extensions.insert(SocketIdentity {
-        user,
         session: claims.sid,
     });
     Ok(())
@@ -139,13 +160,6 @@ fn connected<A: Adapter>(ctx: Arc<SocketContext<A>>, socket: SocketRef<A>) {
             }
         }
     });
-
-    let presence = ctx.presence.clone();
-    let user_id = identity.user.id.clone();
-    socket.on_disconnect(move || {
-        let presence = presence.clone();
-        let user_id = user_id.clone();
-        async move { presence.disconnect(&user_id) }
-    });
+    // No disconnect handler: the socket's lease (see `admit`) uncounts it when it is dropped.
     ctx.presence.snapshot(socket);
 }

@@ -44,14 +44,14 @@ return 0
 "#;
 
 /// Heartbeat, then reap every node silent for longer than the TTL. Returns
-/// `[self_was_registered, left_user_ids...]`; 0 in the first slot means this node had been
-/// reaped (or never registered) and must re-sync what it holds.
+/// `[self_was_registered, users_stored_for_self, left_user_ids...]`; 0 in the first slot means
+/// this node had been reaped (or never registered) and must re-sync what it holds.
 const HEARTBEAT: &str = r#"
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local known = redis.call('ZSCORE', KEYS[1], ARGV[1])
 redis.call('ZADD', KEYS[1], now, ARGV[1])
-local out = { known and 1 or 0 }
+local out = { known and 1 or 0, redis.call('HLEN', ARGV[3] .. ':node:' .. ARGV[1]) }
 local dead = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now - tonumber(ARGV[2]))
 for _, node in ipairs(dead) do
   local nk = ARGV[3] .. ':node:' .. node
@@ -95,7 +95,10 @@ pub struct RedisBackend {
     heartbeat: Script,
     leave: Script,
     healthy: AtomicBool,
-    /// Set when a write failed: the next successful heartbeat re-syncs this node's users.
+    /// Set when a write or a heartbeat failed: the next successful heartbeat re-syncs this
+    /// node's users. A heartbeat that timed out may still run later (Redis paused, then
+    /// resumed): it re-registers a node that was reaped meanwhile, so the next heartbeat finds
+    /// it registered, and only this flag says its users must be stored again.
     dirty: AtomicBool,
     /// What `online()` answers while Redis is unreachable.
     last_view: Mutex<Vec<User>>,
@@ -279,7 +282,7 @@ impl PresenceBackend for RedisBackend {
             .collect()
     }
 
-    async fn maintain(&self, held: &[User]) -> Result<Changes, BackendError> {
+    async fn maintain(&self, held: Option<&[User]>) -> Result<Changes, BackendError> {
         let mut conn = self.conn.clone();
         let mut inv = self.heartbeat.prepare_invoke();
         inv.key(self.key("nodes"))
@@ -288,10 +291,14 @@ impl PresenceBackend for RedisBackend {
             .arg(&self.node_id)
             .arg(self.node_ttl.as_millis() as u64)
             .arg(&self.prefix);
-        let out: Vec<redis::Value> = self.bounded(false, inv.invoke_async(&mut conn)).await?;
+        let out: Vec<redis::Value> = self.bounded(true, inv.invoke_async(&mut conn)).await?;
         let mut changes = Changes::default();
         let mut iter = out.into_iter();
         let registered = matches!(iter.next(), Some(redis::Value::Int(1)));
+        let stored = match iter.next() {
+            Some(redis::Value::Int(n)) => usize::try_from(n).ok(),
+            _ => None,
+        };
         for v in iter {
             if let Ok(id) = redis::from_redis_value::<String>(v) {
                 changes.leaves.push(id);
@@ -300,11 +307,21 @@ impl PresenceBackend for RedisBackend {
         if !self.healthy.swap(true, Ordering::Relaxed) {
             tracing::info!("redis reachable again");
         }
-        if !registered || self.dirty.swap(false, Ordering::Relaxed) {
+        // What Redis stores for this node must be what it holds. `held` is None while changes
+        // are still queued to be stored (the count would differ for no fault of Redis).
+        let drifted = held.is_some_and(|h| stored != Some(h.len()));
+        if !registered || drifted || self.dirty.swap(false, Ordering::Relaxed) {
             if !registered {
                 tracing::info!(node = %self.node_id, "node (re)registered; syncing its users");
+            } else if drifted {
+                tracing::info!(node = %self.node_id, ?stored, "stored users differ from the held ones; syncing");
             }
-            self.resync(held, &mut changes).await?;
+            if let Some(held) = held {
+                self.resync(held, &mut changes).await?;
+            } else {
+                // Re-synced at the next heartbeat that finds the queue empty.
+                self.dirty.store(true, Ordering::Relaxed);
+            }
         }
         Ok(changes)
     }

@@ -167,6 +167,15 @@ impl<A: Adapter> Namespace<A> {
         #[cfg(feature = "tracing")]
         tracing::trace!(?socket.id, ?self.path, "socket added to namespace");
 
+        // PATCHED: the connection may have closed while the middlewares ran. Its disconnect
+        // handler looked for this socket in `self.sockets` before it was there, so nobody else
+        // would ever remove it. Engine.IO marks the session closed before it runs that handler,
+        // so checking after the insert cannot miss a close.
+        if esocket.is_closed() {
+            self.remove_socket(sid);
+            return Err(ConnectFail);
+        }
+
         let protocol = esocket.protocol.into();
         let payload = ConnectPacket { sid: socket.id };
         let payload = match protocol {
