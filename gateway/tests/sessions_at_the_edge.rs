@@ -382,7 +382,7 @@ store = {{ kind = "redis", url = "{}", prefix = "sess:" }}
     let fixture: serde_json::Value = serde_json::from_str(
         &std::fs::read_to_string(concat!(
             env!("CARGO_MANIFEST_DIR"),
-            "/../../shared/fixtures/express-session.json"
+            "/tests/fixtures/express-session.json"
         ))
         .unwrap(),
     )

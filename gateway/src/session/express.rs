@@ -39,12 +39,10 @@ mod tests {
     fn fixture() -> Value {
         let path = concat!(
             env!("CARGO_MANIFEST_DIR"),
-            "/../../shared/fixtures/express-session.json"
+            "/tests/fixtures/express-session.json"
         );
-        serde_json::from_str(
-            &std::fs::read_to_string(path).expect("shared fixtures beside the repo"),
-        )
-        .unwrap()
+        serde_json::from_str(&std::fs::read_to_string(path).expect("gateway/tests/fixtures"))
+            .unwrap()
     }
 
     #[test]
