@@ -331,6 +331,7 @@ pub fn build(cfg: Config) -> Result<Server, ConfigError> {
         .filter_map(|p| parse_cidr(p.get_ref()).ok())
         .collect();
     let trusted = Arc::new(trusted);
+    let access_log = Arc::new(crate::proxy::AccessLog::new(&cfg.gateway.access_log));
 
     for (i, l) in cfg.listeners.iter().enumerate() {
         let gateway = Gateway {
@@ -341,6 +342,7 @@ pub fn build(cfg: Config) -> Result<Server, ConfigError> {
             trusted_proxies: trusted.clone(),
             upgraded_idle: Duration::from_secs(cfg.gateway.upgraded_idle_timeout_secs),
             tls: l.tls.is_some(),
+            access_log: access_log.clone(),
         };
         let mut svc = pingora::proxy::http_proxy_service_with_name(
             &server.configuration,

@@ -136,6 +136,47 @@ pub struct GatewaySection {
     /// Peers (IP or CIDR) whose `X-Forwarded-*` headers are trusted and appended to.
     #[serde(default)]
     pub trusted_proxies: Vec<Spanned<String>>,
+    /// Which requests get an access line. Engine.IO long-polling requests of established
+    /// sessions (two per client per ping interval) can be skipped or sampled; they are always
+    /// counted in `gateway_requests_total` and, when not logged, in
+    /// `gateway_access_log_suppressed_total`.
+    #[serde(default)]
+    pub access_log: AccessLogConfig,
+}
+
+/// `[gateway] access_log = { polling = "all" | "skip" | "sample", sample_every = 100 }`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AccessLogConfig {
+    #[serde(default)]
+    pub polling: PollingLog,
+    /// With `polling = "sample"`: one line per this many polling requests (the first is logged).
+    #[serde(default = "default_sample_every")]
+    pub sample_every: u64,
+}
+
+impl Default for AccessLogConfig {
+    fn default() -> Self {
+        Self {
+            polling: PollingLog::All,
+            sample_every: default_sample_every(),
+        }
+    }
+}
+
+fn default_sample_every() -> u64 {
+    100
+}
+
+/// What the access log does with Engine.IO polling requests that are neither refused nor failed
+/// (refusals, errors and 5xx answers are always logged).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum PollingLog {
+    #[default]
+    All,
+    Skip,
+    Sample,
 }
 
 impl Default for GatewaySection {
@@ -147,6 +188,7 @@ impl Default for GatewaySection {
             shutdown_timeout_secs: default_grace(),
             upgraded_idle_timeout_secs: default_upgraded_idle(),
             trusted_proxies: Vec::new(),
+            access_log: AccessLogConfig::default(),
         }
     }
 }
@@ -327,10 +369,28 @@ pub enum StoreConfig {
         table: String,
     },
     Redis {
+        /// `redis://[user:password@]host:port[/db]`, inline or, since it may carry a password,
+        /// from a secret: `url = { file = "/run/secrets/redis_url" }` or `{ env = "VAR" }`
+        /// (a relative file is read from the working directory).
+        #[serde(deserialize_with = "string_or_secret")]
         url: String,
         /// Key prefix (connect-redis: `sess:`). tower-sessions' Redis store uses none.
         prefix: Option<String>,
     },
+}
+
+/// A plain string, or a [`SecretSource`] table read at load time.
+fn string_or_secret<'de, D: serde::Deserializer<'de>>(d: D) -> Result<String, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Either {
+        Plain(String),
+        Secret(SecretSource),
+    }
+    match Either::deserialize(d)? {
+        Either::Plain(s) => Ok(s),
+        Either::Secret(s) => s.read(Path::new(".")).map_err(serde::de::Error::custom),
+    }
 }
 
 fn default_table() -> String {
@@ -455,6 +515,14 @@ impl Config {
         // Something missing has no span of its own: point at the top of the file.
         let missing = |key: &str, msg: &str| src.error_at(0..0, key, msg);
         parse_addr(src, &self.admin.listen, "admin.listen")?;
+        if self.gateway.access_log.polling == PollingLog::Sample
+            && self.gateway.access_log.sample_every == 0
+        {
+            return Err(missing(
+                "gateway.access_log.sample_every",
+                "must be at least 1 with polling = \"sample\"",
+            ));
+        }
         if self.listeners.is_empty() {
             return Err(missing("listener", "at least one [[listener]] is required"));
         }
@@ -803,5 +871,57 @@ audience = "presence-service"
             file: None,
         };
         assert!(s.read(&base).is_err());
+    }
+
+    #[test]
+    fn access_log_defaults_to_all_and_parses_skip_and_sample() {
+        let c = parse(MINIMAL).unwrap();
+        assert_eq!(c.gateway.access_log.polling, PollingLog::All);
+        let with = |line: &str| format!("[gateway]\n{line}\n{MINIMAL}");
+        let c = parse(&with(r#"access_log = { polling = "skip" }"#)).unwrap();
+        assert_eq!(c.gateway.access_log.polling, PollingLog::Skip);
+        let c = parse(&with(
+            r#"access_log = { polling = "sample", sample_every = 50 }"#,
+        ))
+        .unwrap();
+        assert_eq!(c.gateway.access_log.polling, PollingLog::Sample);
+        assert_eq!(c.gateway.access_log.sample_every, 50);
+        let err = parse(&with(
+            r#"access_log = { polling = "sample", sample_every = 0 }"#,
+        ))
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("gateway.access_log.sample_every"), "{err}");
+        let err = parse(&with(r#"access_log = { polling = "some" }"#))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("gateway.access_log.polling"), "{err}");
+    }
+
+    #[test]
+    fn redis_url_from_a_secret_file() {
+        let dir = std::env::temp_dir().join(format!("gw-cfg-url-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("redis_url");
+        std::fs::write(&file, "redis://:s3cret@redis:6379\n").unwrap();
+        let text = MINIMAL.replace(
+            r#"url = "redis://127.0.0.1:6379""#,
+            &format!("url = {{ file = {:?} }}", file.display().to_string()),
+        );
+        let c = parse(&text).unwrap();
+        let Some(s) = c.sessions.values().next().or(c.session.as_ref()) else {
+            panic!("no session section")
+        };
+        match s.store.get_ref() {
+            StoreConfig::Redis { url, .. } => assert_eq!(url, "redis://:s3cret@redis:6379"),
+            other => panic!("{other:?}"),
+        }
+        let missing = MINIMAL.replace(
+            r#"url = "redis://127.0.0.1:6379""#,
+            r#"url = { file = "/nonexistent/redis_url" }"#,
+        );
+        let err = parse(&missing).unwrap_err().to_string();
+        assert!(err.contains("/nonexistent/redis_url"), "{err}");
+        std::fs::remove_dir_all(dir).unwrap();
     }
 }

@@ -12,6 +12,9 @@ pub struct Metrics {
     pub upgraded_connections: IntGauge,
     pub upstream_errors: IntCounterVec,
     pub requests: IntCounterVec,
+    /// Requests counted in `requests` whose access line was skipped or sampled away
+    /// (`[gateway] access_log`), by route and kind (`polling`).
+    pub access_log_suppressed: IntCounterVec,
 }
 
 impl Metrics {
@@ -54,12 +57,21 @@ impl Metrics {
             &["route", "status"],
         )
         .expect("valid metric");
+        let access_log_suppressed = IntCounterVec::new(
+            Opts::new(
+                "gateway_access_log_suppressed_total",
+                "Requests not written to the access log (gateway.access_log), by route and kind",
+            ),
+            &["route", "kind"],
+        )
+        .expect("valid metric");
         for c in [
             Box::new(auth_results.clone()) as Box<dyn prometheus::core::Collector>,
             Box::new(session_lookup_seconds.clone()),
             Box::new(upgraded_connections.clone()),
             Box::new(upstream_errors.clone()),
             Box::new(requests.clone()),
+            Box::new(access_log_suppressed.clone()),
         ] {
             registry.register(c).expect("unique metric names");
         }
@@ -70,6 +82,7 @@ impl Metrics {
             upgraded_connections,
             upstream_errors,
             requests,
+            access_log_suppressed,
         }
     }
 

@@ -23,7 +23,7 @@ use pingora::proxy::{DetachedUpgrade, FailToProxy};
 use pingora::ErrorType;
 
 use crate::classify::{self, HandshakeClass, RequestFacts, Transport};
-use crate::config::AuthPolicy;
+use crate::config::{AccessLogConfig, AuthPolicy, PollingLog};
 use crate::forwarding::{self, Cidr};
 use crate::logout::LogoutNotifier;
 use crate::metrics::Metrics;
@@ -41,6 +41,45 @@ pub struct Gateway {
     pub upgraded_idle: Duration,
     /// Whether this listener terminates TLS (for `X-Forwarded-Proto`).
     pub tls: bool,
+    /// Which requests get an access line (`[gateway] access_log`); shared by all listeners.
+    pub access_log: Arc<AccessLog>,
+}
+
+/// The access-log policy: every request is counted in `gateway_requests_total`; Engine.IO
+/// long-polling requests of established sessions may be left out of the log (`skip`) or logged
+/// one in `sample_every` (`sample`). Refused, failed and 5xx requests are always logged.
+pub struct AccessLog {
+    polling: PollingLog,
+    sample_every: u64,
+    polling_seen: std::sync::atomic::AtomicU64,
+}
+
+impl AccessLog {
+    pub fn new(cfg: &AccessLogConfig) -> Self {
+        Self {
+            polling: cfg.polling,
+            sample_every: cfg.sample_every.max(1),
+            polling_seen: std::sync::atomic::AtomicU64::new(0),
+        }
+    }
+
+    /// Whether this request gets an access line. `polling`: an established Engine.IO session's
+    /// long-polling request; `problem`: refused, failed or answered 5xx.
+    pub fn should_log(&self, polling: bool, problem: bool) -> bool {
+        if problem || !polling {
+            return true;
+        }
+        match self.polling {
+            PollingLog::All => true,
+            PollingLog::Skip => false,
+            PollingLog::Sample => {
+                let n = self
+                    .polling_seen
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                n % self.sample_every == 0
+            }
+        }
+    }
 }
 
 /// Per-request state, filled phase by phase.
@@ -565,6 +604,21 @@ impl ProxyHttp for Gateway {
                 }
             }
         }
+        let problem = ctx.refused.is_some() || e.is_some() || status >= 500;
+        let polling = matches!(
+            ctx.class,
+            Some(HandshakeClass::Established {
+                transport: Transport::Polling,
+                ..
+            })
+        );
+        if !self.access_log.should_log(polling, problem) {
+            self.metrics
+                .access_log_suppressed
+                .with_label_values(&[route, "polling"])
+                .inc();
+            return;
+        }
         let req = session.req_header();
         // One line per request; refusals and failures at warn, with their reason.
         macro_rules! access_line {
@@ -585,7 +639,7 @@ impl ProxyHttp for Gateway {
                 )
             };
         }
-        if ctx.refused.is_some() || e.is_some() || status >= 500 {
+        if problem {
             access_line!(warn);
         } else {
             access_line!(info);
@@ -596,6 +650,40 @@ impl ProxyHttp for Gateway {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn access_log(polling: PollingLog, sample_every: u64) -> AccessLog {
+        AccessLog::new(&AccessLogConfig {
+            polling,
+            sample_every,
+        })
+    }
+
+    #[test]
+    fn access_log_all_logs_every_request() {
+        let log = access_log(PollingLog::All, 100);
+        assert!((0..10).all(|_| log.should_log(true, false)));
+        assert!(log.should_log(false, false));
+    }
+
+    #[test]
+    fn access_log_skip_drops_only_clean_polling_requests() {
+        let log = access_log(PollingLog::Skip, 100);
+        assert!(!log.should_log(true, false));
+        // Refusals, errors and 5xx are always logged; so is everything that is not polling.
+        assert!(log.should_log(true, true));
+        assert!(log.should_log(false, false));
+    }
+
+    #[test]
+    fn access_log_sample_logs_one_in_n() {
+        let log = access_log(PollingLog::Sample, 3);
+        let logged: Vec<bool> = (0..7).map(|_| log.should_log(true, false)).collect();
+        assert_eq!(logged, [true, false, false, true, false, false, true]);
+        assert!(log.should_log(true, true));
+        // sample_every = 0 (refused by the config check) behaves as 1, never divides by zero.
+        let every = access_log(PollingLog::Sample, 0);
+        assert!((0..3).all(|_| every.should_log(true, false)));
+    }
 
     #[test]
     fn origin_rules() {

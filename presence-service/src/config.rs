@@ -191,6 +191,10 @@ pub enum BackendKind {
 pub struct BackendConfig {
     pub kind: BackendKind,
     pub redis_url: Spanned<String>,
+    /// A file holding the whole Redis URL (`redis://:password@host:port`), read at load time in
+    /// place of `redis_url`, so the password lives in a secret (e.g. `/run/secrets/redis_url`),
+    /// not in the config. Relative to the config file's folder.
+    pub redis_url_file: Option<Spanned<PathBuf>>,
     /// Prefix of every presence key, so several deployments can share one Redis.
     pub key_prefix: String,
     /// This node's id in Redis; empty picks a random one at start.
@@ -208,6 +212,7 @@ impl Default for BackendConfig {
         Self {
             kind: BackendKind::Memory,
             redis_url: Spanned::new(0..0, "redis://127.0.0.1:6379".into()),
+            redis_url_file: None,
             key_prefix: "presence".into(),
             node_id: String::new(),
             heartbeat_interval_ms: 1_000,
@@ -288,6 +293,28 @@ impl Config {
                 ));
             }
             key.pem = Spanned::new(span, resolved);
+        }
+        if let Some(file) = config.backend.redis_url_file.take() {
+            let span = file.span();
+            let resolved = base.join(file.get_ref());
+            let text = std::fs::read_to_string(&resolved).map_err(|e| {
+                invalid(
+                    span.clone(),
+                    "backend.redis_url_file",
+                    format!("cannot read {}: {e}", resolved.display()),
+                )
+            })?;
+            let url = text.trim().to_string();
+            if redis::Client::open(url.as_str()).is_err() {
+                // The URL may carry a password: name the file, never print its contents.
+                return Err(invalid(
+                    span,
+                    "backend.redis_url_file",
+                    format!("{} does not hold a redis URL", resolved.display()),
+                ));
+            }
+            config.backend.redis_url = Spanned::new(span, url);
+            config.backend.redis_url_file = Some(Spanned::new(0..0, resolved));
         }
         let url = &config.backend.redis_url;
         if config.backend.kind == BackendKind::Redis
@@ -538,5 +565,29 @@ mod tests {
             err.to_string(),
             "p.toml:3:1: backend.node_ttl_ms: must be larger than heartbeat_interval_ms"
         );
+    }
+
+    #[test]
+    fn redis_url_from_a_file_relative_to_the_config() {
+        let dir = std::env::temp_dir().join(format!("presence-cfg-url-{}", uuid::Uuid::new_v4()));
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join("redis_url"), "redis://:s3cret@redis:6379\n").unwrap();
+        let text = "[backend]\nkind = \"redis\"\nredis_url_file = \"redis_url\"\n";
+        let c = Config::parse(text, &dir.join("presence.toml")).unwrap();
+        assert_eq!(c.backend.redis_url.get_ref(), "redis://:s3cret@redis:6379");
+        std::fs::write(dir.join("redis_url"), "not a url with s3cret").unwrap();
+        let err = Config::parse(text, &dir.join("presence.toml"))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("backend.redis_url_file"), "{err}");
+        assert!(!err.contains("s3cret"), "{err}");
+        let err = Config::parse(
+            "[backend]\nredis_url_file = \"missing\"\n",
+            &dir.join("presence.toml"),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("cannot read"), "{err}");
+        std::fs::remove_dir_all(dir).unwrap();
     }
 }
