@@ -186,6 +186,7 @@ class Tab:
         self.live = False
         self.list = {}
         self.conn = None  # this connection's record in rec.sockets
+        self.busy = False  # an operation is under way on this tab
 
     def _removed(self, before, after, explicit, event):
         t = now()

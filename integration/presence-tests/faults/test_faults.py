@@ -93,21 +93,39 @@ class Cluster:
     async def op(self):
         rng = self.rng
         up = self.up_nodes()
-        live = [t for t in self.tabs if t.live and t.node.name not in self.down]
-        idle = [t for t in self.tabs if not t.live and (t.slot == 0 or self.tab_of(t.user, 0).live)]
+        # A tab is picked by one operation at a time: two concurrent connects of one tab would
+        # leave the first client open and untracked (a real socket the checks don't count).
+        live = [t for t in self.tabs if t.live and not t.busy and t.node.name not in self.down]
+        idle = [t for t in self.tabs if not t.live and not t.busy
+                and (t.slot == 0 or self.tab_of(t.user, 0).live)]
+        picked = []
+
+        def pick(tabs):
+            tab = rng.choice(tabs)
+            tab.busy = True
+            picked.append(tab)
+            return tab
+        try:
+            await self._op(rng, kind_tabs=(live, idle, up), pick=pick)
+        finally:
+            for t in picked:
+                t.busy = False
+
+    async def _op(self, rng, kind_tabs, pick):
+        live, idle, up = kind_tabs
         kind = rng.choices(["connect", "disconnect", "reload", "flash"], weights=[5, 2, 3, 2])[0]
         if kind == "connect" and idle and up:
-            tab = rng.choice(idle)
+            tab = pick(idle)
             node = rng.choice(up)
             self.oplog.append((now(), node.name, f"connect {tab.name}"))
             ok = await tab.connect(node)
             self.oplog.append((now(), node.name, f"connected {tab.name} {ok}"))
         elif kind == "disconnect" and live:
-            tab = rng.choice(live)
+            tab = pick(live)
             self.oplog.append((now(), tab.node.name, f"close {tab.name}"))
             await tab.close()
         elif kind == "reload" and live and up:
-            tab = rng.choice(live)
+            tab = pick(live)
             target = tab.node if rng.random() < 0.6 and tab.node in up else rng.choice(up)
             self.oplog.append((now(), tab.node.name, f"reload {tab.name} -> {target.name}"))
             await tab.close()
