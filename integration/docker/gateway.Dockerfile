@@ -27,17 +27,22 @@ COPY integration/demo-service integration/demo-service
 COPY vendor vendor
 RUN --mount=type=cache,target=/usr/local/cargo/registry \
     --mount=type=cache,target=/src/target \
-    cargo build --release --locked -p gateway && cp target/release/gateway /gateway
+    cargo build --release --locked -p gateway \
+    && objcopy --only-keep-debug target/release/gateway /gateway.debug \
+    && strip --strip-all -o /gateway target/release/gateway
 
 FROM scratch AS binary-prebuilt
-# Folder of the host-built binary, relative to the context (target/debug works for a quick try).
+# Folder of the host-built binary, relative to the context (build-images.sh stages stripped
+# copies in target/docker-bin/<profile>; target/debug works for a quick try).
 ARG BINARY_DIR=target/release
 COPY ${BINARY_DIR}/gateway /gateway
 
 FROM binary-${BINARY_FROM} AS binary
 
 FROM ${BASE_IMAGE} AS runtime
-# CA certificates and curl (healthcheck); the offline base already has both, debian:*-slim not.
+# Only CA certificates and curl (healthcheck) on top of the base; the offline base already has
+# both, debian:*-slim not. The binary is stripped (the source stage keeps /<name>.debug for
+# `docker build --target binary-source` to export as an artifact).
 RUN set -eu; \
     if ! command -v curl >/dev/null || [ ! -s /etc/ssl/certs/ca-certificates.crt ]; then \
       apt-get update; \

@@ -18,6 +18,11 @@
 #   KEEP_STACK=1          leave the stack running afterwards (then: docker-compose -p ... down -v).
 #   TEST_FILTER=...       passed to node --test-name-pattern and pytest -k.
 #   SAVE_LOGS=<file>      write every container's log there before `down` (pass or fail).
+#   IMAGE_BUDGET_MB_<svc> size budget per image (svc: gateway, presence_service, demo_service,
+#                         express_service, redis); defaults below, set from measured sizes.
+#
+# Besides the tests in integration/compose-tests, the runner itself checks that compose refuses
+# to start without each of its secrets, and that the images stay within their size budget.
 set -euo pipefail
 
 started=$(date +%s)
@@ -53,8 +58,11 @@ export IMAGE_PREFIX=${IMAGE_PREFIX:-edge}
 export IMAGE_TAG=${IMAGE_TAG:-dev}
 export GATEWAY_BIND=127.0.0.1
 export GATEWAY_PORT=${GATEWAY_PORT:-$(free_port)}
-export SESSION_SECRET=${SESSION_SECRET:-suite-secret-$RANDOM$RANDOM}
 export GATEWAY_URL="https://127.0.0.1:$GATEWAY_PORT"
+# Fresh secrets for this run (compose has no defaults): SESSION_SECRET_FILE, REDIS_PASSWORD_FILE,
+# REDIS_URL_FILE, files under the run's own directory.
+run_dir=$(mktemp -d /tmp/compose-suite.XXXXXX)
+eval "$("$here/make-secrets.sh" "$run_dir/secrets")"
 
 # ---- images ---------------------------------------------------------------------------------
 "$here/build-images.sh"
@@ -62,6 +70,31 @@ if [[ $IMAGES_FROM == local ]]; then
   export REDIS_IMAGE=edge-local/redis:bookworm
 fi
 log "images ready after $(elapsed) s"
+
+# ---- image size budget ------------------------------------------------------------------------
+# Measured with stripped binaries (PROFILE=debug, offline bases): gateway 162, presence-service
+# 144, demo-service 135, express-service 212, redis 124 MB (before stripping: 375, 285, 228);
+# the budget is that plus ~10%.
+# A release build is smaller still. Raise a budget deliberately, never by accident.
+declare -A budget_mb=(
+  [gateway]=${IMAGE_BUDGET_MB_gateway:-180}
+  [presence-service]=${IMAGE_BUDGET_MB_presence_service:-160}
+  [demo-service]=${IMAGE_BUDGET_MB_demo_service:-150}
+  [express-service]=${IMAGE_BUDGET_MB_express_service:-235}
+  [redis]=${IMAGE_BUDGET_MB_redis:-140}
+)
+over=0
+for svc in gateway presence-service demo-service express-service redis; do
+  mb=$(( $("$DOCKER" image inspect -f '{{.Size}}' "$IMAGE_PREFIX/$svc:$IMAGE_TAG") / 1000000 ))
+  verdict=ok
+  if (( mb > budget_mb[$svc] )); then verdict="OVER BUDGET"; over=1; fi
+  printf '  %-18s %5d MB  (budget %d MB)  %s\n' "$svc" "$mb" "${budget_mb[$svc]}" "$verdict" >&2
+done
+if [[ $over != 0 ]]; then
+  log "an image exceeds its size budget"
+  rm -rf "$run_dir"
+  exit 1
+fi
 
 # ---- test clients on the host ---------------------------------------------------------------
 log "test clients: npm ci (socket.io-client), venv (python-socketio, pytest)"
@@ -71,7 +104,6 @@ venv="$repo/integration/compose-tests/.venv"
 "$venv/bin/pip" install -q -r "$repo/integration/compose-tests/requirements.txt"
 
 # ---- stack ----------------------------------------------------------------------------------
-run_dir=$(mktemp -d /tmp/compose-suite.XXXXXX)
 export CA_FILE="$run_dir/ca.crt"
 failed=0
 cleanup() {
@@ -112,6 +144,26 @@ trap cleanup EXIT
 
 # A stack left by an interrupted run would hold the names and volumes.
 $COMPOSE down -v --remove-orphans --timeout 5 >/dev/null 2>&1 || true
+
+# Secrets are required: without any one of them compose refuses to start, names the variable,
+# and creates nothing.
+for var in SESSION_SECRET_FILE REDIS_PASSWORD_FILE REDIS_URL_FILE; do
+  out=$(env -u "$var" $COMPOSE up -d --no-build 2>&1) && {
+    log "compose started without $var: $out"
+    failed=1
+    exit 1
+  }
+  if ! grep -q "set $var" <<<"$out"; then
+    log "compose refused to start without $var, but its message does not name it: $out"
+    exit 1
+  fi
+  if [[ -n $($COMPOSE ps -q 2>/dev/null) ]]; then
+    log "compose created containers without $var"
+    exit 1
+  fi
+  printf '  without %-20s refused: %s\n' "$var" "$(grep -m1 "set $var" <<<"$out")" >&2
+done
+log "compose refuses to start without each secret"
 
 log "up (gateway on $GATEWAY_URL)"
 $COMPOSE up -d --no-build

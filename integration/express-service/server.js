@@ -3,10 +3,14 @@
 // It knows nothing about the gateway or Socket.IO: the point of running it in the compose stack
 // is that the gateway reads the sessions this app writes without the app being changed.
 //
-// Env: PORT (3000), HOST (0.0.0.0), REDIS_URL (required), SESSION_SECRET (comma-separated list:
-// the first signs, all verify, as express-session does with an array of secrets), BASE_PATH
-// (empty: the routes at /api/auth/...; "/express": at /express/api/auth/..., so that one gateway
-// origin can serve this app next to another one that also uses /api/auth/).
+// Env: PORT (3000), HOST (0.0.0.0), REDIS_URL (required), REDIS_PASSWORD_FILE (a file holding
+// Redis's password, e.g. a compose secret; or the password in REDIS_URL), SESSION_SECRET_FILE
+// (comma-separated list of files, one secret each) or SESSION_SECRET (comma-separated list of
+// secrets): the first signs, all verify, as express-session does with an array of secrets; one
+// of the two is required, there is no default. BASE_PATH (empty: the routes at /api/auth/...;
+// "/express": at /express/api/auth/..., so that one gateway origin can serve this app next to
+// another one that also uses /api/auth/).
+import { readFileSync } from 'node:fs';
 import http from 'node:http';
 import express from 'express';
 import session from 'express-session';
@@ -19,15 +23,26 @@ const port = Number(process.env.PORT || 3000);
 const host = process.env.HOST || '0.0.0.0';
 const redisUrl = process.env.REDIS_URL;
 const basePath = (process.env.BASE_PATH || '').replace(/\/+$/, '');
-const secrets = (process.env.SESSION_SECRET || '').split(',').map((s) => s.trim()).filter(Boolean);
+const list = (value) => (value || '').split(',').map((s) => s.trim()).filter(Boolean);
+/** A secret file's contents without the trailing newline; a missing or empty file is fatal. */
+function readSecret(file) {
+  const value = readFileSync(file, 'utf8').replace(/[\r\n]+$/, '');
+  if (!value) throw new Error(`${file} is empty`);
+  return value;
+}
+const secrets = process.env.SESSION_SECRET_FILE
+  ? list(process.env.SESSION_SECRET_FILE).map(readSecret)
+  : list(process.env.SESSION_SECRET);
+const redisPassword = process.env.REDIS_PASSWORD_FILE ? readSecret(process.env.REDIS_PASSWORD_FILE) : undefined;
 
 if (!redisUrl) throw new Error('REDIS_URL is required: sessions live in Redis so the gateway can read them');
-if (secrets.length === 0) throw new Error('SESSION_SECRET is required');
+if (secrets.length === 0) throw new Error('SESSION_SECRET_FILE (or SESSION_SECRET) is required: no default secret');
 
 // Reconnects forever with a capped backoff, so the app survives a Redis restart like the
 // gateway does; requests that need the store fail while it is away.
 const redis = createClient({
   url: redisUrl,
+  ...(redisPassword ? { password: redisPassword } : {}),
   socket: { reconnectStrategy: (retries) => Math.min(100 * 2 ** retries, 2000) },
 });
 redis.on('error', (err) => console.error(`redis: ${err.message}`));
@@ -51,8 +66,12 @@ app.disable('x-powered-by');
 app.use(express.json());
 app.use(express.urlencoded({ extended: false }));
 
-// Liveness for the container healthcheck; it also pings Redis so "healthy" means "can log in".
-app.get('/healthz', async (_req, res) => {
+// Liveness for the container healthcheck: the process serves requests. Redis is not checked
+// here, so a Redis outage does not make the container unhealthy (and restarted); /readyz does.
+app.get('/healthz', (_req, res) => res.json({ ok: true }));
+
+// Readiness: Redis answers, so a login can work.
+app.get('/readyz', async (_req, res) => {
   try {
     await redis.ping();
     res.json({ ok: true });

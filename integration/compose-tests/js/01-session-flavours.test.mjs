@@ -5,8 +5,8 @@
 import assert from 'node:assert/strict';
 import { after, describe, test } from 'node:test';
 import {
-  EXPRESS_PREFIX, GATEWAY_URL, PresenceClient, compose, connectClient, handshake, loginDemo,
-  closeAllClients, loginExpress, request, users,
+  EXPRESS_PREFIX, GATEWAY_URL, PresenceClient, connectClient, handshake, loginDemo,
+  closeAllClients, loginExpress, redisCli, request, users,
 } from './lib/stack.mjs';
 
 const open = [];
@@ -55,7 +55,7 @@ describe('express-session flavour (Express + connect-redis + Passport behind the
 
     // connect.sid = s:<sid>.<signature>, URL-encoded; connect-redis keeps it at sess:<sid>.
     const sid = decodeURIComponent(cookie.split('=')[1]).slice(2).split('.')[0];
-    const stored = await compose('exec', '-T', 'redis', 'redis-cli', 'get', `sess:${sid}`);
+    const stored = await redisCli('get', `sess:${sid}`);
     assert.equal(JSON.parse(stored).passport.user, user);
   });
 

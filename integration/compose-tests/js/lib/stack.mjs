@@ -196,12 +196,24 @@ export async function docker(...args) {
   return stdout;
 }
 
-/** `curl` from inside the compose network (the express-service container has curl). */
-export async function curlInside(url, headers = {}) {
+/**
+ * The container the tests run curl in to reach the presence instances: they sit on the stack's
+ * `internal` network only, which the gateway shares with them (the apps do not).
+ */
+export const INSIDE = 'gateway';
+
+/** `curl` from inside a compose container (default: on the presence network); 0 = no answer. */
+export async function curlInside(url, headers = {}, { from = INSIDE, maxTime = 5 } = {}) {
   const hdrs = Object.entries(headers).flatMap(([k, v]) => ['-H', `${k}: ${v}`]);
-  const out = await compose('exec', '-T', 'express-service', 'curl', '-s', '-o', '/dev/null',
-    '-w', '%{http_code}', ...hdrs, url);
-  return Number(out.trim());
+  const script = 'curl -s -o /dev/null --max-time "$0" -w %{http_code} "$@" || true';
+  const out = await compose('exec', '-T', from, 'sh', '-c', script, String(maxTime), ...hdrs, url);
+  return Number(out.trim() || 0);
+}
+
+/** `redis-cli` in the redis container, authenticated with the stack's password secret. */
+export async function redisCli(...args) {
+  return compose('exec', '-T', 'redis', 'sh', '-c',
+    'REDISCLI_AUTH="$(cat /run/secrets/redis_password)" exec redis-cli "$@"', 'redis-cli', ...args);
 }
 
 /**
@@ -219,7 +231,7 @@ sid=$(printf '%s' "$open" | sed -n 's/.*"sid":"\\([^"]*\\)".*/\\1/p')
 test -n "$sid" || { echo "no sid in: $open"; exit 1; }
 curl -fsS -o /dev/null -X POST -H 'content-type: text/plain;charset=UTF-8' --data '40' "$base&sid=$sid"
 curl -fsS "$base&sid=$sid"`;
-  return (await compose('exec', '-T', 'express-service', 'sh', '-c', script)).trim();
+  return (await compose('exec', '-T', INSIDE, 'sh', '-c', script)).trim();
 }
 
 /**
@@ -227,7 +239,7 @@ curl -fsS "$base&sid=$sid"`;
  * labels. A labelled counter has no line until its first increment: that reads as 0.
  */
 export async function presenceMetric(instance, name) {
-  const text = await compose('exec', '-T', 'express-service', 'curl', '-fsS', `http://${instance}:3001/metrics`);
+  const text = await compose('exec', '-T', INSIDE, 'curl', '-fsS', `http://${instance}:3001/metrics`);
   let total = 0;
   let seen = false;
   for (const line of text.split('\n')) {
