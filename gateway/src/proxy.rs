@@ -76,7 +76,7 @@ impl AccessLog {
                 let n = self
                     .polling_seen
                     .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                n % self.sample_every == 0
+                n.is_multiple_of(self.sample_every)
             }
         }
     }
