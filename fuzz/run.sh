@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Builds the fuzz targets and runs each for a number of executions, then prints per target:
 # executions, exec/s, coverage (libFuzzer's cov: and ft: from the final stats line), corpus size
-# and findings (crash/timeout/oom files). Exits non-zero if any target found something.
+# and findings (crash/timeout/oom files). Exits non-zero if any target found something. Every
+# run starts by replaying fuzz/corpus-seeds/<target> and fuzz/regressions/<target>.
 #
 #   fuzz/run.sh [RUNS] [TARGET...]        RUNS: executions per target (default 10000000)
 #   FUZZ_TARGETS="classify config_parse" fuzz/run.sh 1000000
@@ -69,7 +70,8 @@ for t in $TARGETS; do
     start=$(date +%s%N)
     set +e
     "${NICE[@]}" "$BIN_DIR/$t" -runs="$RUNS" -print_final_stats=1 -timeout=10 \
-        -artifact_prefix="$artifacts/" "$corpus" "$here/corpus-seeds/$t" >"$log" 2>&1
+        -artifact_prefix="$artifacts/" "$corpus" "$here/corpus-seeds/$t" \
+        $([[ -d "$here/regressions/$t" ]] && echo "$here/regressions/$t") >"$log" 2>&1
     rc=$?
     set -e
     ms=$(( ($(date +%s%N) - start) / 1000000 ))
