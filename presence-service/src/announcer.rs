@@ -23,8 +23,9 @@ pub enum Command<A: Adapter> {
     Apply(Effect),
     /// Send `online_users` to a socket that just connected (after its own `Hold`).
     Snapshot(SocketRef<A>),
-    /// Send `online_users` to every socket on every node: the cluster link is back, and changes
-    /// broadcast while it was down never reached the other nodes.
+    /// Send `online_users` to every socket on every node, once every node had a heartbeat to
+    /// store its users again: the cluster link is back, and changes broadcast while it was down
+    /// never reached the other nodes.
     Refresh,
     /// The node is stopping: see [`Presence::stop`].
     Stop {
@@ -203,6 +204,9 @@ pub fn start<A: Adapter>(
         next_page_at: Instant::now(),
         ns: None,
         stopping: None,
+        refresh_at: None,
+        held_over: None,
+        last_list: Vec::new(),
     };
     tokio::spawn(announcer.run(presence.clone(), rx));
     presence
@@ -232,6 +236,15 @@ struct Announcer<A: Adapter> {
     ns: Option<BroadcastOperators<A>>,
     /// Set by [`Command::Stop`]: when to give up waiting, and whom to tell that we are done.
     stopping: Option<(Instant, oneshot::Sender<()>)>,
+    /// When the refresh asked for by [`Command::Refresh`] goes out.
+    refresh_at: Option<Instant>,
+    /// Compat mode: the list as it was when the shared store became unreachable, kept (with this
+    /// node's own changes applied) until the refresh after it is back. Until every node has
+    /// stored its users again, a list read from the store misses some; the seed's events carry
+    /// the whole list, and dropping a user who never left would make them flap for everyone.
+    held_over: Option<Vec<User>>,
+    /// Compat mode: the list the last broadcast carried.
+    last_list: Vec<User>,
 }
 
 /// Commands handled per turn of the loop before the waiting snapshots are sent: large enough
@@ -283,6 +296,9 @@ impl<A: Adapter> Announcer<A> {
                     next_release = presence.expire(Instant::now());
                 }
                 _ = heartbeat.tick() => self.maintain(&presence, rx.is_empty()).await,
+                _ = tokio::time::sleep_until(self.refresh_at.unwrap_or(release_at).into()), if self.refresh_at.is_some() => {
+                    self.refresh().await;
+                }
                 _ = tokio::time::sleep_until(stop_at.unwrap_or(release_at).into()), if stop_at.is_some() => {
                     tracing::warn!("stop deadline passed; releasing the users still held");
                     break;
@@ -339,21 +355,37 @@ impl<A: Adapter> Announcer<A> {
                 let _ = ready.send(());
             }
             Command::Refresh => {
-                // After the changes queued before it, so the list read here includes them.
-                self.flush().await;
-                let online = self.online().await;
-                let (first, rest) = self.first_page(online);
-                self.broadcast(
-                    "online_users",
-                    &OnlineUsers {
-                        online_users: &first,
-                    },
-                )
-                .await;
-                if let Some(rest) = rest {
-                    self.start_paging(rest, PageRecipients::Everyone);
-                }
+                // Not at once: after Redis lost its data or was paused, every node re-stores
+                // its users at its next heartbeat; a list read before they all did would drop
+                // users whose sockets never left. Two intervals cover every node's next one.
+                self.schedule_refresh();
             }
+        }
+    }
+
+    fn schedule_refresh(&mut self) {
+        let at = Instant::now() + self.cfg.heartbeat_interval * 2 + self.cfg.emit_timeout;
+        self.refresh_at = Some(self.refresh_at.map_or(at, |t| t.max(at)));
+    }
+
+    /// `online_users` to every socket on every node: the cross-node link is back, and changes
+    /// broadcast while it was down never reached the other nodes.
+    async fn refresh(&mut self) {
+        self.refresh_at = None;
+        self.held_over = None;
+        // After the changes queued before it, so the list read here includes them.
+        self.flush().await;
+        let online = self.online().await;
+        let (first, rest) = self.first_page(online);
+        self.broadcast(
+            "online_users",
+            &OnlineUsers {
+                online_users: &first,
+            },
+        )
+        .await;
+        if let Some(rest) = rest {
+            self.start_paging(rest, PageRecipients::Everyone);
         }
     }
 
@@ -388,7 +420,17 @@ impl<A: Adapter> Announcer<A> {
             .maintain(settled.then_some(held.as_slice()))
             .await
         {
-            Ok(Changes { joins, leaves }) => {
+            Ok(Changes {
+                joins,
+                leaves,
+                store_lost,
+            }) => {
+                if store_lost && self.cfg.mode == EventMode::Compat && self.held_over.is_none() {
+                    // What clients were last told stands until the refresh: the store is being
+                    // refilled node by node.
+                    self.held_over = Some(self.last_list.clone());
+                    self.schedule_refresh();
+                }
                 for id in leaves {
                     tracing::info!(user = %id, "user removed (its node stopped heartbeating, or re-sync)");
                     self.left(id).await;
@@ -399,11 +441,19 @@ impl<A: Adapter> Announcer<A> {
             }
             Err(e) => tracing::warn!(error = %e, "presence heartbeat failed"),
         }
-        self.metrics
-            .backend_healthy
-            .set(self.backend.is_healthy() as i64);
+        let healthy = self.backend.is_healthy();
+        self.metrics.backend_healthy.set(healthy as i64);
         // Refreshes the gauge and the backend's last known view (what an outage serves).
-        self.online().await;
+        let online = self.online().await;
+        if healthy && self.held_over.is_none() && self.cfg.mode == EventMode::Compat {
+            self.last_list.clone_from(&online);
+        }
+        if !healthy && self.held_over.is_none() && self.cfg.mode == EventMode::Compat {
+            self.held_over = Some(online);
+        } else if healthy && self.held_over.is_some() && self.refresh_at.is_none() {
+            // Back without the link having dropped: the refresh still ends the held-over list.
+            self.schedule_refresh();
+        }
     }
 
     async fn online(&self) -> Vec<User> {
@@ -423,16 +473,21 @@ impl<A: Adapter> Announcer<A> {
         tracing::debug!(user = %user.id, "online");
         match self.cfg.mode {
             EventMode::Compat => {
-                let mut online = self.online().await;
+                let mut online = self.compat_list().await;
                 // During an outage the list is the last known view: keep it consistent with the event.
                 if !online.iter().any(|u| u.id == user.id) {
                     online.push(user.clone());
+                }
+                if let Some(kept) = &mut self.held_over {
+                    kept.retain(|u| u.id != user.id);
+                    kept.push(user.clone());
                 }
                 let payload = UserConnected {
                     online_users: &online,
                     user: &user,
                 };
                 self.broadcast("user_connected", &payload).await;
+                self.last_list = online;
             }
             EventMode::Diff => self.batch.join(user),
         }
@@ -442,16 +497,35 @@ impl<A: Adapter> Announcer<A> {
         tracing::debug!(user = %user_id, "offline");
         match self.cfg.mode {
             EventMode::Compat => {
-                let mut online = self.online().await;
+                let mut online = self.compat_list().await;
                 online.retain(|u| u.id != user_id);
+                if let Some(kept) = &mut self.held_over {
+                    kept.retain(|u| u.id != user_id);
+                }
                 let payload = UserDisconnected {
                     online_users: &online,
                     user_id: &user_id,
                 };
                 self.broadcast("user_disconnected", &payload).await;
+                self.last_list = online;
             }
             EventMode::Diff => self.batch.leave(user_id),
         }
+    }
+
+    /// The list a compat event carries: what the store says, plus, until the refresh after an
+    /// outage, whoever was online before it and has not been seen leaving since.
+    async fn compat_list(&self) -> Vec<User> {
+        let mut online = self.online().await;
+        if let Some(kept) = &self.held_over {
+            for user in kept {
+                if !online.iter().any(|u| u.id == user.id) {
+                    online.push(user.clone());
+                }
+            }
+            online.sort_by(|a, b| a.id.cmp(&b.id));
+        }
+        online
     }
 
     async fn flush(&mut self) {

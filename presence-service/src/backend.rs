@@ -28,6 +28,9 @@ pub enum BackendError {
 pub struct Changes {
     pub joins: Vec<User>,
     pub leaves: Vec<String>,
+    /// The store had lost this node's users (reaped, Redis restarted): other nodes may be in the
+    /// same state until their next heartbeat, so lists read now can miss users.
+    pub store_lost: bool,
 }
 
 #[async_trait]

@@ -5,11 +5,14 @@
 //! - `p:count`        hash user id -> number of nodes holding the user.
 //! - `p:users`        hash user id -> User JSON: everyone online.
 //! - `p:nodes`        sorted set node -> last heartbeat (Redis clock, ms).
+//! - `p:since`        hash node -> start of its current run of heartbeats without a gap.
 //!
 //! Every change is one Lua script, so "came online" / "went offline" is decided atomically and
 //! announced by exactly one node. A node heartbeats every `heartbeat_interval`; any node that finds
 //! a node silent for `node_ttl` reaps it (its users leave unless another node holds them). So a
-//! crashed node's users are gone within `node_ttl + heartbeat_interval`.
+//! crashed node's users are gone within `node_ttl + heartbeat_interval`. A node that was silent
+//! that long itself reaps nobody until it has heartbeaten for a TTL again: after a Redis pause
+//! every node's heartbeat is late, and none of them is dead.
 //! A node that stops cleanly does not wait for that: it releases its users and removes itself.
 //! These scripts touch keys they compute (`p:node:<dead>`): fine on one Redis, not on a cluster.
 
@@ -43,7 +46,8 @@ end
 return 0
 "#;
 
-/// Heartbeat, then reap every node silent for longer than the TTL. Returns
+/// Heartbeat, then reap every node silent for longer than the TTL, once this node has itself
+/// heartbeaten without a gap for a TTL (`p:since`). Returns
 /// `[self_was_registered, users_stored_for_self, left_user_ids...]`; 0 in the first slot means
 /// this node had been reaped (or never registered) and must re-sync what it holds.
 const HEARTBEAT: &str = r#"
@@ -52,6 +56,16 @@ local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local known = redis.call('ZSCORE', KEYS[1], ARGV[1])
 redis.call('ZADD', KEYS[1], now, ARGV[1])
 local out = { known and 1 or 0, redis.call('HLEN', ARGV[3] .. ':node:' .. ARGV[1]) }
+-- A node reaps only once it has heartbeaten without a gap for a whole TTL: after a silence of
+-- its own (Redis paused or restarted, this node paused) the others get as long to check in.
+local since_key = ARGV[3] .. ':since'
+if not known or now - tonumber(known) > tonumber(ARGV[2]) then
+  redis.call('HSET', since_key, ARGV[1], now)
+end
+local since = tonumber(redis.call('HGET', since_key, ARGV[1]) or now)
+if now - since < tonumber(ARGV[2]) then
+  return out
+end
 local dead = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now - tonumber(ARGV[2]))
 for _, node in ipairs(dead) do
   local nk = ARGV[3] .. ':node:' .. node
@@ -64,6 +78,7 @@ for _, node in ipairs(dead) do
   end
   redis.call('DEL', nk)
   redis.call('ZREM', KEYS[1], node)
+  redis.call('HDEL', since_key, node)
 end
 return out
 "#;
@@ -81,6 +96,7 @@ for _, u in ipairs(redis.call('HKEYS', KEYS[1])) do
 end
 redis.call('DEL', KEYS[1])
 redis.call('ZREM', KEYS[4], ARGV[1])
+redis.call('HDEL', ARGV[2] .. ':since', ARGV[1])
 return out
 "#;
 
@@ -130,7 +146,9 @@ impl RedisBackend {
             heartbeat: Script::new(HEARTBEAT),
             leave: Script::new(LEAVE),
             healthy: AtomicBool::new(true),
-            dirty: AtomicBool::new(false),
+            // A node restarted under the same id may find what its previous run stored: the
+            // first heartbeat makes it what this run holds.
+            dirty: AtomicBool::new(true),
             last_view: Mutex::new(Vec::new()),
         })
     }
@@ -316,6 +334,7 @@ impl PresenceBackend for RedisBackend {
             } else if drifted {
                 tracing::info!(node = %self.node_id, ?stored, "stored users differ from the held ones; syncing");
             }
+            changes.store_lost |= !registered || drifted;
             if let Some(held) = held {
                 self.resync(held, &mut changes).await?;
             } else {
@@ -337,7 +356,8 @@ impl PresenceBackend for RedisBackend {
             .key(self.key("count"))
             .key(self.key("users"))
             .key(self.key("nodes"))
-            .arg(&self.node_id);
+            .arg(&self.node_id)
+            .arg(&self.prefix);
         self.bounded(false, inv.invoke_async(&mut conn)).await
     }
 }
