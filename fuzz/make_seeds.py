@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Seed inputs from real data: /work/shared/fixtures/express-session.json was made by the real
+"""Seed inputs from real data: gateway/tests/fixtures/express-session.json was made by the real
 express-session, connect-redis, Passport and cookie-signature. Called by `run.sh --make-seeds`;
 each file is the target's input format (byte 0 picks the mode, see the target's doc comment)."""
 import base64, hashlib, hmac, json, os, sys

@@ -38,13 +38,13 @@ if [[ "${1:-}" == "--make-seeds" ]]; then
     build
     out="$here/corpus-seeds"
     # Seeds that need the real encoders (signed tokens, MessagePack records) come from the
-    # targets themselves; the rest from /work/shared/fixtures (real express-session,
+    # targets themselves; the rest from gateway/tests/fixtures (real express-session,
     # connect-redis and Passport output) and the repo's example configs.
     for t in assertion_verify session_record; do
         mkdir -p "$out/$t"
         FUZZ_WRITE_SEEDS="$out" "$BIN_DIR/$t" -runs=0 "$out/$t" >/dev/null 2>&1
     done
-    FIXTURES=${FIXTURES:-$here/../../shared/fixtures} python3 "$here/make_seeds.py" "$out"
+    FIXTURES=${FIXTURES:-$here/../gateway/tests/fixtures} python3 "$here/make_seeds.py" "$out"
     mkdir -p "$out/config_parse"
     for f in ../config/gateway.toml ../config/compose/gateway.toml; do
         [[ -f $f ]] && cp "$f" "$out/config_parse/$(echo "${f#../}" | tr / -)"
