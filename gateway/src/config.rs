@@ -105,12 +105,15 @@ pub fn key_path(path: &serde_path_to_error::Path) -> String {
 }
 
 fn line_col(text: &str, offset: usize) -> (usize, usize) {
-    let before = &text[..offset.min(text.len())];
+    let mut end = offset.min(text.len());
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    let before = &text[..end];
     let line = before.matches('\n').count() + 1;
-    let col = before
-        .rfind('\n')
-        .map_or(before.len(), |nl| before.len() - nl - 1)
-        + 1;
+    let line_start = before.rfind('\n').map_or(0, |nl| nl + 1);
+    // Characters, as toml's own messages and editors count them, not bytes.
+    let col = before[line_start..].chars().count() + 1;
     (line, col)
 }
 
@@ -923,5 +926,15 @@ audience = "presence-service"
         let err = parse(&missing).unwrap_err().to_string();
         assert!(err.contains("/nonexistent/redis_url"), "{err}");
         std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
+    fn error_columns_count_characters_not_bytes() {
+        // Found by the config_parse fuzz target (fuzz/regressions/config_parse).
+        let err = Config::parse("a = \"é\" b", "f.toml", ".".into()).unwrap_err();
+        assert!(err.to_string().starts_with("f.toml:1:9:"), "{err}");
+        assert_eq!(line_col("é\néé x", 7), (2, 3));
+        // An offset inside a character is not a panic.
+        assert_eq!(line_col("é", 1), (1, 1));
     }
 }
