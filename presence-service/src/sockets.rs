@@ -24,13 +24,6 @@ pub struct SocketContext<A: Adapter> {
     pub metrics: Metrics,
 }
 
-/// Who a socket is, fixed at the handshake from the assertion; nothing the client sends later
-/// can change it.
-#[derive(Debug, Clone)]
-struct SocketIdentity {
-    session: String,
-}
-
 /// A socket's place in the presence model: taken when the socket is admitted, given back when
 /// the socket object is dropped. Socketioxide drops a socket once nothing refers to it any more
 /// (closed, removed from its namespace, no send under way), whichever way it ended: a normal
@@ -128,21 +121,15 @@ async fn admit<A: Adapter>(ctx: &SocketContext<A>, socket: &SocketRef<A>) -> Res
         presence: ctx.presence.clone(),
         user_id: user.id.clone(),
     }));
-    socket.extensions.insert(SocketIdentity {
-        session: claims.sid,
-    });
+    prepare(ctx, socket, &claims.sid);
     Ok(())
 }
 
-fn connected<A: Adapter>(ctx: Arc<SocketContext<A>>, socket: SocketRef<A>) {
-    let Some(identity) = socket.extensions.get::<SocketIdentity>() else {
-        // Cannot happen: the middleware inserts it before the handler runs.
-        tracing::error!(sid = %socket.id, "socket without identity; closing");
-        let _ = socket.disconnect();
-        return;
-    };
-    socket.join(session_room(&identity.session));
-
+/// Everything a socket can ask and belong to is set up here, before the connect ack is sent:
+/// a client may emit the moment it sees the ack, and an event that arrived before its handler
+/// was registered would be dropped unanswered.
+fn prepare<A: Adapter>(ctx: &SocketContext<A>, socket: &SocketRef<A>, session: &str) {
+    socket.join(session_room(session));
     let backend = ctx.backend.clone();
     let metrics = ctx.metrics.clone();
     socket.on("get_online_users", move |ack: AckSender<A>| {
@@ -160,6 +147,9 @@ fn connected<A: Adapter>(ctx: Arc<SocketContext<A>>, socket: SocketRef<A>) {
             }
         }
     });
+}
+
+fn connected<A: Adapter>(ctx: Arc<SocketContext<A>>, socket: SocketRef<A>) {
     // No disconnect handler: the socket's lease (see `admit`) uncounts it when it is dropped.
     ctx.presence.snapshot(socket);
 }

@@ -77,12 +77,13 @@ describe('max_payload', () => {
     ws.on('message', (d) => { inbox.push(d.toString()); wake(); });
     const closed = new Promise((ok) => ws.on('close', (code) => ok(code)));
     const next = async (pred) => {
-      for (let i = 0; i < 1000; i++) {
-        const i = inbox.findIndex(pred);
-        if (i >= 0) return inbox.splice(i, 1)[0];
-        await new Promise((ok) => { wake = ok; setTimeout(ok, 5000); });
+      const deadline = Date.now() + 5000;
+      for (;;) {
+        const found = inbox.findIndex(pred);
+        if (found >= 0) return inbox.splice(found, 1)[0];
+        if (Date.now() > deadline) throw new Error(`no such message; got ${JSON.stringify(inbox)}`);
+        await new Promise((ok) => { wake = ok; setTimeout(ok, 100); });
       }
-      throw new Error('no such message');
     };
     await next((m) => m.startsWith('0'));
     ws.send('40');
@@ -94,6 +95,27 @@ describe('max_payload', () => {
     ws.terminate();
     assert.ok(!inbox.some((m) => m.startsWith('432')), 'the oversized message was answered');
     assert.ok([1005, 1009].includes(code), `close code ${code}`);
+  });
+});
+
+describe('first event', () => {
+  let node;
+  before(async () => { node = await Presence.start({ keys: [key] }); });
+  after(async () => { await node.stop(); });
+
+  test('an event sent the moment the connect ack arrives is answered', { timeout: 60_000 }, async () => {
+    const one = (i) => new Promise((ok, bad) => {
+      const ws = new WebSocket(wsUrl(node), { headers: { 'x-identity-assertion': token(`eager${i}`) } });
+      const timer = setTimeout(() => { ws.terminate(); bad(new Error(`socket ${i}: no answer`)); }, 5000);
+      ws.on('message', (d) => {
+        const m = d.toString();
+        if (m.startsWith('0')) ws.send('40');
+        else if (m.startsWith('40')) ws.send(`421${JSON.stringify(['get_online_users'])}`);
+        else if (m.startsWith('431')) { clearTimeout(timer); ws.terminate(); ok(); }
+      });
+      ws.on('error', (e) => { clearTimeout(timer); bad(e); });
+    });
+    for (let round = 0; round < 5; round++) await Promise.all(Array.from({ length: 10 }, (_, i) => one(round * 10 + i)));
   });
 });
 
