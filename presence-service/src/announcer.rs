@@ -2,6 +2,7 @@
 //! changes to clients: the seed's events (compat) or batched diffs (diff mode). One task per
 //! node, so effects for one user can never overtake each other.
 
+use std::collections::HashSet;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
@@ -207,6 +208,7 @@ pub fn start<A: Adapter>(
         refresh_at: None,
         held_over: None,
         last_list: Vec::new(),
+        unstored_leaves: HashSet::new(),
     };
     tokio::spawn(announcer.run(presence.clone(), rx));
     presence
@@ -245,6 +247,9 @@ struct Announcer<A: Adapter> {
     held_over: Option<Vec<User>>,
     /// Compat mode: the list the last broadcast carried.
     last_list: Vec<User>,
+    /// Users whose leave was announced while the store could not record it: they may still be
+    /// stored as held by this node, so a `Hold` that finds them there says nothing by itself.
+    unstored_leaves: HashSet<String>,
 }
 
 /// Commands handled per turn of the loop before the waiting snapshots are sent: large enough
@@ -392,8 +397,17 @@ impl<A: Adapter> Announcer<A> {
     async fn apply(&mut self, effect: Effect) {
         match effect {
             Effect::Hold(user) => match self.backend.hold(&user).await {
-                Ok(true) => self.joined(user).await,
-                Ok(false) => {}
+                Ok(true) => {
+                    self.unstored_leaves.remove(&user.id);
+                    self.joined(user).await
+                }
+                // Held elsewhere, or still stored from before a release that failed: in that
+                // case this node's sockets were told the user left, and must hear they are back.
+                Ok(false) => {
+                    if self.unstored_leaves.remove(&user.id) {
+                        self.joined(user).await
+                    }
+                }
                 Err(e) => {
                     // Redis outage: this node's sockets still hear about it now; the cluster hears
                     // when the re-sync after the outage stores it.
@@ -406,6 +420,7 @@ impl<A: Adapter> Announcer<A> {
                 Ok(false) => {}
                 Err(e) => {
                     tracing::warn!(error = %e, user = %id, "release not stored; re-synced when the backend is back");
+                    self.unstored_leaves.insert(id.clone());
                     self.left(id).await;
                 }
             },
