@@ -392,6 +392,9 @@ pub fn build(cfg: Config) -> Result<Server, ConfigError> {
 /// ClientHello (a handshake record, 0x16) goes on to the handshake untouched.
 struct PlainHttpOnTlsPort;
 
+/// How long a new connection may take to send its first byte (a ClientHello, or a plain-HTTP
+/// request line).
+const FIRST_BYTE_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long a plain-HTTP client may take to send its request head, and how much of it is read.
 const PLAIN_HTTP_HEAD_TIMEOUT: Duration = Duration::from_secs(5);
 const PLAIN_HTTP_HEAD_MAX: usize = 8192;
@@ -411,13 +414,23 @@ impl pingora::listeners::PreTlsProcess for PlainHttpOnTlsPort {
         use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
         let mut first = [0u8; 1];
-        stream.read_exact(&mut first).await.map_err(|e| {
-            Error::because(
-                ErrorType::ConnectionClosed,
-                "closed before a TLS ClientHello",
-                e,
-            )
-        })?;
+        // A client that connects and sends nothing is not kept waiting for ever.
+        match tokio::time::timeout(FIRST_BYTE_TIMEOUT, stream.read_exact(&mut first)).await {
+            Ok(Ok(_)) => {}
+            Ok(Err(e)) => {
+                return Err(Error::because(
+                    ErrorType::ConnectionClosed,
+                    "closed before a TLS ClientHello",
+                    e,
+                ))
+            }
+            Err(_) => {
+                return Err(Error::explain(
+                    ErrorType::ReadTimedout,
+                    "no TLS ClientHello within the handshake timeout",
+                ))
+            }
+        }
         // HTTP methods are upper-case tokens; anything else (a ClientHello is 0x16) is for TLS.
         if !first[0].is_ascii_uppercase() {
             stream.rewind(&first);
