@@ -2,7 +2,6 @@
 //! changes to clients: the seed's events (compat) or batched diffs (diff mode). One task per
 //! node, so effects for one user can never overtake each other.
 
-use std::collections::HashSet;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
@@ -208,7 +207,7 @@ pub fn start<A: Adapter>(
         refresh_at: None,
         held_over: None,
         last_list: Vec::new(),
-        unstored_leaves: HashSet::new(),
+        unconfirmed_leaves: Vec::new(),
     };
     tokio::spawn(announcer.run(presence.clone(), rx));
     presence
@@ -247,9 +246,8 @@ struct Announcer<A: Adapter> {
     held_over: Option<Vec<User>>,
     /// Compat mode: the list the last broadcast carried.
     last_list: Vec<User>,
-    /// Users whose leave was announced while the store could not record it: they may still be
-    /// stored as held by this node, so a `Hold` that finds them there says nothing by itself.
-    unstored_leaves: HashSet<String>,
+    /// Re-sync leaves waiting for the next heartbeat's check (see [`Changes`]).
+    unconfirmed_leaves: Vec<String>,
 }
 
 /// Commands handled per turn of the loop before the waiting snapshots are sent: large enough
@@ -397,17 +395,8 @@ impl<A: Adapter> Announcer<A> {
     async fn apply(&mut self, effect: Effect) {
         match effect {
             Effect::Hold(user) => match self.backend.hold(&user).await {
-                Ok(true) => {
-                    self.unstored_leaves.remove(&user.id);
-                    self.joined(user).await
-                }
-                // Held elsewhere, or still stored from before a release that failed: in that
-                // case this node's sockets were told the user left, and must hear they are back.
-                Ok(false) => {
-                    if self.unstored_leaves.remove(&user.id) {
-                        self.joined(user).await
-                    }
-                }
+                Ok(true) => self.joined(user).await,
+                Ok(false) => {}
                 Err(e) => {
                     // Redis outage: this node's sockets still hear about it now; the cluster hears
                     // when the re-sync after the outage stores it.
@@ -418,10 +407,11 @@ impl<A: Adapter> Announcer<A> {
             Effect::Release(id) => match self.backend.release(&id).await {
                 Ok(true) => self.left(id).await,
                 Ok(false) => {}
+                // Not announced: during an outage this node cannot tell whether the user is
+                // still connected to another node, and a leave for a user who is would make them
+                // flap. The re-sync after the outage releases them and announces what is true.
                 Err(e) => {
                     tracing::warn!(error = %e, user = %id, "release not stored; re-synced when the backend is back");
-                    self.unstored_leaves.insert(id.clone());
-                    self.left(id).await;
                 }
             },
         }
@@ -439,7 +429,25 @@ impl<A: Adapter> Announcer<A> {
                 joins,
                 leaves,
                 store_lost,
+                unconfirmed_leaves,
             }) => {
+                // Last heartbeat's re-sync leaves: every node has had a heartbeat since to store
+                // its own holds again, so whoever still looks offline is.
+                let to_check = std::mem::replace(&mut self.unconfirmed_leaves, unconfirmed_leaves);
+                if !to_check.is_empty() {
+                    let ids: Vec<&str> = to_check.iter().map(String::as_str).collect();
+                    match self.backend.lookup(&ids).await {
+                        Ok(found) => {
+                            for (id, user) in to_check.iter().zip(found) {
+                                if user.is_none() {
+                                    self.left(id.clone()).await;
+                                }
+                            }
+                        }
+                        // Checked again at the next heartbeat.
+                        Err(_) => self.unconfirmed_leaves.extend(to_check),
+                    }
+                }
                 if store_lost && self.cfg.mode == EventMode::Compat && self.held_over.is_none() {
                     // What clients were last told stands until the refresh: the store is being
                     // refilled node by node.

@@ -31,6 +31,10 @@ pub struct Changes {
     /// The store had lost this node's users (reaped, Redis restarted): other nodes may be in the
     /// same state until their next heartbeat, so lists read now can miss users.
     pub store_lost: bool,
+    /// Users this node stopped holding while the store could not record it, now released: they
+    /// look offline, but another node may not have re-stored its own holds yet. Announced only
+    /// if they are still offline a heartbeat later.
+    pub unconfirmed_leaves: Vec<String>,
 }
 
 #[async_trait]

@@ -225,7 +225,7 @@ impl RedisBackend {
             .filter(|id| !held.iter().any(|u| &u.id == *id))
         {
             if self.release_one(id).await? {
-                changes.leaves.push(id.clone());
+                changes.unconfirmed_leaves.push(id.clone());
             }
         }
         for user in held {
