@@ -2,7 +2,7 @@
 //! changes to clients: the seed's events (compat) or batched diffs (diff mode). One task per
 //! node, so effects for one user can never overtake each other.
 
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::time::{Duration, Instant};
 
 use serde::Serialize;
@@ -193,6 +193,7 @@ pub fn start<A: Adapter>(
         metrics: metrics.clone(),
     });
     let announcer = Announcer {
+        presence: Arc::downgrade(&presence),
         io,
         backend,
         metrics,
@@ -214,6 +215,9 @@ pub fn start<A: Adapter>(
 }
 
 struct Announcer<A: Adapter> {
+    /// The node's own model (weak: the presence owns the queue this task reads), whose users
+    /// compat lists always carry.
+    presence: Weak<Presence<A>>,
     io: SocketIo<A>,
     backend: Arc<dyn PresenceBackend>,
     metrics: Metrics,
@@ -536,18 +540,24 @@ impl<A: Adapter> Announcer<A> {
         }
     }
 
-    /// The list a compat event carries: what the store says, plus, until the refresh after an
-    /// outage, whoever was online before it and has not been seen leaving since.
+    /// The list a compat event carries: what the store says, plus this node's own users, plus,
+    /// until the refresh after an outage, whoever was online before it and has not been seen
+    /// leaving since.
     async fn compat_list(&self) -> Vec<User> {
         let mut online = self.online().await;
-        if let Some(kept) = &self.held_over {
-            for user in kept {
-                if !online.iter().any(|u| u.id == user.id) {
-                    online.push(user.clone());
-                }
+        let own = self
+            .presence
+            .upgrade()
+            .map(|p| p.held())
+            .unwrap_or_default();
+        // This node's own users are online whatever the store says: after Redis lost its data,
+        // a read before this node's next heartbeat would miss them.
+        for user in own.iter().chain(self.held_over.iter().flatten()) {
+            if !online.iter().any(|u| u.id == user.id) {
+                online.push(user.clone());
             }
-            online.sort_by(|a, b| a.id.cmp(&b.id));
         }
+        online.sort_by(|a, b| a.id.cmp(&b.id));
         online
     }
 
