@@ -25,7 +25,7 @@ BIN_DIR="$here/target/$TRIPLE/release"
 build() {
     if ! cargo fuzz --version >/dev/null 2>&1; then
         echo "== installing cargo-fuzz (crates.io)"
-        "${NICE[@]}" cargo install --locked cargo-fuzz
+        "${NICE[@]}" cargo install --locked --version 0.13.2 cargo-fuzz # the version measured here
     fi
     echo "== building fuzz targets (cargo fuzz build --sanitizer none, stable; fuzz/target)"
     "${NICE[@]}" cargo fuzz build --sanitizer none
