@@ -73,49 +73,8 @@ pub fn toml_error(text: &str, file: &str, key: &str, e: &toml::de::Error) -> Con
     }
 }
 
-/// The dotted TOML key path of a serde path: `route[1].auth`, `session.lookup_timeout_ms`.
-/// `Spanned` wrappers deserialize through private field names; they are not keys.
-pub fn key_path(path: &serde_path_to_error::Path) -> String {
-    use serde_path_to_error::Segment;
-    let mut out = String::new();
-    for seg in path.iter() {
-        match seg {
-            Segment::Seq { index } => out.push_str(&format!("[{index}]")),
-            Segment::Map { key } | Segment::Enum { variant: key } => {
-                if key.starts_with("$__serde_spanned") {
-                    continue;
-                }
-                if !out.is_empty() {
-                    out.push('.');
-                }
-                let bare = !key.is_empty()
-                    && key
-                        .bytes()
-                        .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-');
-                if bare {
-                    out.push_str(key);
-                } else {
-                    out.push_str(&format!("{key:?}"));
-                }
-            }
-            Segment::Unknown => {}
-        }
-    }
-    out
-}
-
-fn line_col(text: &str, offset: usize) -> (usize, usize) {
-    let mut end = offset.min(text.len());
-    while !text.is_char_boundary(end) {
-        end -= 1;
-    }
-    let before = &text[..end];
-    let line = before.matches('\n').count() + 1;
-    let line_start = before.rfind('\n').map_or(0, |nl| nl + 1);
-    // Characters, as toml's own messages and editors count them, not bytes.
-    let col = before[line_start..].chars().count() + 1;
-    (line, col)
-}
+pub use config_errors::key_path;
+use config_errors::line_col;
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]

@@ -20,6 +20,7 @@ WORKDIR /src
 # Every workspace member (and every [patch] path) must be present for cargo to load the workspace.
 COPY Cargo.toml Cargo.lock ./
 COPY assertion assertion
+COPY config-errors config-errors
 COPY gateway gateway
 COPY presence-service presence-service
 COPY integration/demo-service integration/demo-service

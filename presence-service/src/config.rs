@@ -8,6 +8,7 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use config_errors::{key_path, line_col};
 use serde::Deserialize;
 use serde_spanned::Spanned;
 
@@ -353,45 +354,12 @@ impl Config {
     }
 }
 
-fn line_col(text: &str, offset: usize) -> (usize, usize) {
-    let before = &text[..offset.min(text.len())];
-    let line = before.matches('\n').count() + 1;
-    let col = before
-        .rfind('\n')
-        .map_or(before.len(), |nl| before.len() - nl - 1)
-        + 1;
-    (line, col)
-}
-
 fn key_prefix(key: &str) -> String {
     if key.is_empty() {
         String::new()
     } else {
         format!("{key}: ")
     }
-}
-
-/// The dotted TOML key path of a serde path: `trust.public_keys[0].pem`. `Spanned` wrappers
-/// deserialize through private field names, which are not keys.
-fn key_path(path: &serde_path_to_error::Path) -> String {
-    use serde_path_to_error::Segment;
-    let mut out = String::new();
-    for seg in path.iter() {
-        match seg {
-            Segment::Seq { index } => out.push_str(&format!("[{index}]")),
-            Segment::Map { key } | Segment::Enum { variant: key } => {
-                if key.starts_with("$__serde_spanned") {
-                    continue;
-                }
-                if !out.is_empty() {
-                    out.push('.');
-                }
-                out.push_str(key);
-            }
-            Segment::Unknown => {}
-        }
-    }
-    out
 }
 
 /// Byte offset of the value of `table.key` (`key = value` under `[table]`); else of the
