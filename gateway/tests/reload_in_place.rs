@@ -597,3 +597,75 @@ async fn settings_that_need_a_restart_are_named() {
     assert_eq!((status, body.as_str()), (200, "ok from two"));
     assert!(gw.log_text().contains("needs_restart=gateway.threads"));
 }
+
+/// A TCP listener that only counts the connections it accepts (health checks connect and close).
+async fn counting_listener() -> (SocketAddr, Arc<AtomicUsize>) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let accepted = Arc::new(AtomicUsize::new(0));
+    let count = accepted.clone();
+    tokio::spawn(async move {
+        while let Ok((s, _)) = listener.accept().await {
+            count.fetch_add(1, Ordering::SeqCst);
+            drop(s);
+        }
+    });
+    (addr, accepted)
+}
+
+/// Health checks follow the upstreams: after a reload moves a route, the old upstream is no
+/// longer probed and the new one is, and readiness reports the new set.
+#[tokio::test]
+async fn health_checks_follow_a_moved_upstream() {
+    let (one, one_probes) = counting_listener().await;
+    let (two, two_probes) = counting_listener().await;
+    let gw = Gateway::start(&route("web", "/", one, "none")).await;
+    gw.wait_ready().await;
+    assert!(
+        eventually(Duration::from_secs(5), || async {
+            one_probes.load(Ordering::SeqCst) >= 2
+        })
+        .await
+    );
+    let text = std::fs::read_to_string(gw.config_path()).unwrap();
+    replace_file(
+        &gw.config_path(),
+        &text.replace(&one.to_string(), &two.to_string()),
+    );
+    let (ok, said) = run_cli_reload(&gw).await;
+    assert!(ok, "{said}");
+    assert!(
+        eventually(Duration::from_secs(5), || async {
+            two_probes.load(Ordering::SeqCst) >= 2
+        })
+        .await,
+        "the new upstream is not health-checked"
+    );
+    // Checks run every second: three intervals without a probe of the old upstream.
+    let before = one_probes.load(Ordering::SeqCst);
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(
+        one_probes.load(Ordering::SeqCst),
+        before,
+        "the old upstream is still probed after the reload"
+    );
+
+    // Moved to an address nobody listens on: readiness follows within a check interval or two.
+    let dead = free_port();
+    let text = std::fs::read_to_string(gw.config_path()).unwrap();
+    replace_file(
+        &gw.config_path(),
+        &text.replace(&two.to_string(), &format!("127.0.0.1:{dead}")),
+    );
+    let (ok, said) = run_cli_reload(&gw).await;
+    assert!(ok, "{said}");
+    let url = gw.admin_url("/readyz");
+    assert!(
+        eventually(Duration::from_secs(5), || {
+            let url = url.clone();
+            async move { get(&url, &[]).await.map(|r| r.0) == Some(503) }
+        })
+        .await,
+        "readiness did not follow the moved upstream"
+    );
+}
