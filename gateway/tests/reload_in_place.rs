@@ -669,3 +669,159 @@ async fn health_checks_follow_a_moved_upstream() {
         "readiness did not follow the moved upstream"
     );
 }
+
+/// The presence service binary next to the gateway's (`cargo build --workspace` builds both;
+/// `PRESENCE_BIN` names another one).
+fn presence_bin() -> PathBuf {
+    if let Ok(bin) = std::env::var("PRESENCE_BIN") {
+        return bin.into();
+    }
+    let bin = Path::new(&gateway_bin()).with_file_name("presence-service");
+    assert!(
+        bin.exists(),
+        "{} is missing: run `cargo build -p presence-service` (or set PRESENCE_BIN)",
+        bin.display()
+    );
+    bin
+}
+
+/// Kills the presence service when the test ends, however it ends.
+struct Child(std::process::Child);
+
+impl Drop for Child {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// A Socket.IO client's connect over a WebSocket through the gateway: the Engine.IO open
+/// packet, then `40` for the main namespace; the service answers `40{"sid":..}` when it
+/// accepts the identity assertion and `44{"message":"unauthorized: .."}` when it does not.
+async fn socketio_connect(gw: &Gateway, alice: &str) -> Result<Wss2, String> {
+    let mut req = format!(
+        "ws://127.0.0.1:{}/socket.io/?EIO=4&transport=websocket",
+        gw.http
+    )
+    .into_client_request()
+    .unwrap();
+    req.headers_mut()
+        .insert("cookie", format!("id={alice}").parse().unwrap());
+    let (mut ws, _) = tokio_tungstenite::connect_async(req)
+        .await
+        .map_err(|e| format!("upgrade: {e}"))?;
+    ws.send(Message::text("40"))
+        .await
+        .map_err(|e| e.to_string())?;
+    loop {
+        let msg = tokio::time::timeout(Duration::from_secs(10), ws.next())
+            .await
+            .map_err(|_| "no connect answer".to_string())?;
+        match msg {
+            Some(Ok(Message::Text(t))) if t.starts_with("40") => return Ok(ws),
+            Some(Ok(Message::Text(t))) if t.starts_with("44") => return Err(t.to_string()),
+            Some(Ok(_)) => continue,
+            other => return Err(format!("{other:?}")),
+        }
+    }
+}
+
+type Wss2 =
+    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+
+/// A rotated signing key, at the real presence service: after the reload its handshakes carry
+/// the new `kid`, which the presence service fetches from the gateway's JWKS by itself, without
+/// a restart; a socket connected before the rotation stays connected.
+#[tokio::test]
+async fn a_rotated_key_verifies_at_the_presence_service_without_a_restart() {
+    let store_dir = tempfile::tempdir().unwrap();
+    let db = store_dir.path().join("s.db");
+    let alice = tower_session_sqlite(&db, "alice", None, time::Duration::hours(1)).await;
+    let presence_port = free_port();
+    let presence: SocketAddr = format!("127.0.0.1:{presence_port}").parse().unwrap();
+    let session = format!(
+        "[session]\nflavour = \"tower-sessions\"\nstore = {{ kind = \"sqlite\", path = \"{}\" }}\n",
+        db.display()
+    );
+    let gw = Gateway::start(&format!(
+        "{session}{}",
+        route("presence", "/socket.io/", presence, "socketio-handshake")
+    ))
+    .await;
+    let conf = store_dir.path().join("presence.toml");
+    std::fs::write(
+        &conf,
+        format!(
+            "[server]\nlisten = \"{presence}\"\n[trust]\njwks_url = \"{}\"\n\
+             jwks_refetch_min_interval_ms = 200\n",
+            gw.admin_url("/.well-known/jwks.json")
+        ),
+    )
+    .unwrap();
+    let _presence = Child(
+        std::process::Command::new(presence_bin())
+            .arg("--config")
+            .arg(&conf)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("presence-service"),
+    );
+    let ready = format!("http://{presence}/readyz");
+    assert!(
+        eventually(Duration::from_secs(20), || {
+            let ready = ready.clone();
+            async move { get(&ready, &[]).await.map(|r| r.0) == Some(200) }
+        })
+        .await,
+        "presence service not ready"
+    );
+    gw.wait_ready().await;
+    let mut before = socketio_connect(&gw, &alice).await.expect("connect before");
+
+    let key2 = SigningKey::generate("test-2");
+    std::fs::write(gw.dir.path().join("signing2.pem"), key2.to_pkcs8_pem()).unwrap();
+    let text = std::fs::read_to_string(gw.config_path()).unwrap();
+    replace_file(
+        &gw.config_path(),
+        &text.replace(
+            "[[assertion.keys]]\nkid = \"test-1\"",
+            "[[assertion.keys]]\nkid = \"test-2\"\nprivate_key = { file = \"signing2.pem\" }\n\n\
+             [[assertion.keys]]\nkid = \"test-1\"",
+        ),
+    );
+    let (ok, said) = run_cli_reload(&gw).await;
+    assert!(ok, "{said}");
+    // Every handshake after the rotation is accepted, the first one included.
+    for i in 0..5 {
+        socketio_connect(&gw, &alice)
+            .await
+            .unwrap_or_else(|e| panic!("handshake {i} after the rotation refused: {e}"));
+    }
+    // The socket from before is still connected: the service answers its request (an ack).
+    before
+        .send(Message::text("421[\"get_online_users\"]"))
+        .await
+        .expect("send");
+    let acked = tokio::time::timeout(Duration::from_secs(10), async {
+        while let Some(Ok(msg)) = before.next().await {
+            if let Message::Text(t) = msg {
+                if t.starts_with("431") {
+                    return Some(t.to_string());
+                }
+            }
+        }
+        None
+    })
+    .await
+    .expect("an answer in time")
+    .expect("the socket from before the rotation was closed");
+    assert!(acked.contains("alice"), "{acked}");
+    let (_, _, jwks) = get(&gw.admin_url("/.well-known/jwks.json"), &[])
+        .await
+        .unwrap();
+    assert!(
+        jwks.contains("\"test-2\"") && jwks.contains("\"test-1\""),
+        "{jwks}"
+    );
+}
