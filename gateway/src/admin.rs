@@ -1,23 +1,22 @@
-//! The admin listener: health, readiness, metrics and the JWKS upstreams verify against.
-//! It is a separate listener (loopback by default) so none of it is reachable through routes.
+//! The admin listener: health, readiness, metrics, the JWKS upstreams verify against, and
+//! `POST /reload` (what `gateway reload` calls). It is a separate listener (loopback by
+//! default) so none of it is reachable through routes. A reload takes no input: it re-reads
+//! the file the process was started with, exactly as `SIGHUP` does.
 
 use std::sync::Arc;
 
 use async_trait::async_trait;
 use http::{Response, StatusCode};
-use identity_assertion::JwkSet;
 use pingora::apps::http_app::ServeHttp;
 use pingora::protocols::http::ServerSession;
 
+use crate::live::{LiveState, Reloader};
 use crate::metrics::Metrics;
-use crate::routing::RouteTable;
-use crate::session::SessionSource;
 
 pub struct AdminApp {
-    pub routes: Arc<RouteTable>,
-    pub sessions: Vec<Arc<SessionSource>>,
+    pub live: LiveState,
     pub metrics: Arc<Metrics>,
-    pub jwks: JwkSet,
+    pub reloader: Arc<Reloader>,
 }
 
 fn reply(status: StatusCode, content_type: &str, body: Vec<u8>) -> Response<Vec<u8>> {
@@ -34,9 +33,10 @@ impl AdminApp {
     /// Ready when the session store answers and every route has a healthy upstream: a load
     /// balancer in front should stop sending traffic otherwise.
     async fn readiness(&self) -> (bool, String) {
+        let live = self.live.load_full();
         let mut ok = true;
         let mut report = String::new();
-        for s in &self.sessions {
+        for s in &live.sessions.all() {
             match s.ping().await {
                 Ok(()) => report.push_str(&format!("{} ({}): ok\n", s.name, s.store.kind())),
                 Err(e) => {
@@ -45,7 +45,7 @@ impl AdminApp {
                 }
             }
         }
-        for r in self.routes.iter() {
+        for r in live.routes.iter() {
             let healthy = r.pool.healthy_count();
             if healthy == 0 {
                 ok = false;
@@ -64,6 +64,28 @@ impl AdminApp {
 impl ServeHttp for AdminApp {
     async fn response(&self, session: &mut ServerSession) -> Response<Vec<u8>> {
         let path = session.req_header().uri.path().to_string();
+        if path == "/reload" {
+            if session.req_header().method != http::Method::POST {
+                return reply(
+                    StatusCode::METHOD_NOT_ALLOWED,
+                    "text/plain",
+                    b"POST /reload re-reads the config file\n".to_vec(),
+                );
+            }
+            // Logged and counted by the reloader; the answer carries the same words.
+            return match self.reloader.reload_off_thread().await {
+                Ok(report) => reply(
+                    StatusCode::OK,
+                    "text/plain",
+                    report.to_string().into_bytes(),
+                ),
+                Err(e) => reply(
+                    StatusCode::UNPROCESSABLE_ENTITY,
+                    "text/plain",
+                    format!("refused, the running config stays: {e}\n").into_bytes(),
+                ),
+            };
+        }
         match path.as_str() {
             "/healthz" => reply(StatusCode::OK, "text/plain", b"ok\n".to_vec()),
             "/readyz" => {
@@ -83,7 +105,7 @@ impl ServeHttp for AdminApp {
             "/.well-known/jwks.json" => reply(
                 StatusCode::OK,
                 "application/json",
-                serde_json::to_vec(&self.jwks).unwrap_or_default(),
+                serde_json::to_vec(&self.live.load().jwks).unwrap_or_default(),
             ),
             _ => reply(StatusCode::NOT_FOUND, "text/plain", b"not found\n".to_vec()),
         }

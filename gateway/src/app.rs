@@ -1,6 +1,7 @@
 //! The one place where the gateway is assembled from its config: read this file to see the
-//! whole runtime shape (listeners → proxy pipeline, admin listener, health checks, session
-//! source, signer).
+//! whole runtime shape (listeners → proxy pipeline, admin listener, reloader). What the
+//! pipeline reads from the config (routes, upstream pools with their health checks, session
+//! sources, signer, certificates) is one reloadable value built in `live`.
 
 use std::path::Path;
 use std::sync::Arc;
@@ -12,19 +13,18 @@ use pingora::listeners::tls::TlsSettings;
 use pingora::listeners::{L4BufferSettings, ListenerConfig};
 use pingora::server::configuration::{Opt, ServerConf};
 use pingora::server::Server;
-use pingora::services::background::background_service;
 use pingora::services::listening::Service;
 use sha2::{Digest, Sha256};
 
+use arc_swap::ArcSwap;
+
 use crate::admin::AdminApp;
 use crate::config::{Config, ConfigError, SessionFlavour, SessionSection, StoreConfig};
-use crate::forwarding::{parse_cidr, Cidr};
+use crate::live::{CurrentCert, Live, LiveState, Reloader};
 use crate::logout::LogoutNotifier;
 use crate::metrics::Metrics;
 use crate::proxy::Gateway;
-use crate::routing::{LogoutRoute, Route, RouteTable};
 use crate::session::{self, SessionSource, Store};
-use crate::upstream::{balancer, UpstreamPool};
 
 /// Creates the development certificate and signing key the config asks for, if missing.
 pub fn ensure_dev_files(cfg: &Config) -> Result<(), ConfigError> {
@@ -144,19 +144,24 @@ fn load_signer_with(
                 ));
             }
         }
+        // The pair as a handshake will use it: a key that does not match is refused here.
+        crate::live::load_cert(cfg, i, tls)?;
     }
     Ok((signer, handle_key))
 }
 
 /// Opens one session source's store on `rt`, the runtime that owns store connections for the
 /// life of the process (Pingora gives each service its own runtime; clients must outlive them).
+/// When `prev` has the same source built from the same settings, secrets and handle key, it
+/// is kept (with its store connections) instead.
 fn build_session(
     cfg: &Config,
     key: &str,
     s: &SessionSection,
     handle_key: &[u8],
     rt: &tokio::runtime::Runtime,
-) -> Result<Arc<SessionSource>, ConfigError> {
+    prev: Option<&SessionSources>,
+) -> Result<(Arc<SessionSource>, Vec<u8>), ConfigError> {
     let timeout = Duration::from_millis(s.lookup_timeout_ms);
     let mut secrets = Vec::new();
     for sec in &s.secrets {
@@ -171,6 +176,10 @@ fn build_session(
                 session::signing_key_from_master(&value).map_err(err)?
             }
         });
+    }
+    let fingerprint = session_fingerprint(s, &secrets, handle_key);
+    if let Some(same) = prev.and_then(|p| p.same(key, &fingerprint)) {
+        return Ok((same, fingerprint));
     }
     let span = s.store.span();
     let store = match s.store.get_ref() {
@@ -196,7 +205,7 @@ fn build_session(
             }
         }
     };
-    Ok(Arc::new(SessionSource {
+    let source = Arc::new(SessionSource {
         name: key.to_string(),
         flavour: s.flavour,
         cookie_name: s
@@ -215,37 +224,80 @@ fn build_session(
         handle_mac: <hmac::Hmac<sha2::Sha256> as hmac::Mac>::new_from_slice(handle_key)
             .map_err(|e| ConfigError(format!("session handle key: {e}")))?,
         rt: rt.handle().clone(),
-    }))
+    });
+    Ok((source, fingerprint))
+}
+
+/// Everything a session source is built from (not where in the file it is written).
+fn session_fingerprint(s: &SessionSection, secrets: &[Vec<u8>], handle_key: &[u8]) -> Vec<u8> {
+    let mut h = Sha256::new_with_prefix(format!(
+        "{:?}\0{:?}\0{:?}\0{:?}\0{}\0{:?}\0",
+        s.flavour,
+        s.cookie,
+        s.user_id_field,
+        s.display_name_field,
+        s.lookup_timeout_ms,
+        s.store.get_ref()
+    ));
+    for secret in secrets {
+        h.update((secret.len() as u64).to_le_bytes());
+        h.update(secret);
+    }
+    h.update(handle_key);
+    h.finalize().to_vec()
 }
 
 /// Every configured session source: the default `[session]` and the named `[sessions.*]`.
-struct SessionSources {
+pub struct SessionSources {
     default: Option<Arc<SessionSource>>,
     named: std::collections::BTreeMap<String, Arc<SessionSource>>,
+    /// By config key (`session`, `sessions.<name>`): what each source was built from.
+    fingerprints: std::collections::BTreeMap<String, Vec<u8>>,
 }
 
 impl SessionSources {
-    fn build(
+    pub fn build(
         cfg: &Config,
         handle_key: &[u8],
         rt: &tokio::runtime::Runtime,
+        prev: Option<&SessionSources>,
     ) -> Result<Self, ConfigError> {
+        let mut fingerprints = std::collections::BTreeMap::new();
         let default = match &cfg.session {
-            Some(s) => Some(build_session(cfg, "session", s, handle_key, rt)?),
+            Some(s) => {
+                let (source, fp) = build_session(cfg, "session", s, handle_key, rt, prev)?;
+                fingerprints.insert("session".to_string(), fp);
+                Some(source)
+            }
             None => None,
         };
         let mut named = std::collections::BTreeMap::new();
         for (name, s) in &cfg.sessions {
-            named.insert(
-                name.clone(),
-                build_session(cfg, &format!("sessions.{name}"), s, handle_key, rt)?,
-            );
+            let key = format!("sessions.{name}");
+            let (source, fp) = build_session(cfg, &key, s, handle_key, rt, prev)?;
+            fingerprints.insert(key, fp);
+            named.insert(name.clone(), source);
         }
-        Ok(Self { default, named })
+        Ok(Self {
+            default,
+            named,
+            fingerprints,
+        })
+    }
+
+    /// The source at config key `key`, if it was built from `fingerprint`.
+    fn same(&self, key: &str, fingerprint: &[u8]) -> Option<Arc<SessionSource>> {
+        if self.fingerprints.get(key).map(Vec::as_slice) != Some(fingerprint) {
+            return None;
+        }
+        match key.strip_prefix("sessions.") {
+            Some(name) => self.named.get(name).cloned(),
+            None => self.default.clone(),
+        }
     }
 
     /// What a route authenticates with: its named sources in order, else the default.
-    fn for_route(&self, names: &[String]) -> Vec<Arc<SessionSource>> {
+    pub fn for_route(&self, names: &[String]) -> Vec<Arc<SessionSource>> {
         if names.is_empty() {
             return self.default.iter().cloned().collect();
         }
@@ -255,7 +307,7 @@ impl SessionSources {
             .collect()
     }
 
-    fn all(&self) -> Vec<Arc<SessionSource>> {
+    pub fn all(&self) -> Vec<Arc<SessionSource>> {
         self.default
             .iter()
             .chain(self.named.values())
@@ -265,12 +317,12 @@ impl SessionSources {
 }
 
 /// Builds the Pingora server with every service; `run_forever` then serves until SIGTERM.
-pub fn build(cfg: Config) -> Result<Server, ConfigError> {
+/// `path` is the config file, re-read on `SIGHUP` and `POST /reload` (see `live`).
+pub fn build(cfg: Config, path: std::path::PathBuf) -> Result<Server, ConfigError> {
     ensure_dev_files(&cfg)?;
-    let (signer, handle_key) = load_signer(&cfg)?;
-    let signer = Arc::new(signer);
 
-    // Leaked on purpose: store clients and notifications live as long as the process.
+    // Leaked on purpose: store clients, health checks, reloads and notifications live as long
+    // as the process.
     let aux_rt: &'static tokio::runtime::Runtime = Box::leak(Box::new(
         tokio::runtime::Builder::new_multi_thread()
             .worker_threads(1)
@@ -279,7 +331,23 @@ pub fn build(cfg: Config) -> Result<Server, ConfigError> {
             .build()
             .map_err(|e| ConfigError(format!("cannot start runtime: {e}")))?,
     ));
-    let sessions = SessionSources::build(&cfg, &handle_key, aux_rt)?;
+    let running_tls: Vec<bool> = cfg.listeners.iter().map(|l| l.tls.is_some()).collect();
+    let live: LiveState = Arc::new(ArcSwap::from_pointee(Live::build(
+        &cfg,
+        None,
+        &running_tls,
+        aux_rt,
+    )?));
+    let metrics = Arc::new(Metrics::new());
+    let reloader = Arc::new(Reloader::new(
+        path,
+        &cfg,
+        live.clone(),
+        metrics.clone(),
+        aux_rt,
+    ));
+    crate::live::reload_on_sighup(reloader.clone())
+        .map_err(|e| ConfigError(format!("cannot install the SIGHUP handler: {e}")))?;
 
     let conf = ServerConf {
         threads: cfg.gateway.threads.max(1),
@@ -289,60 +357,13 @@ pub fn build(cfg: Config) -> Result<Server, ConfigError> {
     };
     let mut server = Server::new_with_opt_and_conf(Opt::default(), conf);
 
-    let mut routes = Vec::new();
-    for r in &cfg.routes {
-        let lb = balancer(
-            r.upstreams.get_ref(),
-            Duration::from_secs(r.health_check_interval_secs.max(1)),
-        );
-        // Resolve once now so the first requests have upstreams; the background service then
-        // re-resolves and health-checks on its own schedule.
-        if let Err(e) = aux_rt.block_on(lb.update()) {
-            tracing::warn!(route = %r.name.get_ref(), error = %e, "upstreams do not resolve yet");
-        }
-        let hc = background_service(&format!("health checks for route {}", r.name.get_ref()), lb);
-        let pool = UpstreamPool::new(hc.task());
-        server.add_service(hc);
-        routes.push(Route {
-            name: r.name.get_ref().clone(),
-            path_prefix: r.path_prefix.get_ref().clone(),
-            host: r.host.clone(),
-            auth: *r.auth.get_ref(),
-            audience: r.audience.clone(),
-            assertion_header: r.assertion_header.to_ascii_lowercase(),
-            allowed_origins: r.allowed_origins.clone(),
-            pool,
-            sessions: sessions.for_route(r.sessions.get_ref()),
-            logout: r.logout.as_ref().map(|l| LogoutRoute {
-                path: l.path.clone(),
-                notify: l.notify.iter().map(|n| n.get_ref().clone()).collect(),
-                audience: l.audience.clone(),
-                header: l.header.to_ascii_lowercase(),
-            }),
-        });
-    }
-    let routes = Arc::new(RouteTable::new(routes));
-    let metrics = Arc::new(Metrics::new());
-    let notifier = Arc::new(LogoutNotifier::new(signer.clone(), aux_rt.handle().clone()));
-    let trusted: Vec<Cidr> = cfg
-        .gateway
-        .trusted_proxies
-        .iter()
-        .filter_map(|p| parse_cidr(p.get_ref()).ok())
-        .collect();
-    let trusted = Arc::new(trusted);
-    let access_log = Arc::new(crate::proxy::AccessLog::new(&cfg.gateway.access_log));
-
+    let notifier = Arc::new(LogoutNotifier::new(aux_rt.handle().clone()));
     for (i, l) in cfg.listeners.iter().enumerate() {
         let gateway = Gateway {
-            routes: routes.clone(),
-            signer: signer.clone(),
+            live: live.clone(),
             metrics: metrics.clone(),
             notifier: notifier.clone(),
-            trusted_proxies: trusted.clone(),
-            upgraded_idle: Duration::from_secs(cfg.gateway.upgraded_idle_timeout_secs),
             tls: l.tls.is_some(),
-            access_log: access_log.clone(),
         };
         let mut svc = pingora::proxy::http_proxy_service_with_name(
             &server.configuration,
@@ -360,6 +381,11 @@ pub fn build(cfg: Config) -> Result<Server, ConfigError> {
                     cfg.source
                         .error_at(tls.cert.span(), &format!("listener[{i}].tls"), e)
                 })?;
+                // Each handshake presents the current config's certificate (reloadable).
+                settings.set_cert_resolver(Arc::new(CurrentCert {
+                    live: live.clone(),
+                    listener: i,
+                }));
                 if l.http2 {
                     settings.enable_h2();
                 }
@@ -374,10 +400,9 @@ pub fn build(cfg: Config) -> Result<Server, ConfigError> {
     let mut admin = Service::new(
         "admin".to_string(),
         HttpServer::new_app(AdminApp {
-            routes,
-            sessions: sessions.all(),
+            live,
             metrics,
-            jwks: signer.jwks(),
+            reloader,
         }),
     );
     admin.add_tcp(cfg.admin.listen.get_ref());

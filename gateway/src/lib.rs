@@ -9,6 +9,7 @@ pub mod classify;
 pub mod config;
 pub mod devcerts;
 pub mod forwarding;
+pub mod live;
 pub mod logout;
 pub mod metrics;
 pub mod proxy;

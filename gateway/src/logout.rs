@@ -15,7 +15,6 @@ use std::sync::Arc;
 use crate::routing::LogoutRoute;
 
 pub struct LogoutNotifier {
-    signer: Arc<AssertionSigner>,
     rt: tokio::runtime::Handle,
     client: Client<hyper_util::client::legacy::connect::HttpConnector, Empty<Bytes>>,
 }
@@ -35,9 +34,8 @@ enum NotifyError {
 }
 
 impl LogoutNotifier {
-    pub fn new(signer: Arc<AssertionSigner>, rt: tokio::runtime::Handle) -> Self {
+    pub fn new(rt: tokio::runtime::Handle) -> Self {
         Self {
-            signer,
             rt,
             client: Client::builder(TokioExecutor::new()).build_http(),
         }
@@ -45,8 +43,10 @@ impl LogoutNotifier {
 
     /// Fire and forget: the logout response is not held back for it. Receivers share state
     /// (through Redis when there are several), so the first one that accepts is enough.
+    /// `signer` is the logout request's own (the config it started on).
     pub fn session_ended(
         self: &Arc<Self>,
+        signer: Arc<AssertionSigner>,
         route: LogoutRoute,
         identity: Identity,
         request_id: String,
@@ -54,7 +54,10 @@ impl LogoutNotifier {
         let this = self.clone();
         self.rt.spawn(async move {
             for url in &route.notify {
-                match this.notify_one(&route, url, &identity, &request_id).await {
+                match this
+                    .notify_one(&signer, &route, url, &identity, &request_id)
+                    .await
+                {
                     Ok(()) => {
                         tracing::info!(request_id, user = %identity.sub, url, "logout propagated");
                         return;
@@ -69,12 +72,13 @@ impl LogoutNotifier {
 
     async fn notify_one(
         &self,
+        signer: &AssertionSigner,
         route: &LogoutRoute,
         url: &str,
         identity: &Identity,
         request_id: &str,
     ) -> Result<(), NotifyError> {
-        let token = self.signer.sign(identity, &route.audience)?;
+        let token = signer.sign(identity, &route.audience)?;
         let req = http::Request::post(url)
             .header(route.header.as_str(), token)
             .header("x-request-id", request_id)

@@ -26,6 +26,14 @@ enum Command {
     Run,
     /// Validate the config (syntax, keys, files) without starting.
     Check,
+    /// Tell the running gateway to re-read its config file (the one it was started with),
+    /// through its admin listener; prints the result. A refused file changes nothing.
+    /// `kill -HUP <pid>` does the same without the answer.
+    Reload {
+        /// The admin listener (default: `admin.listen` from --config, else 127.0.0.1:9180).
+        #[arg(long)]
+        admin: Option<String>,
+    },
     /// Make a development CA, a localhost server certificate and an Ed25519 signing key.
     DevCerts {
         #[arg(long, default_value = "certs/dev")]
@@ -72,6 +80,23 @@ fn main() -> ExitCode {
                 }
             }
         }
+        Command::Reload { admin } => {
+            let admin = admin.unwrap_or_else(|| admin_address(&cli.config));
+            match post_reload(&admin) {
+                Ok((ok, body)) => {
+                    print!("{body}");
+                    if ok {
+                        ExitCode::SUCCESS
+                    } else {
+                        ExitCode::from(2)
+                    }
+                }
+                Err(e) => {
+                    eprintln!("error: cannot reach the gateway's admin listener at {admin}: {e}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
         // Writes nothing: files the config asks to generate on first run may be missing.
         Command::Check => {
             match Config::load(&cli.config).and_then(|c| gateway::app::check(&c).map(|()| c)) {
@@ -91,7 +116,9 @@ fn main() -> ExitCode {
             }
         }
         Command::Run => {
-            let server = match Config::load(&cli.config).and_then(gateway::app::build) {
+            let path = cli.config.clone();
+            let server = match Config::load(&cli.config).and_then(|c| gateway::app::build(c, path))
+            {
                 Ok(s) => s,
                 Err(e) => {
                     eprintln!("error: {e}");
@@ -102,6 +129,33 @@ fn main() -> ExitCode {
             server.run_forever()
         }
     }
+}
+
+/// `admin.listen` from the config file, read leniently: the file may be the broken one the
+/// running gateway is about to refuse (it says why; this command only needs the address).
+fn admin_address(config: &std::path::Path) -> String {
+    std::fs::read_to_string(config)
+        .ok()
+        .and_then(|text| text.parse::<toml::Table>().ok())
+        .and_then(|t| t.get("admin")?.get("listen")?.as_str().map(str::to_string))
+        .unwrap_or_else(|| "127.0.0.1:9180".into())
+}
+
+/// `POST /reload` on the admin listener: (accepted, the gateway's answer).
+fn post_reload(admin: &str) -> std::io::Result<(bool, String)> {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(admin)?;
+    // A reload opens stores and resolves upstreams; it is bounded by their own timeouts.
+    s.set_read_timeout(Some(std::time::Duration::from_secs(60)))?;
+    write!(
+        s,
+        "POST /reload HTTP/1.1\r\nHost: {admin}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+    )?;
+    let mut resp = String::new();
+    s.read_to_string(&mut resp)?;
+    let (head, body) = resp.split_once("\r\n\r\n").unwrap_or((&resp, ""));
+    let ok = head.starts_with("HTTP/1.1 200");
+    Ok((ok, body.to_string()))
 }
 
 /// Pingora logs every failed TLS handshake as `ERROR Downstream handshake error from ...`

@@ -1,7 +1,8 @@
 //! Prometheus metrics for `/metrics` on the admin listener.
 
 use prometheus::{
-    Encoder, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, Opts, Registry, TextEncoder,
+    Encoder, Gauge, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec, Opts,
+    Registry, TextEncoder,
 };
 
 pub struct Metrics {
@@ -15,6 +16,12 @@ pub struct Metrics {
     /// Requests counted in `requests` whose access line was skipped or sampled away
     /// (`[gateway] access_log`), by route and kind (`polling`).
     pub access_log_suppressed: IntCounterVec,
+    /// Config reloads by result (`ok`, `error`: refused, the running config stays).
+    pub config_reloads: IntCounterVec,
+    /// 1, labelled with the hash of the config serving now.
+    pub config_info: IntGaugeVec,
+    /// When the config serving now was loaded (Unix seconds).
+    pub config_loaded_seconds: Gauge,
 }
 
 impl Metrics {
@@ -65,6 +72,27 @@ impl Metrics {
             &["route", "kind"],
         )
         .expect("valid metric");
+        let config_reloads = IntCounterVec::new(
+            Opts::new(
+                "gateway_config_reloads_total",
+                "Config reloads (SIGHUP, POST /reload) by result",
+            ),
+            &["result"],
+        )
+        .expect("valid metric");
+        let config_info = IntGaugeVec::new(
+            Opts::new(
+                "gateway_config_info",
+                "The config serving now: 1, labelled with its file's SHA-256",
+            ),
+            &["hash"],
+        )
+        .expect("valid metric");
+        let config_loaded_seconds = Gauge::new(
+            "gateway_config_loaded_timestamp_seconds",
+            "When the config serving now was loaded (Unix time)",
+        )
+        .expect("valid metric");
         for c in [
             Box::new(auth_results.clone()) as Box<dyn prometheus::core::Collector>,
             Box::new(session_lookup_seconds.clone()),
@@ -72,6 +100,9 @@ impl Metrics {
             Box::new(upstream_errors.clone()),
             Box::new(requests.clone()),
             Box::new(access_log_suppressed.clone()),
+            Box::new(config_reloads.clone()),
+            Box::new(config_info.clone()),
+            Box::new(config_loaded_seconds.clone()),
         ] {
             registry.register(c).expect("unique metric names");
         }
@@ -83,7 +114,17 @@ impl Metrics {
             upstream_errors,
             requests,
             access_log_suppressed,
+            config_reloads,
+            config_info,
+            config_loaded_seconds,
         }
+    }
+
+    /// Records the config now serving (at start and after each successful reload).
+    pub fn config_loaded(&self, hash: &str) {
+        self.config_info.reset();
+        self.config_info.with_label_values(&[hash]).set(1);
+        self.config_loaded_seconds.set(crate::live::now_unix());
     }
 
     pub fn render(&self) -> Vec<u8> {

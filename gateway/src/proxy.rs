@@ -17,32 +17,29 @@ use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use bytes::Bytes;
-use identity_assertion::{AssertionSigner, Identity};
+use identity_assertion::Identity;
 use pingora::prelude::*;
 use pingora::proxy::{DetachedUpgrade, FailToProxy};
 use pingora::ErrorType;
 
 use crate::classify::{self, HandshakeClass, RequestFacts, Transport};
 use crate::config::{AccessLogConfig, AuthPolicy, PollingLog};
-use crate::forwarding::{self, Cidr};
+use crate::forwarding;
+use crate::live::{Live, LiveState};
 use crate::logout::LogoutNotifier;
 use crate::metrics::Metrics;
-use crate::routing::{Route, RouteTable};
+use crate::routing::Route;
 use crate::session::SessionError;
 use crate::tunnel::{self, OpenTunnel, Tunnel};
 
 /// Everything a listener's proxy needs; shared by all listeners except `tls`.
 pub struct Gateway {
-    pub routes: Arc<RouteTable>,
-    pub signer: Arc<AssertionSigner>,
+    /// The reloadable config state; each request loads it once, in `new_ctx`.
+    pub live: LiveState,
     pub metrics: Arc<Metrics>,
     pub notifier: Arc<LogoutNotifier>,
-    pub trusted_proxies: Arc<Vec<Cidr>>,
-    pub upgraded_idle: Duration,
     /// Whether this listener terminates TLS (for `X-Forwarded-Proto`).
     pub tls: bool,
-    /// Which requests get an access line (`[gateway] access_log`); shared by all listeners.
-    pub access_log: Arc<AccessLog>,
 }
 
 /// The access-log policy: every request is counted in `gateway_requests_total`; Engine.IO
@@ -84,6 +81,8 @@ impl AccessLog {
 
 /// Per-request state, filled phase by phase.
 pub struct RequestCtx {
+    /// The config this request runs on from start to end, whatever reloads happen meanwhile.
+    live: Arc<Live>,
     started: Instant,
     request_id: String,
     route: Option<Arc<Route>>,
@@ -258,7 +257,7 @@ impl Gateway {
         ctx: &mut RequestCtx,
     ) -> Result<(), Refusal> {
         let audience = route.audience.as_deref().unwrap_or_default();
-        let token = self.signer.sign(&identity, audience).map_err(|e| {
+        let token = ctx.live.signer.sign(&identity, audience).map_err(|e| {
             Refusal::new(
                 500,
                 "internal error\n",
@@ -319,6 +318,7 @@ impl ProxyHttp for Gateway {
 
     fn new_ctx(&self) -> RequestCtx {
         RequestCtx {
+            live: self.live.load_full(),
             started: Instant::now(),
             request_id: String::new(),
             route: None,
@@ -339,7 +339,7 @@ impl ProxyHttp for Gateway {
         ctx.request_id = forwarding::request_id(&session.req_header().headers);
         let req = session.req_header();
         let host = header_str(req, "host").or(req.uri.authority().map(|a| a.as_str()));
-        let Some(route) = self.routes.find(host, req.uri.path()) else {
+        let Some(route) = ctx.live.routes.find(host, req.uri.path()) else {
             return self
                 .refuse(session, ctx, Refusal::new(404, "not found\n", "no route"))
                 .await;
@@ -382,7 +382,7 @@ impl ProxyHttp for Gateway {
         peer.options.total_connection_timeout = Some(Duration::from_secs(3));
         // Upgraded connections relay both ways for hours; a request that is not upgraded is
         // still bounded by the upstream's own response time.
-        peer.options.read_timeout = Some(self.upgraded_idle);
+        peer.options.read_timeout = Some(ctx.live.upgraded_idle);
         peer.options.idle_timeout = Some(Duration::from_secs(60));
         Ok(Box::new(peer))
     }
@@ -416,7 +416,7 @@ impl ProxyHttp for Gateway {
         // Never forward a client's identity header, under any spelling, on any route.
         let smuggled = forwarding::smuggled_identity_headers(
             upstream.headers.keys().map(|k| k.as_str()),
-            self.routes.protected_headers(),
+            ctx.live.routes.protected_headers(),
         );
         for name in smuggled {
             upstream.remove_header(&name);
@@ -441,7 +441,7 @@ impl ProxyHttp for Gateway {
             &upstream.headers,
             peer_ip(session),
             self.tls,
-            &self.trusted_proxies,
+            &ctx.live.trusted_proxies,
         );
         upstream.insert_header("x-forwarded-for", fwd.for_)?;
         upstream.insert_header("x-forwarded-proto", fwd.proto)?;
@@ -468,7 +468,7 @@ impl ProxyHttp for Gateway {
             ctx.upgraded = true;
             ctx.open_tunnel = Some(OpenTunnel::new(&self.metrics.upgraded_connections));
             // Pingora's downstream read timeout (60 s) would cut quiet WebSockets.
-            session.set_read_timeout(Some(self.upgraded_idle));
+            session.set_read_timeout(Some(ctx.live.upgraded_idle));
         }
         let polling_handshake = matches!(
             ctx.class,
@@ -561,7 +561,7 @@ impl ProxyHttp for Gateway {
     fn upgrade_detached(&self, upgrade: DetachedUpgrade, ctx: &mut RequestCtx) {
         let open = ctx.open_tunnel.take();
         let request_id = std::mem::take(&mut ctx.request_id);
-        let idle = self.upgraded_idle;
+        let idle = ctx.live.upgraded_idle;
         let tunnel = Tunnel {
             client: upgrade.downstream,
             upstream: upgrade.upstream,
@@ -599,8 +599,12 @@ impl ProxyHttp for Gateway {
         if let (Some(identity), Some(r)) = (ctx.logout.take(), &ctx.route) {
             if (200..300).contains(&status) {
                 if let Some(logout) = &r.logout {
-                    self.notifier
-                        .session_ended(logout.clone(), identity, ctx.request_id.clone());
+                    self.notifier.session_ended(
+                        ctx.live.signer.clone(),
+                        logout.clone(),
+                        identity,
+                        ctx.request_id.clone(),
+                    );
                 }
             }
         }
@@ -612,7 +616,7 @@ impl ProxyHttp for Gateway {
                 ..
             })
         );
-        if !self.access_log.should_log(polling, problem) {
+        if !ctx.live.access_log.should_log(polling, problem) {
             self.metrics
                 .access_log_suppressed
                 .with_label_values(&[route, "polling"])

@@ -22,7 +22,7 @@ pub struct Route {
     pub audience: Option<String>,
     pub assertion_header: String,
     pub allowed_origins: Vec<String>,
-    pub pool: UpstreamPool,
+    pub pool: Arc<UpstreamPool>,
     /// Session sources to authenticate with, in order (the first whose cookie is present).
     pub sessions: Vec<Arc<crate::session::SessionSource>>,
     pub logout: Option<LogoutRoute>,
@@ -116,7 +116,7 @@ mod tests {
             audience: None,
             assertion_header: "X-Identity-Assertion".into(),
             allowed_origins: vec![],
-            pool: UpstreamPool::new(Arc::new(lb)),
+            pool: Arc::new(UpstreamPool::new(Arc::new(lb))),
             sessions: vec![],
             logout: None,
         }

@@ -28,14 +28,50 @@ pub fn parse_upstream(s: &str) -> Result<(), String> {
 pub struct UpstreamPool {
     pub lb: Arc<LoadBalancer<RoundRobin>>,
     sticky: StickyTable,
+    /// What the pool was built from, so a reload with the same upstreams keeps it (and its
+    /// health state and `sid` stickiness).
+    built_from: (Vec<String>, Duration),
+    /// Stops the pool's discovery and health checks when the pool is dropped (a reload that
+    /// moved the route's upstreams, once the last request using the old pool is done).
+    _checks: Option<StopOnDrop>,
 }
 
 impl UpstreamPool {
+    /// A pool without background discovery or health checks (tests).
     pub fn new(lb: Arc<LoadBalancer<RoundRobin>>) -> Self {
         Self {
             lb,
             sticky: StickyTable::new(Duration::from_secs(600)),
+            built_from: (Vec::new(), Duration::ZERO),
+            _checks: None,
         }
+    }
+
+    /// A pool whose discovery and health checks run on `rt` for as long as the pool lives.
+    /// Pools come and go with reloads, so the checks are not a Pingora service (those are
+    /// fixed when the server starts).
+    pub fn checked(
+        lb: LoadBalancer<RoundRobin>,
+        addrs: &[String],
+        check_every: Duration,
+        rt: &tokio::runtime::Handle,
+    ) -> Self {
+        use pingora::services::background::BackgroundService;
+        let lb = Arc::new(lb);
+        let (stop, stopped) = tokio::sync::watch::channel(false);
+        let task_lb = lb.clone();
+        rt.spawn(async move { task_lb.start(stopped).await });
+        Self {
+            lb,
+            sticky: StickyTable::new(Duration::from_secs(600)),
+            built_from: (addrs.to_vec(), check_every),
+            _checks: Some(StopOnDrop(stop)),
+        }
+    }
+
+    /// Whether this pool was built from exactly these upstreams and check interval.
+    pub fn serves(&self, addrs: &[String], check_every: Duration) -> bool {
+        self.built_from.0 == addrs && self.built_from.1 == check_every
     }
 
     pub fn len(&self) -> usize {
@@ -44,6 +80,15 @@ impl UpstreamPool {
 
     pub fn is_empty(&self) -> bool {
         self.len() == 0
+    }
+}
+
+struct StopOnDrop(tokio::sync::watch::Sender<bool>);
+
+impl Drop for StopOnDrop {
+    fn drop(&mut self) {
+        // No receiver left means the task already ended: nothing to stop.
+        let _ = self.0.send(true);
     }
 }
 

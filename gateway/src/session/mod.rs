@@ -215,6 +215,20 @@ impl SessionSource {
 }
 
 /// Defaults per flavour, so a config only names what differs from the framework's defaults.
+/// A source replaced by a reload is dropped once the last request using it is done. A Redis
+/// pool reconnects in background tasks of its own, which a plain drop would leave running:
+/// they are told to quit here. (SQLite pools close their connections on drop.)
+impl Drop for SessionSource {
+    fn drop(&mut self) {
+        use fred::prelude::ClientLike;
+        if let Some(pool) = self.store.redis_connections().cloned() {
+            self.rt.spawn(async move {
+                let _ = pool.quit().await;
+            });
+        }
+    }
+}
+
 pub fn default_cookie(flavour: SessionFlavour) -> &'static str {
     match flavour {
         SessionFlavour::Express => "connect.sid",

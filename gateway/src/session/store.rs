@@ -85,6 +85,14 @@ impl Store {
         Ok(pool)
     }
 
+    /// The Redis pool behind this store, if any.
+    pub fn redis_connections(&self) -> Option<&Pool> {
+        match self {
+            Self::Sqlite(_) => None,
+            Self::TowerRedis { pool, .. } | Self::ConnectRedis { pool, .. } => Some(pool),
+        }
+    }
+
     pub fn tower_redis(pool: Pool) -> Self {
         Self::TowerRedis {
             store: RedisStore::new(pool.clone()),

@@ -464,6 +464,18 @@ private_key = {{ file = "signing.pem" }}
             .sum()
     }
 
+    /// The config file the gateway was started with (tests rewrite it and reload).
+    pub fn config_path(&self) -> PathBuf {
+        self.dir.path().join("gateway.toml")
+    }
+
+    pub fn sighup(&self) {
+        let _ = Command::new("kill")
+            .arg("-HUP")
+            .arg(self.child.id().to_string())
+            .status();
+    }
+
     pub fn sigterm(&self) {
         let _ = Command::new("kill")
             .arg("-TERM")
