@@ -17,6 +17,7 @@ use pingora::services::listening::Service;
 use sha2::{Digest, Sha256};
 
 use crate::admin::AdminApp;
+use crate::admission::Admission;
 use crate::config::{Config, ConfigError, SessionFlavour, SessionSection, StoreConfig};
 use crate::forwarding::{parse_cidr, Cidr};
 use crate::logout::LogoutNotifier;
@@ -156,6 +157,7 @@ fn build_session(
     s: &SessionSection,
     handle_key: &[u8],
     rt: &tokio::runtime::Runtime,
+    lookup_slots: Arc<crate::admission::LookupSlots>,
 ) -> Result<Arc<SessionSource>, ConfigError> {
     let timeout = Duration::from_millis(s.lookup_timeout_ms);
     let mut secrets = Vec::new();
@@ -215,6 +217,7 @@ fn build_session(
         handle_mac: <hmac::Hmac<sha2::Sha256> as hmac::Mac>::new_from_slice(handle_key)
             .map_err(|e| ConfigError(format!("session handle key: {e}")))?,
         rt: rt.handle().clone(),
+        lookup_slots,
     }))
 }
 
@@ -229,16 +232,31 @@ impl SessionSources {
         cfg: &Config,
         handle_key: &[u8],
         rt: &tokio::runtime::Runtime,
+        slots: Arc<crate::admission::LookupSlots>,
     ) -> Result<Self, ConfigError> {
         let default = match &cfg.session {
-            Some(s) => Some(build_session(cfg, "session", s, handle_key, rt)?),
+            Some(s) => Some(build_session(
+                cfg,
+                "session",
+                s,
+                handle_key,
+                rt,
+                slots.clone(),
+            )?),
             None => None,
         };
         let mut named = std::collections::BTreeMap::new();
         for (name, s) in &cfg.sessions {
             named.insert(
                 name.clone(),
-                build_session(cfg, &format!("sessions.{name}"), s, handle_key, rt)?,
+                build_session(
+                    cfg,
+                    &format!("sessions.{name}"),
+                    s,
+                    handle_key,
+                    rt,
+                    slots.clone(),
+                )?,
             );
         }
         Ok(Self { default, named })
@@ -279,7 +297,18 @@ pub fn build(cfg: Config) -> Result<Server, ConfigError> {
             .build()
             .map_err(|e| ConfigError(format!("cannot start runtime: {e}")))?,
     ));
-    let sessions = SessionSources::build(&cfg, &handle_key, aux_rt)?;
+    let metrics = Arc::new(Metrics::new());
+    let route_limits: Vec<(String, u32)> = cfg
+        .routes
+        .iter()
+        .map(|r| (r.name.get_ref().clone(), r.max_handshakes_per_sec))
+        .collect();
+    let admission = Arc::new(Admission::new(
+        &cfg.admission,
+        &route_limits,
+        metrics.clone(),
+    ));
+    let sessions = SessionSources::build(&cfg, &handle_key, aux_rt, admission.lookup_slots())?;
 
     let conf = ServerConf {
         threads: cfg.gateway.threads.max(1),
@@ -322,7 +351,6 @@ pub fn build(cfg: Config) -> Result<Server, ConfigError> {
         });
     }
     let routes = Arc::new(RouteTable::new(routes));
-    let metrics = Arc::new(Metrics::new());
     let notifier = Arc::new(LogoutNotifier::new(signer.clone(), aux_rt.handle().clone()));
     let trusted: Vec<Cidr> = cfg
         .gateway
@@ -343,6 +371,7 @@ pub fn build(cfg: Config) -> Result<Server, ConfigError> {
             upgraded_idle: Duration::from_secs(cfg.gateway.upgraded_idle_timeout_secs),
             tls: l.tls.is_some(),
             access_log: access_log.clone(),
+            admission: admission.clone(),
         };
         let mut svc = pingora::proxy::http_proxy_service_with_name(
             &server.configuration,

@@ -15,6 +15,10 @@ pub struct Metrics {
     /// Requests counted in `requests` whose access line was skipped or sampled away
     /// (`[gateway] access_log`), by route and kind (`polling`).
     pub access_log_suppressed: IntCounterVec,
+    /// Handshakes refused by admission control, by route and limit (`admission`).
+    pub admission_refused: IntCounterVec,
+    /// Session-store lookups waiting on the store now (bounded by the lookup cap).
+    pub lookups_in_flight: IntGauge,
 }
 
 impl Metrics {
@@ -65,6 +69,19 @@ impl Metrics {
             &["route", "kind"],
         )
         .expect("valid metric");
+        let admission_refused = IntCounterVec::new(
+            Opts::new(
+                "gateway_admission_refused_total",
+                "Handshakes refused by admission control ([admission]), by route and limit",
+            ),
+            &["route", "limit"],
+        )
+        .expect("valid metric");
+        let lookups_in_flight = IntGauge::new(
+            "gateway_session_lookups_in_flight",
+            "Session-store lookups in flight ([admission] max_concurrent_lookups bounds them)",
+        )
+        .expect("valid metric");
         for c in [
             Box::new(auth_results.clone()) as Box<dyn prometheus::core::Collector>,
             Box::new(session_lookup_seconds.clone()),
@@ -72,6 +89,8 @@ impl Metrics {
             Box::new(upstream_errors.clone()),
             Box::new(requests.clone()),
             Box::new(access_log_suppressed.clone()),
+            Box::new(admission_refused.clone()),
+            Box::new(lookups_in_flight.clone()),
         ] {
             registry.register(c).expect("unique metric names");
         }
@@ -83,6 +102,8 @@ impl Metrics {
             upstream_errors,
             requests,
             access_log_suppressed,
+            admission_refused,
+            lookups_in_flight,
         }
     }
 
