@@ -19,6 +19,7 @@ use sha2::{Digest, Sha256};
 use arc_swap::ArcSwap;
 
 use crate::admin::AdminApp;
+use crate::admission::{Admission, LookupSlots};
 use crate::config::{Config, ConfigError, SessionFlavour, SessionSection, StoreConfig};
 use crate::live::{CurrentCert, Live, LiveState, Reloader};
 use crate::logout::LogoutNotifier;
@@ -161,6 +162,7 @@ fn build_session(
     handle_key: &[u8],
     rt: &tokio::runtime::Runtime,
     prev: Option<&SessionSources>,
+    lookup_slots: Arc<LookupSlots>,
 ) -> Result<(Arc<SessionSource>, Vec<u8>), ConfigError> {
     let timeout = Duration::from_millis(s.lookup_timeout_ms);
     let mut secrets = Vec::new();
@@ -224,6 +226,7 @@ fn build_session(
         handle_mac: <hmac::Hmac<sha2::Sha256> as hmac::Mac>::new_from_slice(handle_key)
             .map_err(|e| ConfigError(format!("session handle key: {e}")))?,
         rt: rt.handle().clone(),
+        lookup_slots,
     });
     Ok((source, fingerprint))
 }
@@ -261,11 +264,13 @@ impl SessionSources {
         handle_key: &[u8],
         rt: &tokio::runtime::Runtime,
         prev: Option<&SessionSources>,
+        slots: &Arc<LookupSlots>,
     ) -> Result<Self, ConfigError> {
         let mut fingerprints = std::collections::BTreeMap::new();
         let default = match &cfg.session {
             Some(s) => {
-                let (source, fp) = build_session(cfg, "session", s, handle_key, rt, prev)?;
+                let (source, fp) =
+                    build_session(cfg, "session", s, handle_key, rt, prev, slots.clone())?;
                 fingerprints.insert("session".to_string(), fp);
                 Some(source)
             }
@@ -274,7 +279,7 @@ impl SessionSources {
         let mut named = std::collections::BTreeMap::new();
         for (name, s) in &cfg.sessions {
             let key = format!("sessions.{name}");
-            let (source, fp) = build_session(cfg, &key, s, handle_key, rt, prev)?;
+            let (source, fp) = build_session(cfg, &key, s, handle_key, rt, prev, slots.clone())?;
             fingerprints.insert(key, fp);
             named.insert(name.clone(), source);
         }
@@ -331,20 +336,34 @@ pub fn build(cfg: Config, path: std::path::PathBuf) -> Result<Server, ConfigErro
             .build()
             .map_err(|e| ConfigError(format!("cannot start runtime: {e}")))?,
     ));
+    let metrics = Arc::new(Metrics::new());
+    // Admission state (rate estimators, lookup slots, tunnels per user) belongs to the process,
+    // not to one loaded config: it is built once here and outlives every reload.
+    let route_limits: Vec<(String, u32)> = cfg
+        .routes
+        .iter()
+        .map(|r| (r.name.get_ref().clone(), r.max_handshakes_per_sec))
+        .collect();
+    let admission = Arc::new(Admission::new(
+        &cfg.admission,
+        &route_limits,
+        metrics.clone(),
+    ));
     let running_tls: Vec<bool> = cfg.listeners.iter().map(|l| l.tls.is_some()).collect();
     let live: LiveState = Arc::new(ArcSwap::from_pointee(Live::build(
         &cfg,
         None,
         &running_tls,
         aux_rt,
+        &admission.lookup_slots(),
     )?));
-    let metrics = Arc::new(Metrics::new());
     let reloader = Arc::new(Reloader::new(
         path,
         &cfg,
         live.clone(),
         metrics.clone(),
         aux_rt,
+        admission.lookup_slots(),
     ));
     crate::live::reload_on_sighup(reloader.clone())
         .map_err(|e| ConfigError(format!("cannot install the SIGHUP handler: {e}")))?;
@@ -364,6 +383,7 @@ pub fn build(cfg: Config, path: std::path::PathBuf) -> Result<Server, ConfigErro
             metrics: metrics.clone(),
             notifier: notifier.clone(),
             tls: l.tls.is_some(),
+            admission: admission.clone(),
         };
         let mut svc = pingora::proxy::http_proxy_service_with_name(
             &server.configuration,

@@ -34,6 +34,9 @@ pub struct Config {
     pub sessions: std::collections::BTreeMap<String, SessionSection>,
     #[serde(default, rename = "route")]
     pub routes: Vec<RouteConfig>,
+    /// Handshake rate limits, lookup cap, tunnels per user (see `admission`).
+    #[serde(default)]
+    pub admission: crate::admission::AdmissionConfig,
     /// Folder of the config file; relative paths resolve against it.
     #[serde(skip)]
     pub base_dir: PathBuf,
@@ -391,6 +394,9 @@ pub struct RouteConfig {
     /// request carries decides. Empty: the default `[session]`.
     #[serde(default = "no_sessions")]
     pub sessions: Spanned<Vec<String>>,
+    /// Socket.IO handshakes per second on this route, all clients together (0: no limit).
+    #[serde(default)]
+    pub max_handshakes_per_sec: u32,
 }
 
 fn no_sessions() -> Spanned<Vec<String>> {

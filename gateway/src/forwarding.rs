@@ -213,6 +213,17 @@ pub fn forwarded_headers(
     }
 }
 
+/// The client's address as the gateway believes it: the peer, or, when the peer is a trusted
+/// proxy, the address that proxy names (the same `X-Real-IP` sent upstream). Admission control
+/// limits by this, so a client behind no trusted proxy cannot pick its own bucket.
+pub fn client_ip(headers: &HeaderMap, peer: Option<IpAddr>, trusted: &[Cidr]) -> Option<IpAddr> {
+    if !peer.is_some_and(|p| trusted.iter().any(|c| c.contains(p))) {
+        return peer;
+    }
+    let real = forwarded_headers(headers, peer, false, trusted).real_ip;
+    real.trim().parse().ok().or(peer)
+}
+
 /// The origin-form target (`/path?query`) to send instead of an absolute-form one
 /// (`http://host/path?query`), or `None` if `raw` (the target as received) already is one.
 /// Pingora keeps only the path and query in the URI of an absolute-form request but writes the
@@ -262,6 +273,25 @@ mod tests {
                 "x_identity_assertion"
             ]
         );
+    }
+
+    #[test]
+    fn client_ip_believes_only_trusted_proxies() {
+        let mut h = HeaderMap::new();
+        h.insert("x-forwarded-for", "203.0.113.9, 10.0.0.2".parse().unwrap());
+        let trusted = [parse_cidr("10.0.0.0/8").unwrap()];
+        let lb: IpAddr = "10.0.0.1".parse().unwrap();
+        let stranger: IpAddr = "198.51.100.1".parse().unwrap();
+        // Behind two trusted hops, the client is the last untrusted address.
+        assert_eq!(
+            client_ip(&h, Some(lb), &trusted),
+            Some("203.0.113.9".parse().unwrap())
+        );
+        // An untrusted peer's header is ignored: it cannot choose another client's bucket.
+        assert_eq!(client_ip(&h, Some(stranger), &trusted), Some(stranger));
+        // A trusted proxy that names no usable address: the proxy itself.
+        h.insert("x-real-ip", "not-an-ip".parse().unwrap());
+        assert_eq!(client_ip(&h, Some(lb), &trusted), Some(lb));
     }
 
     #[test]

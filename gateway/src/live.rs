@@ -13,7 +13,9 @@
 //! settings, the access-log policy, the upgraded-connection idle timeout, and TLS certificates
 //! and keys (the listeners' certificate resolver reads the current `Live`). Listener addresses,
 //! their TLS on/off and HTTP/2, buffer sizes, thread count, the admin address and the shutdown
-//! timings are fixed when the process starts; a reload names the ones that differ.
+//! timings, and the admission limits (`[admission]`, a route's `max_handshakes_per_sec`: their
+//! counters belong to the process) are fixed when the process starts; a reload names the ones
+//! that differ.
 
 use std::fmt;
 use std::path::PathBuf;
@@ -26,6 +28,7 @@ use pingora::tls::sign::CertifiedKey;
 use pingora::tls::{ClientHello, ResolvesServerCert};
 use sha2::{Digest, Sha256};
 
+use crate::admission::LookupSlots;
 use crate::app::SessionSources;
 use crate::config::{Config, ConfigError, TlsConfig};
 use crate::forwarding::{parse_cidr, Cidr};
@@ -72,10 +75,17 @@ impl Live {
         prev: Option<&Live>,
         running_tls: &[bool],
         rt: &'static tokio::runtime::Runtime,
+        lookup_slots: &Arc<LookupSlots>,
     ) -> Result<Self, ConfigError> {
         let (signer, handle_key) = crate::app::load_signer(cfg)?;
         let certs = load_certs(cfg, prev, running_tls)?;
-        let sessions = SessionSources::build(cfg, &handle_key, rt, prev.map(|p| &p.sessions))?;
+        let sessions = SessionSources::build(
+            cfg,
+            &handle_key,
+            rt,
+            prev.map(|p| &p.sessions),
+            lookup_slots,
+        )?;
         let mut routes = Vec::new();
         for r in &cfg.routes {
             let name = r.name.get_ref();
@@ -239,6 +249,15 @@ impl FixedAtStart {
                 format!("{} listeners", cfg.listeners.len()),
             ),
         ];
+        // Admission state (rate estimators, lookup slots, tunnel counts) is the process's,
+        // built once at start with these limits.
+        v.push(("admission".into(), format!("{:?}", cfg.admission)));
+        for r in cfg.routes.iter().filter(|r| r.max_handshakes_per_sec > 0) {
+            v.push((
+                format!("route[{}].max_handshakes_per_sec", r.name.get_ref()),
+                r.max_handshakes_per_sec.to_string(),
+            ));
+        }
         for (i, l) in cfg.listeners.iter().enumerate() {
             let k = |s: &str| format!("listener[{i}].{s}");
             v.push((k("listen"), l.listen.get_ref().clone()));
@@ -305,6 +324,8 @@ pub struct Reloader {
     started_with: FixedAtStart,
     running_tls: Vec<bool>,
     rt: &'static tokio::runtime::Runtime,
+    /// The process's session-lookup slots, shared by the sources of every loaded config.
+    lookup_slots: Arc<LookupSlots>,
     /// One reload at a time: two at once would both build from the same previous state.
     busy: Mutex<()>,
 }
@@ -316,6 +337,7 @@ impl Reloader {
         live: LiveState,
         metrics: Arc<Metrics>,
         rt: &'static tokio::runtime::Runtime,
+        lookup_slots: Arc<LookupSlots>,
     ) -> Self {
         let running_tls = cfg.listeners.iter().map(|l| l.tls.is_some()).collect();
         let this = Self {
@@ -325,6 +347,7 @@ impl Reloader {
             live,
             metrics,
             rt,
+            lookup_slots,
             busy: Mutex::new(()),
         };
         this.metrics.config_loaded(&this.live.load().hash);
@@ -369,7 +392,13 @@ impl Reloader {
     fn try_reload(&self) -> Result<ReloadReport, ConfigError> {
         let cfg = Config::load(&self.path)?;
         let prev = self.live.load_full();
-        let next = Live::build(&cfg, Some(&prev), &self.running_tls, self.rt)?;
+        let next = Live::build(
+            &cfg,
+            Some(&prev),
+            &self.running_tls,
+            self.rt,
+            &self.lookup_slots,
+        )?;
         let report = ReloadReport {
             hash: next.hash.clone(),
             routes: cfg.routes.len(),

@@ -22,6 +22,10 @@ pub struct Metrics {
     pub config_info: IntGaugeVec,
     /// When the config serving now was loaded (Unix seconds).
     pub config_loaded_seconds: Gauge,
+    /// Handshakes refused by admission control, by route and limit (`admission`).
+    pub admission_refused: IntCounterVec,
+    /// Session-store lookups waiting on the store now (bounded by the lookup cap).
+    pub lookups_in_flight: IntGauge,
 }
 
 impl Metrics {
@@ -93,6 +97,19 @@ impl Metrics {
             "When the config serving now was loaded (Unix time)",
         )
         .expect("valid metric");
+        let admission_refused = IntCounterVec::new(
+            Opts::new(
+                "gateway_admission_refused_total",
+                "Handshakes refused by admission control ([admission]), by route and limit",
+            ),
+            &["route", "limit"],
+        )
+        .expect("valid metric");
+        let lookups_in_flight = IntGauge::new(
+            "gateway_session_lookups_in_flight",
+            "Session-store lookups in flight ([admission] max_concurrent_lookups bounds them)",
+        )
+        .expect("valid metric");
         for c in [
             Box::new(auth_results.clone()) as Box<dyn prometheus::core::Collector>,
             Box::new(session_lookup_seconds.clone()),
@@ -103,6 +120,8 @@ impl Metrics {
             Box::new(config_reloads.clone()),
             Box::new(config_info.clone()),
             Box::new(config_loaded_seconds.clone()),
+            Box::new(admission_refused.clone()),
+            Box::new(lookups_in_flight.clone()),
         ] {
             registry.register(c).expect("unique metric names");
         }
@@ -117,6 +136,8 @@ impl Metrics {
             config_reloads,
             config_info,
             config_loaded_seconds,
+            admission_refused,
+            lookups_in_flight,
         }
     }
 

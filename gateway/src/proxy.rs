@@ -1,6 +1,7 @@
 //! The request pipeline, as Pingora's `ProxyHttp` phases:
 //!
-//! `request_filter`: route → classify → authenticate (→ refuse with a status)
+//! `request_filter`: route → classify → admit (rate limits, `admission`) → authenticate (lookup
+//! cap, tunnels per user) (→ refuse with a status)
 //! `upstream_peer`: choose upstream (sticky for Engine.IO sessions)
 //! `upstream_request_filter`: rewrite headers (strip smuggled identity, add ours, client-address
 //! headers: Forwarded, X-Forwarded-*, X-Real-IP)
@@ -22,6 +23,7 @@ use pingora::prelude::*;
 use pingora::proxy::{DetachedUpgrade, FailToProxy};
 use pingora::ErrorType;
 
+use crate::admission::{Admission, Refused, TunnelSlot};
 use crate::classify::{self, HandshakeClass, RequestFacts, Transport};
 use crate::config::{AccessLogConfig, AuthPolicy, PollingLog};
 use crate::forwarding;
@@ -40,6 +42,9 @@ pub struct Gateway {
     pub notifier: Arc<LogoutNotifier>,
     /// Whether this listener terminates TLS (for `X-Forwarded-Proto`).
     pub tls: bool,
+    /// Handshake rate limits, lookup cap and tunnels per user; shared by all listeners and by
+    /// every loaded config.
+    pub admission: Arc<Admission>,
 }
 
 /// The access-log policy: every request is counted in `gateway_requests_total`; Engine.IO
@@ -95,6 +100,8 @@ pub struct RequestCtx {
     upgraded: bool,
     /// Counted from the `101` until the tunnel (or the request, if it never detached) ends.
     open_tunnel: Option<OpenTunnel>,
+    /// This handshake's place in its user's tunnel cap, held until the tunnel closes.
+    tunnel_slot: Option<TunnelSlot>,
     /// Identity of a logout request, notified once the upstream confirms the logout.
     logout: Option<Identity>,
     refused: Option<String>,
@@ -105,6 +112,8 @@ struct Refusal {
     status: u16,
     body: &'static str,
     reason: String,
+    /// Seconds for `Retry-After` (admission refusals).
+    retry_after: Option<u32>,
 }
 
 impl Refusal {
@@ -113,6 +122,18 @@ impl Refusal {
             status,
             body,
             reason: reason.into(),
+            retry_after: None,
+        }
+    }
+
+    fn from_admission(r: Refused) -> Self {
+        Self {
+            retry_after: Some(r.retry_after_secs),
+            ..Self::new(
+                r.limit.status(),
+                r.limit.body(),
+                format!("admission: {}", r.limit.label()),
+            )
         }
     }
 
@@ -177,7 +198,16 @@ impl Gateway {
                 match class {
                     HandshakeClass::Malformed(why) => Err(Refusal::new(400, "bad request\n", why)),
                     HandshakeClass::Established { .. } => Ok(()),
-                    HandshakeClass::Handshake { .. } => {
+                    HandshakeClass::Handshake { transport } => {
+                        self.admission
+                            .check_rates(&route.name, || {
+                                forwarding::client_ip(
+                                    &req.headers,
+                                    peer_ip(session),
+                                    &ctx.live.trusted_proxies,
+                                )
+                            })
+                            .map_err(Refusal::from_admission)?;
                         let origin = header_str(req, "origin");
                         let host =
                             header_str(req, "host").or(req.uri.authority().map(|a| a.as_str()));
@@ -189,6 +219,12 @@ impl Gateway {
                             ));
                         }
                         let identity = self.session_identity(session, route).await?;
+                        if transport == Transport::Websocket {
+                            ctx.tunnel_slot = self
+                                .admission
+                                .reserve_tunnel(&route.name, &identity.sub)
+                                .map_err(Refusal::from_admission)?;
+                        }
                         self.grant(route, identity, ctx)
                     }
                 }
@@ -245,6 +281,11 @@ impl Gateway {
                     .auth_results
                     .with_label_values(&[&route.name, e.reason()])
                     .inc();
+                if e == SessionError::LookupsBusy {
+                    return Err(Refusal::from_admission(
+                        self.admission.lookup_cap_refused(&route.name),
+                    ));
+                }
                 Err(Refusal::from_session(&e))
             }
         }
@@ -277,7 +318,7 @@ impl Gateway {
     ) -> Result<bool> {
         // Logged once, with the reason, in the request's access line (`logging`).
         ctx.refused = Some(r.reason);
-        write_short(session, r.status, r.body, &ctx.request_id).await?;
+        write_short(session, r.status, r.body, &ctx.request_id, r.retry_after).await?;
         Ok(true)
     }
 }
@@ -292,12 +333,16 @@ async fn write_short(
     status: u16,
     body: &str,
     request_id: &str,
+    retry_after: Option<u32>,
 ) -> Result<()> {
-    let mut resp = ResponseHeader::build(status, Some(4))?;
+    let mut resp = ResponseHeader::build(status, Some(5))?;
     resp.insert_header("content-type", "text/plain; charset=utf-8")?;
     resp.insert_header("content-length", body.len().to_string())?;
     resp.insert_header("x-request-id", request_id)?;
     resp.insert_header("cache-control", "no-store")?;
+    if let Some(secs) = retry_after {
+        resp.insert_header("retry-after", secs.to_string())?;
+    }
     session.set_keepalive(None);
     session.write_response_header(Box::new(resp), false).await?;
     session
@@ -330,6 +375,7 @@ impl ProxyHttp for Gateway {
             learn_sid: None,
             upgraded: false,
             open_tunnel: None,
+            tunnel_slot: None,
             logout: None,
             refused: None,
         }
@@ -540,7 +586,7 @@ impl ProxyHttp for Gateway {
             _ => "error\n",
         };
         if code > 0
-            && write_short(session, code, body, &ctx.request_id)
+            && write_short(session, code, body, &ctx.request_id, None)
                 .await
                 .is_err()
         {
@@ -560,6 +606,7 @@ impl ProxyHttp for Gateway {
 
     fn upgrade_detached(&self, upgrade: DetachedUpgrade, ctx: &mut RequestCtx) {
         let open = ctx.open_tunnel.take();
+        let slot = ctx.tunnel_slot.take();
         let request_id = std::mem::take(&mut ctx.request_id);
         let idle = ctx.live.upgraded_idle;
         let tunnel = Tunnel {
@@ -571,7 +618,7 @@ impl ProxyHttp for Gateway {
         tokio::spawn(async move {
             let started = Instant::now();
             let (traffic, result) = tunnel::relay(tunnel, idle).await;
-            drop(open);
+            drop((open, slot));
             let secs = started.elapsed().as_secs();
             let (up, down) = (traffic.to_upstream, traffic.to_client);
             // A client that vanishes without closing is ordinary for WebSockets: info, not warn.

@@ -43,6 +43,10 @@ pub enum SessionError {
     StoreUnavailable(String),
     #[error("stored session unreadable: {0}")]
     Corrupt(String),
+    /// Every lookup slot is taken (`[admission] max_concurrent_lookups`): the store is slow or
+    /// swamped, so this handshake is refused before it adds to the queue.
+    #[error("too many session lookups in flight")]
+    LookupsBusy,
 }
 
 impl SessionError {
@@ -58,13 +62,14 @@ impl SessionError {
             Self::NoUser => "no_user",
             Self::StoreUnavailable(_) => "store_unavailable",
             Self::Corrupt(_) => "corrupt_session",
+            Self::LookupsBusy => "lookups_busy",
         }
     }
 
     /// 503 when we could not tell (fail closed, the client may retry); 401 otherwise.
     pub fn status(&self) -> u16 {
         match self {
-            Self::StoreUnavailable(_) => 503,
+            Self::StoreUnavailable(_) | Self::LookupsBusy => 503,
             _ => 401,
         }
     }
@@ -86,6 +91,8 @@ pub struct SessionSource {
     pub handle_mac: Hmac<Sha256>,
     /// The runtime that owns the store's connections (see `app::build`).
     pub rt: tokio::runtime::Handle,
+    /// Slots for lookups in flight, shared by every source (`admission`).
+    pub lookup_slots: Arc<crate::admission::LookupSlots>,
 }
 
 /// An authenticated session: who, and how long the lookup took (for the latency histogram).
@@ -138,6 +145,11 @@ impl SessionSource {
                 Key::Tower(tower::decode(value, &self.secrets).map_err(|e| (e, None))?)
             }
         };
+        // A slot only now, after the signature verified: forged cookies never take one.
+        let _slot = self
+            .lookup_slots
+            .try_take()
+            .ok_or((SessionError::LookupsBusy, None))?;
         let started = Instant::now();
         let load = async {
             match &key {

@@ -1,5 +1,15 @@
 import { describe, expect, it } from 'vitest';
-import { backoffMs, connectErrorPlan, connectionBanner, initials, isServerRefusal, signedOutNotice } from './connection.js';
+import {
+  backoffMs,
+  connectErrorPlan,
+  connectionBanner,
+  initials,
+  isServerRefusal,
+  parseRetryAfter,
+  signedOutNotice,
+  spreadDelay,
+  throttleOf,
+} from './connection.js';
 
 const INTERNAL = /unknown_kid|unauthorized|xhr|poll error|websocket error|transport|io server/i;
 const STATES = ['connecting', 'online', 'reconnecting', 'retrying', 'offline'];
@@ -39,6 +49,62 @@ describe('connectErrorPlan: what to do after a connect_error', () => {
     expect(isServerRefusal('Unauthorized: missing assertion')).toBe(true);
     expect(isServerRefusal('xhr poll error')).toBe(false);
     expect(isServerRefusal(undefined)).toBe(false);
+  });
+});
+
+describe('a handshake the gateway throttled (429, or 503 with Retry-After)', () => {
+  // What socket.io-client's polling transport hands to connect_error: the status and the XHR.
+  const xhrError = (status, retryAfter) => ({
+    message: 'xhr poll error',
+    description: status,
+    context: { getResponseHeader: (name) => (name.toLowerCase() === 'retry-after' ? retryAfter : null) },
+  });
+
+  it('reads the status and Retry-After, in seconds or as a date', () => {
+    expect(throttleOf(xhrError(429, '3'))).toEqual({ status: 429, retryAfterMs: 3000 });
+    expect(throttleOf(xhrError(429, null))).toEqual({ status: 429, retryAfterMs: null });
+    expect(throttleOf(xhrError(503, '1'))).toEqual({ status: 503, retryAfterMs: 1000 });
+    const now = Date.parse('2026-01-01T00:00:00Z');
+    expect(parseRetryAfter('Thu, 01 Jan 2026 00:00:05 GMT', now)).toBe(5000);
+    expect(parseRetryAfter('soon', now)).toBe(null);
+    expect(parseRetryAfter(' 7 ')).toBe(7000);
+  });
+
+  it('is not a throttle: other statuses, a 503 outage without Retry-After, a websocket error, a refusal', () => {
+    expect(throttleOf(xhrError(401, '3'))).toBe(null);
+    expect(throttleOf(xhrError(503, null))).toBe(null);
+    expect(throttleOf({ message: 'websocket error', description: { type: 'error' } })).toBe(null);
+    expect(throttleOf(new Error('unauthorized: unknown_kid'))).toBe(null);
+    const aborted = { description: 429, context: { getResponseHeader: () => { throw new Error('aborted'); } } };
+    expect(throttleOf(aborted)).toEqual({ status: 429, retryAfterMs: null });
+  });
+
+  it('waits at least Retry-After, or the backoff if that is longer, and checks no session', () => {
+    expect(connectErrorPlan({ message: 'xhr poll error', active: true, attempt: 0, throttle: { status: 429, retryAfterMs: 3000 } })).toEqual({
+      kind: 'throttled',
+      retryInMs: 3000,
+      notBeforeMs: 3000,
+      checkSession: false,
+    });
+    expect(connectErrorPlan({ active: true, attempt: 3, throttle: { status: 429, retryAfterMs: 1000 } }).retryInMs).toBe(8000);
+    expect(connectErrorPlan({ active: true, attempt: 0, throttle: { status: 429, retryAfterMs: null } })).toMatchObject({ retryInMs: 1000, notBeforeMs: 0 });
+  });
+});
+
+describe('spreadDelay: clients dropped together come back apart', () => {
+  it('spreads a backoff over [0.5, 1.5) of it', () => {
+    expect(spreadDelay(1000, { random: () => 0 })).toBe(500);
+    expect(spreadDelay(1000, { random: () => 0.999 })).toBe(1499);
+    const delays = Array.from({ length: 200 }, () => spreadDelay(1000));
+    expect(Math.min(...delays)).toBeGreaterThanOrEqual(500);
+    expect(Math.max(...delays)).toBeLessThan(1500);
+    expect(new Set(delays).size).toBeGreaterThan(50); // not all in step
+  });
+
+  it('never comes back before the time the server named', () => {
+    expect(spreadDelay(1000, { notBeforeMs: 1000, random: () => 0 })).toBe(1000);
+    expect(spreadDelay(1000, { notBeforeMs: 1000, random: () => 0.999 })).toBe(1500);
+    expect(spreadDelay(200, { notBeforeMs: 1000, random: () => 0 })).toBe(1000);
   });
 });
 

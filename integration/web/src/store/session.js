@@ -9,7 +9,7 @@
 import { create } from 'zustand';
 import { io } from 'socket.io-client';
 import { snapshot, applyDiff, applyUserConnected, applyUserDisconnected } from './presence.js';
-import { backoffMs, connectErrorPlan } from './connection.js';
+import { backoffMs, connectErrorPlan, SOCKET_RECONNECTION, spreadDelay, throttleOf } from './connection.js';
 
 async function readUser(response) {
   const body = await response.json().catch(() => ({}));
@@ -81,10 +81,13 @@ export function createSessionStore({ baseUrl = '', socketOptions = {}, backoff =
       });
     };
 
-    /** Calls `fn` after the backoff for the current attempt, unless something replaced it. */
-    const scheduleRetry = (fn) => {
+    /**
+     * Calls `fn` after the backoff for the current attempt (or `plan`'s delay), spread at random
+     * so that tabs dropped together come back apart, unless something replaced it.
+     */
+    const scheduleRetry = (fn, plan = null) => {
       clearRetry();
-      const delay = backoffMs(attempt, backoff);
+      const delay = spreadDelay(plan?.retryInMs ?? backoffMs(attempt, backoff), { notBeforeMs: plan?.notBeforeMs ?? 0 });
       attempt += 1;
       retryTimer = setTimeout(() => {
         retryTimer = null;
@@ -103,7 +106,7 @@ export function createSessionStore({ baseUrl = '', socketOptions = {}, backoff =
     };
 
     const openSocket = () => {
-      const socket = io(baseUrl || undefined, { withCredentials: true, ...socketOptions });
+      const socket = io(baseUrl || undefined, { withCredentials: true, ...SOCKET_RECONNECTION, ...socketOptions });
       const current = () => get().socket === socket;
       socket.on('connect', () => {
         attempt = 0;
@@ -112,10 +115,17 @@ export function createSessionStore({ baseUrl = '', socketOptions = {}, backoff =
       });
       socket.on('connect_error', (err) => {
         if (!current()) return;
-        const plan = connectErrorPlan({ message: err.message, active: socket.active, attempt });
-        log.warn(`[presence] connect_error (${plan.kind}): ${err.message}`);
+        const throttle = throttleOf(err);
+        const plan = connectErrorPlan({ message: err.message, active: socket.active, attempt, throttle, backoff });
+        log.warn(`[presence] connect_error (${plan.kind}${throttle ? ` ${throttle.status}` : ''}): ${err.message}`);
         set({ connection: 'retrying', connectionError: err.message });
-        if (plan.retryInMs !== null) {
+        if (plan.kind === 'throttled') {
+          // Stop socket.io-client's own loop, which would not wait for Retry-After.
+          socket.disconnect();
+          scheduleRetry(() => {
+            if (current() && !socket.connected && !socket.active) socket.connect();
+          }, plan);
+        } else if (plan.retryInMs !== null) {
           // A refusal from the server's middleware: socket.io-client gave up, so we try again.
           scheduleRetry(() => {
             if (current() && !socket.connected && !socket.active) socket.connect();

@@ -16,6 +16,8 @@ let sockets; // server-side sockets, in connection order
 let userChecks; // resolvers waiting for the next GET /api/auth/user
 let apiDown; // the whole stack is down: the API answers 503 and handshakes are refused
 let refusals; // how many more connects the server's middleware refuses, and with what
+let throttled; // handshakes the stand-in gateway still refuses: [{ status, retryAfter }], in order
+let handshakeTimes; // when each Engine.IO handshake reached the server (ms)
 let logs; // what the store logged (raw errors belong there, not on screen)
 const log = { info: (...a) => logs.push(a.join(' ')), warn: (...a) => logs.push(a.join(' ')) };
 // Short delays so the tests run fast; the page uses the defaults (connection.js).
@@ -64,6 +66,24 @@ beforeEach(async () => {
   // Like the presence service's middleware: a refusal is a CONNECT_ERROR with the reason.
   io.use((socket, next) => (refusals.length ? next(new Error(refusals.shift())) : next()));
   io.on('connection', (socket) => sockets.push(socket));
+  // In front of socket.io, like the gateway's admission control: handshakes (no `sid`) may be
+  // refused with a status and Retry-After before the server sees them.
+  throttled = [];
+  handshakeTimes = [];
+  const sioListeners = server.listeners('request');
+  server.removeAllListeners('request');
+  server.on('request', (req, res) => {
+    if (req.url.startsWith('/socket.io/') && !/[?&]sid=/.test(req.url)) {
+      handshakeTimes.push(Date.now());
+      const refusal = throttled.shift();
+      if (refusal) {
+        res.writeHead(refusal.status, { 'retry-after': refusal.retryAfter, 'content-type': 'text/plain' });
+        res.end('too many handshakes, retry later\n');
+        return;
+      }
+    }
+    sioListeners.forEach((listener) => listener.call(server, req, res));
+  });
   await new Promise((ok) => server.listen(0, '127.0.0.1', ok));
   baseUrl = `http://127.0.0.1:${server.address().port}`;
 });
@@ -192,6 +212,28 @@ describe('the connection tells the truth and heals itself', () => {
     await until(store, (s) => ids(s) === 'alice', 'list');
     await store.getState().logout();
   });
+
+  it('a handshake the gateway throttled (429, then 503 with Retry-After) is retried no sooner than Retry-After', async () => {
+    signedIn = alice;
+    throttled = [
+      { status: 429, retryAfter: '1' },
+      { status: 503, retryAfter: '1' },
+    ];
+    // socket.io-client's own loop is set to come back after 20 ms: only Retry-After holds it.
+    const store = createSessionStore({ baseUrl, socketOptions: { transports: ['polling', 'websocket'], ...FAST_SOCKET }, ...FAST });
+    await store.getState().restore();
+    await until(store, (s) => s.connection === 'retrying', 'throttled, retrying');
+    await until(store, (s) => s.connection === 'online', 'live once admitted');
+    expect(throttled).toHaveLength(0);
+    expect(handshakeTimes).toHaveLength(3);
+    for (const [earlier, later] of [[0, 1], [1, 2]]) {
+      expect(handshakeTimes[later] - handshakeTimes[earlier]).toBeGreaterThanOrEqual(1000);
+      expect(handshakeTimes[later] - handshakeTimes[earlier]).toBeLessThan(2000); // 1 s spread by up to half
+    }
+    expect(store.getState()).toMatchObject({ status: 'authenticated', user: alice });
+    expect(logs.join('\n')).toMatch(/connect_error \(throttled 429\)[^]*connect_error \(throttled 503\)/);
+    await store.getState().logout();
+  }, 10_000);
 
   it.each([['polling', 'websocket'], ['websocket']])(
     'a lost connection (%s) shows reconnecting, keeps the list for a greyed view, and a fresh snapshot replaces it',
