@@ -825,3 +825,39 @@ async fn a_rotated_key_verifies_at_the_presence_service_without_a_restart() {
         "{jwks}"
     );
 }
+
+/// A certificate with a key that is not its own is refused by `gateway check` and by a reload,
+/// and the listener keeps presenting the certificate it had.
+#[tokio::test]
+async fn a_certificate_with_the_wrong_key_is_refused() {
+    let gw = Gateway::start_tls(&route("web", "/", "127.0.0.1:9".parse().unwrap(), "none")).await;
+    let port = gw.https.unwrap();
+    let leaf = leaf_der(&gw.dir.path().join("certs/server.crt"));
+    let text = std::fs::read_to_string(gw.config_path()).unwrap();
+    replace_file(
+        &gw.config_path(),
+        &text.replace("certs/server.key", "certs/ca.key"),
+    );
+    let check = std::process::Command::new(gateway_bin())
+        .arg("check")
+        .arg("--config")
+        .arg(gw.config_path())
+        .output()
+        .unwrap();
+    let said = String::from_utf8_lossy(&check.stderr).to_string();
+    assert!(!check.status.success());
+    assert!(
+        said.contains("listener[1].tls: ")
+            && said.contains("the key does not belong to the certificate"),
+        "{said}"
+    );
+    let (ok, said) = run_cli_reload(&gw).await;
+    assert!(!ok);
+    assert!(
+        said.contains("the key does not belong to the certificate"),
+        "{said}"
+    );
+    let client = tls_client(&[gw.dir.path().join("certs/ca.crt")]);
+    let (_, _, presented) = tls_connect(port, &client).await.expect("TLS still works");
+    assert_eq!(presented.as_deref(), Some(leaf.as_slice()));
+}
