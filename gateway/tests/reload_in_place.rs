@@ -861,3 +861,40 @@ async fn a_certificate_with_the_wrong_key_is_refused() {
     let (_, _, presented) = tls_connect(port, &client).await.expect("TLS still works");
     assert_eq!(presented.as_deref(), Some(leaf.as_slice()));
 }
+
+/// Session sources swap too: after a reload that points the session store at another file,
+/// the sessions of the new store authenticate and those of the old one no longer do.
+#[tokio::test]
+async fn a_reload_moves_the_session_store() {
+    let dir = tempfile::tempdir().unwrap();
+    let (old_db, new_db) = (dir.path().join("old.db"), dir.path().join("new.db"));
+    let alice = tower_session_sqlite(&old_db, "alice", None, time::Duration::hours(1)).await;
+    let bob = tower_session_sqlite(&new_db, "bob", None, time::Duration::hours(1)).await;
+    let app = Upstream::start("app").await;
+    let body = format!(
+        "[session]\nflavour = \"tower-sessions\"\nstore = {{ kind = \"sqlite\", path = \"{}\" }}\n{}",
+        old_db.display(),
+        route("app", "/", app.addr, "session")
+    );
+    let gw = Gateway::start(&body).await;
+    gw.wait_ready().await;
+    let status = |id: String| {
+        let url = gw.url("/me");
+        async move {
+            get(&url, &[("cookie", &format!("id={id}"))])
+                .await
+                .map(|r| r.0)
+        }
+    };
+    assert_eq!(status(alice.clone()).await, Some(200));
+    assert_eq!(status(bob.clone()).await, Some(401));
+    let text = std::fs::read_to_string(gw.config_path()).unwrap();
+    replace_file(
+        &gw.config_path(),
+        &text.replace(&old_db.display().to_string(), &new_db.display().to_string()),
+    );
+    let (ok, said) = run_cli_reload(&gw).await;
+    assert!(ok, "{said}");
+    assert_eq!(status(bob).await, Some(200));
+    assert_eq!(status(alice).await, Some(401));
+}
