@@ -898,3 +898,75 @@ async fn a_reload_moves_the_session_store() {
     assert_eq!(status(bob).await, Some(200));
     assert_eq!(status(alice).await, Some(401));
 }
+
+/// An HTTP upstream that tells `arrived` when a request is in, then answers only when `go`
+/// says so.
+async fn held_upstream(
+    name: &'static str,
+) -> (
+    SocketAddr,
+    tokio::sync::mpsc::UnboundedReceiver<()>,
+    Arc<tokio::sync::Notify>,
+) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (arrived, arrivals) = tokio::sync::mpsc::unbounded_channel();
+    let go = Arc::new(tokio::sync::Notify::new());
+    let go2 = go.clone();
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = listener.accept().await {
+            let (arrived, go) = (arrived.clone(), go2.clone());
+            tokio::spawn(async move {
+                let mut buf = vec![0u8; 4096];
+                let mut head = Vec::new();
+                while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match s.read(&mut buf).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => head.extend_from_slice(&buf[..n]),
+                    }
+                }
+                let _ = arrived.send(());
+                go.notified().await;
+                let body = format!("from {name}");
+                let _ = s
+                    .write_all(
+                        format!(
+                            "HTTP/1.1 200 OK\r\ncontent-length: {}\r\n\r\n{body}",
+                            body.len()
+                        )
+                        .as_bytes(),
+                    )
+                    .await;
+            });
+        }
+    });
+    (addr, arrivals, go)
+}
+
+/// A request in flight during a reload finishes on the config it started with: the upstream it
+/// was sent to answers it, though the route has moved meanwhile.
+#[tokio::test]
+async fn a_request_in_flight_finishes_on_its_own_config() {
+    let (a, mut a_arrivals, a_go) = held_upstream("a").await;
+    let b = Upstream::start("b").await;
+    let gw = Gateway::start(&route("web", "/", a, "none")).await;
+    gw.wait_ready().await;
+    let url = gw.url("/slow");
+    let in_flight = tokio::spawn(async move { get(&url, &[]).await });
+    a_arrivals.recv().await.expect("the request reached a");
+
+    let text = std::fs::read_to_string(gw.config_path()).unwrap();
+    replace_file(
+        &gw.config_path(),
+        &text.replace(&a.to_string(), &b.addr.to_string()),
+    );
+    let (ok, said) = run_cli_reload(&gw).await;
+    assert!(ok, "{said}");
+    let (status, _, body) = get(&gw.url("/next"), &[]).await.unwrap();
+    assert_eq!((status, body.as_str()), (200, "ok from b"));
+
+    a_go.notify_one();
+    let (status, _, body) = in_flight.await.unwrap().expect("the in-flight request");
+    assert_eq!((status, body.as_str()), (200, "from a"));
+}
