@@ -207,8 +207,15 @@ pub fn load_cert(
     pingora::tls::install_default_crypto_provider();
     let provider = pingora::tls::CryptoProvider::get_default()
         .ok_or_else(|| err("no TLS crypto provider".into()))?;
-    let certified = CertifiedKey::from_der(chain, key_der, provider)
-        .map_err(|e| err(format!("{} with {}: {e}", cert.display(), key.display())))?;
+    let certified = CertifiedKey::from_der(chain, key_der, provider).map_err(|e| {
+        let why = match e {
+            pingora::tls::RusTlsError::InconsistentKeys(_) => {
+                "the key does not belong to the certificate".to_string()
+            }
+            other => other.to_string(),
+        };
+        err(format!("{} with {}: {why}", cert.display(), key.display()))
+    })?;
     Ok(Arc::new(certified))
 }
 

@@ -825,3 +825,157 @@ async fn a_rotated_key_verifies_at_the_presence_service_without_a_restart() {
         "{jwks}"
     );
 }
+
+/// A certificate with a key that is not its own is refused by `gateway check` and by a reload,
+/// and the listener keeps presenting the certificate it had.
+#[tokio::test]
+async fn a_certificate_with_the_wrong_key_is_refused() {
+    let gw = Gateway::start_tls(&route("web", "/", "127.0.0.1:9".parse().unwrap(), "none")).await;
+    let port = gw.https.unwrap();
+    let leaf = leaf_der(&gw.dir.path().join("certs/server.crt"));
+    let text = std::fs::read_to_string(gw.config_path()).unwrap();
+    replace_file(
+        &gw.config_path(),
+        &text.replace("certs/server.key", "certs/ca.key"),
+    );
+    let check = std::process::Command::new(gateway_bin())
+        .arg("check")
+        .arg("--config")
+        .arg(gw.config_path())
+        .output()
+        .unwrap();
+    let said = String::from_utf8_lossy(&check.stderr).to_string();
+    assert!(!check.status.success());
+    assert!(
+        said.contains("listener[1].tls: ")
+            && said.contains("the key does not belong to the certificate"),
+        "{said}"
+    );
+    let (ok, said) = run_cli_reload(&gw).await;
+    assert!(!ok);
+    assert!(
+        said.contains("the key does not belong to the certificate"),
+        "{said}"
+    );
+    let client = tls_client(&[gw.dir.path().join("certs/ca.crt")]);
+    let (_, _, presented) = tls_connect(port, &client).await.expect("TLS still works");
+    assert_eq!(presented.as_deref(), Some(leaf.as_slice()));
+}
+
+/// Session sources swap too: after a reload (by SIGHUP) that points the session store at
+/// another file, the sessions of the new store authenticate and those of the old one no
+/// longer do.
+#[tokio::test]
+async fn a_reload_moves_the_session_store() {
+    let dir = tempfile::tempdir().unwrap();
+    let (old_db, new_db) = (dir.path().join("old.db"), dir.path().join("new.db"));
+    let alice = tower_session_sqlite(&old_db, "alice", None, time::Duration::hours(1)).await;
+    let bob = tower_session_sqlite(&new_db, "bob", None, time::Duration::hours(1)).await;
+    let app = Upstream::start("app").await;
+    let body = format!(
+        "[session]\nflavour = \"tower-sessions\"\nstore = {{ kind = \"sqlite\", path = \"{}\" }}\n{}",
+        old_db.display(),
+        route("app", "/", app.addr, "session")
+    );
+    let gw = Gateway::start(&body).await;
+    gw.wait_ready().await;
+    let status = |id: String| {
+        let url = gw.url("/me");
+        async move {
+            get(&url, &[("cookie", &format!("id={id}"))])
+                .await
+                .map(|r| r.0)
+        }
+    };
+    assert_eq!(status(alice.clone()).await, Some(200));
+    assert_eq!(status(bob.clone()).await, Some(401));
+    let text = std::fs::read_to_string(gw.config_path()).unwrap();
+    replace_file(
+        &gw.config_path(),
+        &text.replace(&old_db.display().to_string(), &new_db.display().to_string()),
+    );
+    // This time by signal, as systemd's ExecReload would.
+    gw.sighup();
+    let reloaded = eventually(Duration::from_secs(10), || async {
+        gw.metric("gateway_config_reloads_total{result=\"ok\"}")
+            .await
+            == 1.0
+    })
+    .await;
+    assert!(reloaded, "SIGHUP did not reload:\n{}", gw.log_text());
+    assert!(gw.log_text().contains("SIGHUP: reloading the config"));
+    assert_eq!(status(bob).await, Some(200));
+    assert_eq!(status(alice).await, Some(401));
+}
+
+/// An HTTP upstream that tells `arrived` when a request is in, then answers only when `go`
+/// says so.
+async fn held_upstream(
+    name: &'static str,
+) -> (
+    SocketAddr,
+    tokio::sync::mpsc::UnboundedReceiver<()>,
+    Arc<tokio::sync::Notify>,
+) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (arrived, arrivals) = tokio::sync::mpsc::unbounded_channel();
+    let go = Arc::new(tokio::sync::Notify::new());
+    let go2 = go.clone();
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = listener.accept().await {
+            let (arrived, go) = (arrived.clone(), go2.clone());
+            tokio::spawn(async move {
+                let mut buf = vec![0u8; 4096];
+                let mut head = Vec::new();
+                while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match s.read(&mut buf).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => head.extend_from_slice(&buf[..n]),
+                    }
+                }
+                let _ = arrived.send(());
+                go.notified().await;
+                let body = format!("from {name}");
+                let _ = s
+                    .write_all(
+                        format!(
+                            "HTTP/1.1 200 OK\r\ncontent-length: {}\r\n\r\n{body}",
+                            body.len()
+                        )
+                        .as_bytes(),
+                    )
+                    .await;
+            });
+        }
+    });
+    (addr, arrivals, go)
+}
+
+/// A request in flight during a reload finishes on the config it started with: the upstream it
+/// was sent to answers it, though the route has moved meanwhile.
+#[tokio::test]
+async fn a_request_in_flight_finishes_on_its_own_config() {
+    let (a, mut a_arrivals, a_go) = held_upstream("a").await;
+    let b = Upstream::start("b").await;
+    let gw = Gateway::start(&route("web", "/", a, "none")).await;
+    gw.wait_ready().await;
+    let url = gw.url("/slow");
+    let in_flight = tokio::spawn(async move { get(&url, &[]).await });
+    a_arrivals.recv().await.expect("the request reached a");
+
+    let text = std::fs::read_to_string(gw.config_path()).unwrap();
+    replace_file(
+        &gw.config_path(),
+        &text.replace(&a.to_string(), &b.addr.to_string()),
+    );
+    let (ok, said) = run_cli_reload(&gw).await;
+    assert!(ok, "{said}");
+    let (status, _, body) = get(&gw.url("/next"), &[]).await.unwrap();
+    assert_eq!((status, body.as_str()), (200, "ok from b"));
+
+    a_go.notify_one();
+    let (status, _, body) = in_flight.await.unwrap().expect("the in-flight request");
+    assert_eq!((status, body.as_str()), (200, "from a"));
+}
