@@ -301,7 +301,7 @@ pub fn build(cfg: Config) -> Result<Server, ConfigError> {
             tracing::warn!(route = %r.name.get_ref(), error = %e, "upstreams do not resolve yet");
         }
         let hc = background_service(&format!("health checks for route {}", r.name.get_ref()), lb);
-        let pool = UpstreamPool::new(hc.task());
+        let pool = UpstreamPool::new(r.name.get_ref().clone(), hc.task());
         server.add_service(hc);
         routes.push(Route {
             name: r.name.get_ref().clone(),

@@ -15,6 +15,8 @@ pub struct Metrics {
     /// Requests counted in `requests` whose access line was skipped or sampled away
     /// (`[gateway] access_log`), by route and kind (`polling`).
     pub access_log_suppressed: IntCounterVec,
+    /// Requests sent to an upstream chosen in panic mode (no node of the route was healthy).
+    pub upstream_panic: IntCounterVec,
 }
 
 impl Metrics {
@@ -65,6 +67,15 @@ impl Metrics {
             &["route", "kind"],
         )
         .expect("valid metric");
+        let upstream_panic = IntCounterVec::new(
+            Opts::new(
+                "gateway_upstream_panic_total",
+                "Requests routed in panic mode: no upstream of the route was healthy, so every \
+                 node was tried regardless of health",
+            ),
+            &["route"],
+        )
+        .expect("valid metric");
         for c in [
             Box::new(auth_results.clone()) as Box<dyn prometheus::core::Collector>,
             Box::new(session_lookup_seconds.clone()),
@@ -72,6 +83,7 @@ impl Metrics {
             Box::new(upstream_errors.clone()),
             Box::new(requests.clone()),
             Box::new(access_log_suppressed.clone()),
+            Box::new(upstream_panic.clone()),
         ] {
             registry.register(c).expect("unique metric names");
         }
@@ -83,6 +95,7 @@ impl Metrics {
             upstream_errors,
             requests,
             access_log_suppressed,
+            upstream_panic,
         }
     }
 

@@ -30,6 +30,7 @@ use crate::metrics::Metrics;
 use crate::routing::{Route, RouteTable};
 use crate::session::SessionError;
 use crate::tunnel::{self, OpenTunnel, Tunnel};
+use crate::upstream::Choice;
 
 /// Everything a listener's proxy needs; shared by all listeners except `tls`.
 pub struct Gateway {
@@ -362,11 +363,11 @@ impl ProxyHttp for Gateway {
                 "no route in context",
             ));
         };
-        let addr = match &ctx.class {
-            Some(HandshakeClass::Established { sid, .. }) => route.pool.pick_for_sid(sid),
+        let choice = match &ctx.class {
+            Some(HandshakeClass::Established { sid, .. }) => route.pool.pick_for_sid(sid, None),
             _ => route.pool.pick(),
         };
-        let Some(addr) = addr else {
+        let Some(Choice { addr, panic }) = choice else {
             self.metrics
                 .upstream_errors
                 .with_label_values(&[&route.name, "no_healthy_upstream"])
@@ -376,6 +377,12 @@ impl ProxyHttp for Gateway {
                 "no healthy upstream",
             ));
         };
+        if panic {
+            self.metrics
+                .upstream_panic
+                .with_label_values(&[&route.name])
+                .inc();
+        }
         ctx.upstream = Some(addr);
         let mut peer = HttpPeer::new(addr, false, String::new());
         peer.options.connection_timeout = Some(Duration::from_secs(2));

@@ -169,7 +169,12 @@ pub struct Upstream {
 
 impl Upstream {
     pub async fn start(name: &str) -> Self {
-        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        Self::start_at(name, "127.0.0.1:0").await
+    }
+
+    /// Like [`Upstream::start`], on a given address (a node coming back where it was).
+    pub async fn start_at(name: &str, addr: &str) -> Self {
+        let listener = TcpListener::bind(addr).await.expect("bind");
         let addr = listener.local_addr().expect("addr");
         let seen: Arc<Mutex<Vec<Recorded>>> = Arc::default();
         let (seen2, name2) = (seen.clone(), name.to_string());
