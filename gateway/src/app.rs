@@ -17,6 +17,7 @@ use pingora::services::listening::Service;
 use sha2::{Digest, Sha256};
 
 use crate::admin::AdminApp;
+use crate::affinity::Affinity;
 use crate::config::{Config, ConfigError, SessionFlavour, SessionSection, StoreConfig};
 use crate::forwarding::{parse_cidr, Cidr};
 use crate::logout::LogoutNotifier;
@@ -332,6 +333,7 @@ pub fn build(cfg: Config) -> Result<Server, ConfigError> {
         .collect();
     let trusted = Arc::new(trusted);
     let access_log = Arc::new(crate::proxy::AccessLog::new(&cfg.gateway.access_log));
+    let affinity = Arc::new(Affinity::from_config(&cfg, &handle_key)?);
 
     for (i, l) in cfg.listeners.iter().enumerate() {
         let gateway = Gateway {
@@ -343,6 +345,7 @@ pub fn build(cfg: Config) -> Result<Server, ConfigError> {
             upgraded_idle: Duration::from_secs(cfg.gateway.upgraded_idle_timeout_secs),
             tls: l.tls.is_some(),
             access_log: access_log.clone(),
+            affinity: affinity.clone(),
         };
         let mut svc = pingora::proxy::http_proxy_service_with_name(
             &server.configuration,

@@ -34,6 +34,10 @@ pub struct Config {
     pub sessions: std::collections::BTreeMap<String, SessionSection>,
     #[serde(default, rename = "route")]
     pub routes: Vec<RouteConfig>,
+    /// The signed cookie that keeps Engine.IO polling sessions on their node across gateway
+    /// processes (`gateway/src/affinity.rs`).
+    #[serde(default)]
+    pub affinity: crate::affinity::AffinityConfig,
     /// Folder of the config file; relative paths resolve against it.
     #[serde(skip)]
     pub base_dir: PathBuf,
@@ -483,6 +487,12 @@ impl Config {
             return Err(missing(
                 "gateway.access_log.sample_every",
                 "must be at least 1 with polling = \"sample\"",
+            ));
+        }
+        if !crate::affinity::valid_cookie_name(&self.affinity.cookie) {
+            return Err(missing(
+                "affinity.cookie",
+                "not a cookie name (letters, digits and !#$%&'*+-.^_`|~)",
             ));
         }
         if self.listeners.is_empty() {

@@ -4,6 +4,7 @@
 //! headers → proxy → log.
 
 pub mod admin;
+pub mod affinity;
 pub mod app;
 pub mod classify;
 pub mod config;

@@ -22,6 +22,7 @@ use pingora::prelude::*;
 use pingora::proxy::{DetachedUpgrade, FailToProxy};
 use pingora::ErrorType;
 
+use crate::affinity::Affinity;
 use crate::classify::{self, HandshakeClass, RequestFacts, Transport};
 use crate::config::{AccessLogConfig, AuthPolicy, PollingLog};
 use crate::forwarding::{self, Cidr};
@@ -44,6 +45,8 @@ pub struct Gateway {
     pub tls: bool,
     /// Which requests get an access line (`[gateway] access_log`); shared by all listeners.
     pub access_log: Arc<AccessLog>,
+    /// The signed cookie naming a polling session's node, honoured by any gateway process.
+    pub affinity: Arc<Affinity>,
 }
 
 /// The access-log policy: every request is counted in `gateway_requests_total`; Engine.IO
@@ -94,6 +97,8 @@ pub struct RequestCtx {
     upstream: Option<SocketAddr>,
     connect_attempts: u8,
     learn_sid: Option<Vec<u8>>,
+    /// `Set-Cookie` for the affinity cookie, sent if the upstream answers 2xx.
+    set_affinity: Option<String>,
     upgraded: bool,
     /// Counted from the `101` until the tunnel (or the request, if it never detached) ends.
     open_tunnel: Option<OpenTunnel>,
@@ -329,6 +334,7 @@ impl ProxyHttp for Gateway {
             upstream: None,
             connect_attempts: 0,
             learn_sid: None,
+            set_affinity: None,
             upgraded: false,
             open_tunnel: None,
             logout: None,
@@ -354,7 +360,7 @@ impl ProxyHttp for Gateway {
 
     async fn upstream_peer(
         &self,
-        _session: &mut Session,
+        session: &mut Session,
         ctx: &mut RequestCtx,
     ) -> Result<Box<HttpPeer>> {
         let Some(route) = ctx.route.clone() else {
@@ -364,7 +370,20 @@ impl ProxyHttp for Gateway {
             ));
         };
         let choice = match &ctx.class {
-            Some(HandshakeClass::Established { sid, .. }) => route.pool.pick_for_sid(sid, None),
+            Some(HandshakeClass::Established { sid, transport }) => {
+                let headers = &session.req_header().headers;
+                let hint = self.affinity.node_for(&route, sid, headers);
+                let choice = route.pool.pick_for_sid(sid, hint);
+                // Polling answers carry the cookie for the node, if the client lacks it.
+                if let (Transport::Polling, Some(c), true) =
+                    (transport, choice, route.pool.len() > 1)
+                {
+                    ctx.set_affinity = self
+                        .affinity
+                        .renewal(&route, sid, c.addr, headers, self.tls);
+                }
+                choice
+            }
             _ => route.pool.pick(),
         };
         let Some(Choice { addr, panic }) = choice else {
@@ -471,6 +490,11 @@ impl ProxyHttp for Gateway {
         ctx: &mut RequestCtx,
     ) -> Result<()> {
         resp.insert_header("x-request-id", ctx.request_id.as_str())?;
+        if let Some(cookie) = ctx.set_affinity.take() {
+            if resp.status.is_success() {
+                resp.append_header("set-cookie", cookie)?;
+            }
+        }
         if resp.status == 101 {
             ctx.upgraded = true;
             ctx.open_tunnel = Some(OpenTunnel::new(&self.metrics.upgraded_connections));
