@@ -19,6 +19,7 @@ use sha2::{Digest, Sha256};
 use crate::admin::AdminApp;
 use crate::affinity::Affinity;
 use crate::config::{Config, ConfigError, SessionFlavour, SessionSection, StoreConfig};
+use crate::drain::{Drain, DrainSettings};
 use crate::forwarding::{parse_cidr, Cidr};
 use crate::logout::LogoutNotifier;
 use crate::metrics::Metrics;
@@ -267,6 +268,12 @@ impl SessionSources {
 
 /// Builds the Pingora server with every service; `run_forever` then serves until SIGTERM.
 pub fn build(cfg: Config) -> Result<Server, ConfigError> {
+    build_with(cfg, false)
+}
+
+/// Like [`build`]; with `upgrade`, the listening sockets are taken over from the running
+/// process through `[gateway] upgrade_sock` (it is sent SIGQUIT next, see docs/operations.md).
+pub fn build_with(cfg: Config, upgrade: bool) -> Result<Server, ConfigError> {
     ensure_dev_files(&cfg)?;
     let (signer, handle_key) = load_signer(&cfg)?;
     let signer = Arc::new(signer);
@@ -282,13 +289,33 @@ pub fn build(cfg: Config) -> Result<Server, ConfigError> {
     ));
     let sessions = SessionSources::build(&cfg, &handle_key, aux_rt)?;
 
+    let metrics = Arc::new(Metrics::new());
+    let drain_settings = DrainSettings {
+        hold: Duration::from_secs(cfg.gateway.shutdown_grace_secs),
+        window: Duration::from_secs(cfg.gateway.drain_secs),
+        max_per_sec: cfg.gateway.drain_max_per_sec,
+        finish: Duration::from_secs(cfg.gateway.shutdown_timeout_secs),
+    };
+    let drain = Drain::new(
+        drain_settings,
+        metrics.drain_closed.clone(),
+        metrics.draining.clone(),
+    );
     let conf = ServerConf {
         threads: cfg.gateway.threads.max(1),
-        grace_period_seconds: Some(cfg.gateway.shutdown_grace_secs),
+        // Pingora's grace period is the drain's hard deadline; the drain exits sooner once
+        // nothing is left (`drain`).
+        grace_period_seconds: Some(drain_settings.deadline().as_secs()),
         graceful_shutdown_timeout_seconds: Some(cfg.gateway.shutdown_timeout_secs),
+        upgrade_sock: cfg.path(&cfg.gateway.upgrade_sock).display().to_string(),
         ..ServerConf::default()
     };
-    let mut server = Server::new_with_opt_and_conf(Opt::default(), conf);
+    let opt = Opt {
+        upgrade,
+        ..Opt::default()
+    };
+    let mut server = Server::new_with_opt_and_conf(opt, conf);
+    aux_rt.spawn(drain.clone().follow(server.watch_execution_phase()));
 
     let mut routes = Vec::new();
     for r in &cfg.routes {
@@ -323,7 +350,6 @@ pub fn build(cfg: Config) -> Result<Server, ConfigError> {
         });
     }
     let routes = Arc::new(RouteTable::new(routes));
-    let metrics = Arc::new(Metrics::new());
     let notifier = Arc::new(LogoutNotifier::new(signer.clone(), aux_rt.handle().clone()));
     let trusted: Vec<Cidr> = cfg
         .gateway
@@ -346,6 +372,7 @@ pub fn build(cfg: Config) -> Result<Server, ConfigError> {
             tls: l.tls.is_some(),
             access_log: access_log.clone(),
             affinity: affinity.clone(),
+            drain: drain.clone(),
         };
         let mut svc = pingora::proxy::http_proxy_service_with_name(
             &server.configuration,

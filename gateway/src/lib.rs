@@ -9,6 +9,7 @@ pub mod app;
 pub mod classify;
 pub mod config;
 pub mod devcerts;
+pub mod drain;
 pub mod forwarding;
 pub mod logout;
 pub mod metrics;

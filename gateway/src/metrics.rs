@@ -1,7 +1,8 @@
 //! Prometheus metrics for `/metrics` on the admin listener.
 
 use prometheus::{
-    Encoder, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, Opts, Registry, TextEncoder,
+    Encoder, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, Opts, Registry,
+    TextEncoder,
 };
 
 pub struct Metrics {
@@ -17,6 +18,10 @@ pub struct Metrics {
     pub access_log_suppressed: IntCounterVec,
     /// Requests sent to an upstream chosen in panic mode (no node of the route was healthy).
     pub upstream_panic: IntCounterVec,
+    /// Tunnels closed by the paced drain (`drain`).
+    pub drain_closed: IntCounter,
+    /// 1 while this process drains (shutting down or upgraded away).
+    pub draining: IntGauge,
 }
 
 impl Metrics {
@@ -76,6 +81,16 @@ impl Metrics {
             &["route"],
         )
         .expect("valid metric");
+        let drain_closed = IntCounter::new(
+            "gateway_drain_closed_total",
+            "Upgraded connections closed by the paced drain on shutdown or upgrade",
+        )
+        .expect("valid metric");
+        let draining = IntGauge::new(
+            "gateway_draining",
+            "1 while this process drains its tunnels before exiting",
+        )
+        .expect("valid metric");
         for c in [
             Box::new(auth_results.clone()) as Box<dyn prometheus::core::Collector>,
             Box::new(session_lookup_seconds.clone()),
@@ -84,6 +99,8 @@ impl Metrics {
             Box::new(requests.clone()),
             Box::new(access_log_suppressed.clone()),
             Box::new(upstream_panic.clone()),
+            Box::new(drain_closed.clone()),
+            Box::new(draining.clone()),
         ] {
             registry.register(c).expect("unique metric names");
         }
@@ -96,6 +113,8 @@ impl Metrics {
             requests,
             access_log_suppressed,
             upstream_panic,
+            drain_closed,
+            draining,
         }
     }
 

@@ -25,6 +25,7 @@ use pingora::ErrorType;
 use crate::affinity::Affinity;
 use crate::classify::{self, HandshakeClass, RequestFacts, Transport};
 use crate::config::{AccessLogConfig, AuthPolicy, PollingLog};
+use crate::drain::{Drain, InFlight};
 use crate::forwarding::{self, Cidr};
 use crate::logout::LogoutNotifier;
 use crate::metrics::Metrics;
@@ -47,6 +48,8 @@ pub struct Gateway {
     pub access_log: Arc<AccessLog>,
     /// The signed cookie naming a polling session's node, honoured by any gateway process.
     pub affinity: Arc<Affinity>,
+    /// Open tunnels and requests in flight, for the paced drain on shutdown or upgrade.
+    pub drain: Arc<Drain>,
 }
 
 /// The access-log policy: every request is counted in `gateway_requests_total`; Engine.IO
@@ -105,6 +108,8 @@ pub struct RequestCtx {
     /// Identity of a logout request, notified once the upstream confirms the logout.
     logout: Option<Identity>,
     refused: Option<String>,
+    /// Counts this request as in flight until the context is dropped (the drain waits for it).
+    _in_flight: InFlight,
 }
 
 /// A refusal at the edge: status, short body, log reason.
@@ -339,6 +344,7 @@ impl ProxyHttp for Gateway {
             open_tunnel: None,
             logout: None,
             refused: None,
+            _in_flight: self.drain.request_started(),
         }
     }
 
@@ -599,9 +605,10 @@ impl ProxyHttp for Gateway {
             to_upstream: upgrade.to_upstream,
             to_client: upgrade.to_downstream,
         };
+        let mut ticket = self.drain.register();
         tokio::spawn(async move {
             let started = Instant::now();
-            let (traffic, result) = tunnel::relay(tunnel, idle).await;
+            let (traffic, result) = tunnel::relay_until(tunnel, idle, ticket.stopped()).await;
             drop(open);
             let secs = started.elapsed().as_secs();
             let (up, down) = (traffic.to_upstream, traffic.to_client);
@@ -617,6 +624,8 @@ impl ProxyHttp for Gateway {
                 ),
                 Err(e) => tracing::info!(request_id, secs, up, down, reason = %e, "tunnel closed"),
             }
+            // Last: a draining process exits once every ticket is gone, and this line is told.
+            drop(ticket);
         });
     }
 

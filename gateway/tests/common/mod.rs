@@ -469,6 +469,36 @@ private_key = {{ file = "signing.pem" }}
             .sum()
     }
 
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    pub fn config_path(&self) -> PathBuf {
+        self.dir.path().join("gateway.toml")
+    }
+
+    /// Sends a signal by name (`QUIT`, `TERM`, ...).
+    pub fn signal(&self, sig: &str) {
+        let _ = Command::new("kill")
+            .arg(format!("-{sig}"))
+            .arg(self.child.id().to_string())
+            .status();
+    }
+
+    /// Starts the next gateway process on the same config with `--upgrade` (it waits for the
+    /// listening sockets on `upgrade_sock`), logging to `log`.
+    pub fn spawn_upgrade(&self, log: &Path) -> Child {
+        Command::new(gateway_bin())
+            .arg("--config")
+            .arg(self.config_path())
+            .arg("--upgrade")
+            .env("RUST_LOG", "info,pingora_proxy=off")
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(log).expect("log"))
+            .spawn()
+            .expect("gateway binary")
+    }
+
     pub fn sigterm(&self) {
         let _ = Command::new("kill")
             .arg("-TERM")
