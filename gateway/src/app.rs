@@ -21,6 +21,7 @@ use arc_swap::ArcSwap;
 use crate::admin::AdminApp;
 use crate::admission::{Admission, LookupSlots};
 use crate::config::{Config, ConfigError, SessionFlavour, SessionSection, StoreConfig};
+use crate::drain::{Drain, DrainSettings};
 use crate::live::{CurrentCert, Live, LiveState, Reloader};
 use crate::logout::LogoutNotifier;
 use crate::metrics::Metrics;
@@ -324,6 +325,16 @@ impl SessionSources {
 /// Builds the Pingora server with every service; `run_forever` then serves until SIGTERM.
 /// `path` is the config file, re-read on `SIGHUP` and `POST /reload` (see `live`).
 pub fn build(cfg: Config, path: std::path::PathBuf) -> Result<Server, ConfigError> {
+    build_with(cfg, path, false)
+}
+
+/// Like [`build`]; with `upgrade`, the listening sockets are taken over from the running
+/// process through `[gateway] upgrade_sock` (it is sent SIGQUIT next, see docs/operations.md).
+pub fn build_with(
+    cfg: Config,
+    path: std::path::PathBuf,
+    upgrade: bool,
+) -> Result<Server, ConfigError> {
     ensure_dev_files(&cfg)?;
 
     // Leaked on purpose: store clients, health checks, reloads and notifications live as long
@@ -368,13 +379,32 @@ pub fn build(cfg: Config, path: std::path::PathBuf) -> Result<Server, ConfigErro
     crate::live::reload_on_sighup(reloader.clone())
         .map_err(|e| ConfigError(format!("cannot install the SIGHUP handler: {e}")))?;
 
+    let drain_settings = DrainSettings {
+        hold: Duration::from_secs(cfg.gateway.shutdown_grace_secs),
+        window: Duration::from_secs(cfg.gateway.drain_secs),
+        max_per_sec: cfg.gateway.drain_max_per_sec,
+        finish: Duration::from_secs(cfg.gateway.shutdown_timeout_secs),
+    };
+    let drain = Drain::new(
+        drain_settings,
+        metrics.drain_closed.clone(),
+        metrics.draining.clone(),
+    );
     let conf = ServerConf {
         threads: cfg.gateway.threads.max(1),
-        grace_period_seconds: Some(cfg.gateway.shutdown_grace_secs),
+        // Pingora's grace period is the drain's hard deadline; the drain exits sooner once
+        // nothing is left (`drain`).
+        grace_period_seconds: Some(drain_settings.deadline().as_secs()),
         graceful_shutdown_timeout_seconds: Some(cfg.gateway.shutdown_timeout_secs),
+        upgrade_sock: cfg.path(&cfg.gateway.upgrade_sock).display().to_string(),
         ..ServerConf::default()
     };
-    let mut server = Server::new_with_opt_and_conf(Opt::default(), conf);
+    let opt = Opt {
+        upgrade,
+        ..Opt::default()
+    };
+    let mut server = Server::new_with_opt_and_conf(opt, conf);
+    aux_rt.spawn(drain.clone().follow(server.watch_execution_phase()));
 
     let notifier = Arc::new(LogoutNotifier::new(aux_rt.handle().clone()));
     for (i, l) in cfg.listeners.iter().enumerate() {
@@ -384,6 +414,7 @@ pub fn build(cfg: Config, path: std::path::PathBuf) -> Result<Server, ConfigErro
             notifier: notifier.clone(),
             tls: l.tls.is_some(),
             admission: admission.clone(),
+            drain: drain.clone(),
         };
         let mut svc = pingora::proxy::http_proxy_service_with_name(
             &server.configuration,

@@ -37,6 +37,10 @@ pub struct Config {
     /// Handshake rate limits, lookup cap, tunnels per user (see `admission`).
     #[serde(default)]
     pub admission: crate::admission::AdmissionConfig,
+    /// The signed cookie that keeps Engine.IO polling sessions on their node across gateway
+    /// processes (`gateway/src/affinity.rs`).
+    #[serde(default)]
+    pub affinity: crate::affinity::AffinityConfig,
     /// Folder of the config file; relative paths resolve against it.
     #[serde(skip)]
     pub base_dir: PathBuf,
@@ -93,6 +97,16 @@ pub struct GatewaySection {
     /// Then give in-flight requests and upgraded connections this long to finish.
     #[serde(default = "default_grace")]
     pub shutdown_timeout_secs: u64,
+    /// On SIGTERM (after `shutdown_grace_secs`) and on a binary upgrade, the WebSockets this
+    /// process relays are closed one by one over this window, so clients come back in a trickle.
+    #[serde(default = "default_drain_secs")]
+    pub drain_secs: u64,
+    /// And never more than this many in any one second.
+    #[serde(default = "default_drain_max_per_sec")]
+    pub drain_max_per_sec: u32,
+    /// The Unix socket a new process (`gateway --upgrade`) takes the listening sockets over.
+    #[serde(default = "default_upgrade_sock")]
+    pub upgrade_sock: PathBuf,
     /// How long an upgraded (WebSocket) connection may be silent in both directions. Socket.IO
     /// pings every 25 s, so anything well above that only cuts dead peers; Pingora's own default
     /// (60 s) would cut long-poll and quiet sockets.
@@ -151,6 +165,9 @@ impl Default for GatewaySection {
             threads: default_threads(),
             shutdown_grace_secs: default_grace(),
             shutdown_timeout_secs: default_grace(),
+            drain_secs: default_drain_secs(),
+            drain_max_per_sec: default_drain_max_per_sec(),
+            upgrade_sock: default_upgrade_sock(),
             upgraded_idle_timeout_secs: default_upgraded_idle(),
             trusted_proxies: Vec::new(),
             access_log: AccessLogConfig::default(),
@@ -166,6 +183,15 @@ fn default_threads() -> usize {
 }
 fn default_grace() -> u64 {
     5
+}
+fn default_drain_secs() -> u64 {
+    30
+}
+fn default_drain_max_per_sec() -> u32 {
+    200
+}
+fn default_upgrade_sock() -> PathBuf {
+    "/tmp/gateway-upgrade.sock".into()
 }
 fn default_upgraded_idle() -> u64 {
     3600
@@ -489,6 +515,15 @@ impl Config {
             return Err(missing(
                 "gateway.access_log.sample_every",
                 "must be at least 1 with polling = \"sample\"",
+            ));
+        }
+        if self.gateway.drain_max_per_sec == 0 {
+            return Err(missing("gateway.drain_max_per_sec", "must be at least 1"));
+        }
+        if !crate::affinity::valid_cookie_name(&self.affinity.cookie) {
+            return Err(missing(
+                "affinity.cookie",
+                "not a cookie name (letters, digits and !#$%&'*+-.^_`|~)",
             ));
         }
         if self.listeners.is_empty() {

@@ -5,10 +5,12 @@
 
 pub mod admin;
 pub mod admission;
+pub mod affinity;
 pub mod app;
 pub mod classify;
 pub mod config;
 pub mod devcerts;
+pub mod drain;
 pub mod forwarding;
 pub mod live;
 pub mod logout;

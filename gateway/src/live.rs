@@ -29,6 +29,7 @@ use pingora::tls::{ClientHello, ResolvesServerCert};
 use sha2::{Digest, Sha256};
 
 use crate::admission::LookupSlots;
+use crate::affinity::Affinity;
 use crate::app::SessionSources;
 use crate::config::{Config, ConfigError, TlsConfig};
 use crate::forwarding::{parse_cidr, Cidr};
@@ -50,6 +51,8 @@ pub struct Live {
     pub access_log: AccessLog,
     /// The certificate each listener presents, by listener index (`None`: plain HTTP).
     pub certs: Vec<Option<Arc<CertifiedKey>>>,
+    /// The Engine.IO affinity cookie's name and keys (rotated by a reload).
+    pub affinity: Affinity,
     /// Hex SHA-256 of the config file's text (shown in metrics and the reload result).
     pub hash: String,
 }
@@ -106,6 +109,7 @@ impl Live {
                         tracing::warn!(route = %name, error = %e, "upstreams do not resolve yet");
                     }
                     Arc::new(UpstreamPool::checked(
+                        name.clone(),
                         lb,
                         upstreams,
                         check_every,
@@ -146,6 +150,7 @@ impl Live {
             upgraded_idle: Duration::from_secs(cfg.gateway.upgraded_idle_timeout_secs),
             access_log: AccessLog::new(&cfg.gateway.access_log),
             certs,
+            affinity: Affinity::from_config(cfg, &handle_key)?,
             hash: config_hash(&cfg.source.text),
         })
     }
@@ -249,6 +254,15 @@ impl FixedAtStart {
             (
                 "gateway.shutdown_timeout_secs".into(),
                 g.shutdown_timeout_secs.to_string(),
+            ),
+            ("gateway.drain_secs".into(), g.drain_secs.to_string()),
+            (
+                "gateway.drain_max_per_sec".into(),
+                g.drain_max_per_sec.to_string(),
+            ),
+            (
+                "gateway.upgrade_sock".into(),
+                g.upgrade_sock.display().to_string(),
             ),
             ("admin.listen".into(), cfg.admin.listen.get_ref().clone()),
             (

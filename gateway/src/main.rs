@@ -16,6 +16,11 @@ struct Cli {
     /// The TOML config; relative paths inside it resolve against its folder.
     #[arg(long, global = true, default_value = "config/gateway.toml")]
     config: PathBuf,
+    /// Serve by taking the listening sockets over from the running gateway (binary upgrade):
+    /// start this, then send the old process SIGQUIT; it hands its sockets over through
+    /// `[gateway] upgrade_sock` and drains (docs/operations.md).
+    #[arg(long)]
+    upgrade: bool,
     #[command(subcommand)]
     command: Option<Command>,
 }
@@ -116,16 +121,18 @@ fn main() -> ExitCode {
             }
         }
         Command::Run => {
+            let upgrade = cli.upgrade;
             let path = cli.config.clone();
-            let server = match Config::load(&cli.config).and_then(|c| gateway::app::build(c, path))
-            {
+            let built =
+                Config::load(&cli.config).and_then(|c| gateway::app::build_with(c, path, upgrade));
+            let server = match built {
                 Ok(s) => s,
                 Err(e) => {
                     eprintln!("error: {e}");
                     return ExitCode::from(2);
                 }
             };
-            tracing::info!(config = %cli.config.display(), "gateway starting");
+            tracing::info!(config = %cli.config.display(), upgrade, "gateway starting");
             server.run_forever()
         }
     }

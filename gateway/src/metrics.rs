@@ -1,8 +1,8 @@
 //! Prometheus metrics for `/metrics` on the admin listener.
 
 use prometheus::{
-    Encoder, Gauge, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec, Opts,
-    Registry, TextEncoder,
+    Encoder, Gauge, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec,
+    Opts, Registry, TextEncoder,
 };
 
 pub struct Metrics {
@@ -26,6 +26,12 @@ pub struct Metrics {
     pub admission_refused: IntCounterVec,
     /// Session-store lookups waiting on the store now (bounded by the lookup cap).
     pub lookups_in_flight: IntGauge,
+    /// Requests sent to an upstream chosen in panic mode (no node of the route was healthy).
+    pub upstream_panic: IntCounterVec,
+    /// Tunnels closed by the paced drain (`drain`).
+    pub drain_closed: IntCounter,
+    /// 1 while this process drains (shutting down or upgraded away).
+    pub draining: IntGauge,
 }
 
 impl Metrics {
@@ -110,6 +116,25 @@ impl Metrics {
             "Session-store lookups in flight ([admission] max_concurrent_lookups bounds them)",
         )
         .expect("valid metric");
+        let upstream_panic = IntCounterVec::new(
+            Opts::new(
+                "gateway_upstream_panic_total",
+                "Requests routed in panic mode: no upstream of the route was healthy, so every \
+                 node was tried regardless of health",
+            ),
+            &["route"],
+        )
+        .expect("valid metric");
+        let drain_closed = IntCounter::new(
+            "gateway_drain_closed_total",
+            "Upgraded connections closed by the paced drain on shutdown or upgrade",
+        )
+        .expect("valid metric");
+        let draining = IntGauge::new(
+            "gateway_draining",
+            "1 while this process drains its tunnels before exiting",
+        )
+        .expect("valid metric");
         for c in [
             Box::new(auth_results.clone()) as Box<dyn prometheus::core::Collector>,
             Box::new(session_lookup_seconds.clone()),
@@ -122,6 +147,9 @@ impl Metrics {
             Box::new(config_loaded_seconds.clone()),
             Box::new(admission_refused.clone()),
             Box::new(lookups_in_flight.clone()),
+            Box::new(upstream_panic.clone()),
+            Box::new(drain_closed.clone()),
+            Box::new(draining.clone()),
         ] {
             registry.register(c).expect("unique metric names");
         }
@@ -138,6 +166,9 @@ impl Metrics {
             config_loaded_seconds,
             admission_refused,
             lookups_in_flight,
+            upstream_panic,
+            drain_closed,
+            draining,
         }
     }
 

@@ -26,6 +26,7 @@ use pingora::ErrorType;
 use crate::admission::{Admission, Refused, TunnelSlot};
 use crate::classify::{self, HandshakeClass, RequestFacts, Transport};
 use crate::config::{AccessLogConfig, AuthPolicy, PollingLog};
+use crate::drain::{Drain, InFlight};
 use crate::forwarding;
 use crate::live::{Live, LiveState};
 use crate::logout::LogoutNotifier;
@@ -33,6 +34,7 @@ use crate::metrics::Metrics;
 use crate::routing::Route;
 use crate::session::SessionError;
 use crate::tunnel::{self, OpenTunnel, Tunnel};
+use crate::upstream::Choice;
 
 /// Everything a listener's proxy needs; shared by all listeners except `tls`.
 pub struct Gateway {
@@ -45,6 +47,8 @@ pub struct Gateway {
     /// Handshake rate limits, lookup cap and tunnels per user; shared by all listeners and by
     /// every loaded config.
     pub admission: Arc<Admission>,
+    /// Open tunnels and requests in flight, for the paced drain on shutdown or upgrade.
+    pub drain: Arc<Drain>,
 }
 
 /// The access-log policy: every request is counted in `gateway_requests_total`; Engine.IO
@@ -97,6 +101,8 @@ pub struct RequestCtx {
     upstream: Option<SocketAddr>,
     connect_attempts: u8,
     learn_sid: Option<Vec<u8>>,
+    /// `Set-Cookie` for the affinity cookie, sent if the upstream answers 2xx.
+    set_affinity: Option<String>,
     upgraded: bool,
     /// Counted from the `101` until the tunnel (or the request, if it never detached) ends.
     open_tunnel: Option<OpenTunnel>,
@@ -105,6 +111,8 @@ pub struct RequestCtx {
     /// Identity of a logout request, notified once the upstream confirms the logout.
     logout: Option<Identity>,
     refused: Option<String>,
+    /// Counts this request as in flight until the context is dropped (the drain waits for it).
+    _in_flight: InFlight,
 }
 
 /// A refusal at the edge: status, short body, log reason.
@@ -373,11 +381,13 @@ impl ProxyHttp for Gateway {
             upstream: None,
             connect_attempts: 0,
             learn_sid: None,
+            set_affinity: None,
             upgraded: false,
             open_tunnel: None,
             tunnel_slot: None,
             logout: None,
             refused: None,
+            _in_flight: self.drain.request_started(),
         }
     }
 
@@ -399,7 +409,7 @@ impl ProxyHttp for Gateway {
 
     async fn upstream_peer(
         &self,
-        _session: &mut Session,
+        session: &mut Session,
         ctx: &mut RequestCtx,
     ) -> Result<Box<HttpPeer>> {
         let Some(route) = ctx.route.clone() else {
@@ -408,11 +418,25 @@ impl ProxyHttp for Gateway {
                 "no route in context",
             ));
         };
-        let addr = match &ctx.class {
-            Some(HandshakeClass::Established { sid, .. }) => route.pool.pick_for_sid(sid),
+        let choice = match &ctx.class {
+            Some(HandshakeClass::Established { sid, transport }) => {
+                let headers = &session.req_header().headers;
+                let hint = ctx.live.affinity.node_for(&route, sid, headers);
+                let choice = route.pool.pick_for_sid(sid, hint);
+                // Polling answers carry the cookie for the node, if the client lacks it.
+                if let (Transport::Polling, Some(c), true) =
+                    (transport, choice, route.pool.len() > 1)
+                {
+                    ctx.set_affinity = ctx
+                        .live
+                        .affinity
+                        .renewal(&route, sid, c.addr, headers, self.tls);
+                }
+                choice
+            }
             _ => route.pool.pick(),
         };
-        let Some(addr) = addr else {
+        let Some(Choice { addr, panic }) = choice else {
             self.metrics
                 .upstream_errors
                 .with_label_values(&[&route.name, "no_healthy_upstream"])
@@ -422,6 +446,12 @@ impl ProxyHttp for Gateway {
                 "no healthy upstream",
             ));
         };
+        if panic {
+            self.metrics
+                .upstream_panic
+                .with_label_values(&[&route.name])
+                .inc();
+        }
         ctx.upstream = Some(addr);
         let mut peer = HttpPeer::new(addr, false, String::new());
         peer.options.connection_timeout = Some(Duration::from_secs(2));
@@ -510,6 +540,11 @@ impl ProxyHttp for Gateway {
         ctx: &mut RequestCtx,
     ) -> Result<()> {
         resp.insert_header("x-request-id", ctx.request_id.as_str())?;
+        if let Some(cookie) = ctx.set_affinity.take() {
+            if resp.status.is_success() {
+                resp.append_header("set-cookie", cookie)?;
+            }
+        }
         if resp.status == 101 {
             ctx.upgraded = true;
             ctx.open_tunnel = Some(OpenTunnel::new(&self.metrics.upgraded_connections));
@@ -615,9 +650,10 @@ impl ProxyHttp for Gateway {
             to_upstream: upgrade.to_upstream,
             to_client: upgrade.to_downstream,
         };
+        let mut ticket = self.drain.register();
         tokio::spawn(async move {
             let started = Instant::now();
-            let (traffic, result) = tunnel::relay(tunnel, idle).await;
+            let (traffic, result) = tunnel::relay_until(tunnel, idle, ticket.stopped()).await;
             drop((open, slot));
             let secs = started.elapsed().as_secs();
             let (up, down) = (traffic.to_upstream, traffic.to_client);
@@ -633,6 +669,8 @@ impl ProxyHttp for Gateway {
                 ),
                 Err(e) => tracing::info!(request_id, secs, up, down, reason = %e, "tunnel closed"),
             }
+            // Last: a draining process exits once every ticket is gone, and this line is told.
+            drop(ticket);
         });
     }
 

@@ -116,7 +116,7 @@ mod tests {
             audience: None,
             assertion_header: "X-Identity-Assertion".into(),
             allowed_origins: vec![],
-            pool: Arc::new(UpstreamPool::new(Arc::new(lb))),
+            pool: Arc::new(UpstreamPool::new(name.to_string(), Arc::new(lb))),
             sessions: vec![],
             logout: None,
         }

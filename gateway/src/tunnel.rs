@@ -46,6 +46,8 @@ pub enum TunnelError {
     ClientToUpstream(#[source] io::Error),
     #[error("upstream to client: {0}")]
     UpstreamToClient(#[source] io::Error),
+    #[error("closed by the drain (this process is shutting down or being upgraded)")]
+    Drained,
 }
 
 /// Bytes relayed each way (including the bytes owed at the start).
@@ -165,6 +167,17 @@ impl Direction {
 
 /// Relays until both sides have closed, either side fails, or nothing moved for `idle`.
 pub async fn relay(tunnel: Tunnel, idle: Duration) -> (Traffic, Result<(), TunnelError>) {
+    relay_until(tunnel, idle, std::future::pending()).await
+}
+
+/// Like [`relay`], and also ends (dropping both connections) when `stop` resolves: the paced
+/// drain of a process that is shutting down (`drain`).
+pub async fn relay_until(
+    tunnel: Tunnel,
+    idle: Duration,
+    stop: impl Future<Output = ()>,
+) -> (Traffic, Result<(), TunnelError>) {
+    tokio::pin!(stop);
     let Tunnel {
         mut client,
         mut upstream,
@@ -178,6 +191,9 @@ pub async fn relay(tunnel: Tunnel, idle: Duration) -> (Traffic, Result<(), Tunne
     tokio::pin!(timer);
 
     let result = poll_fn(|cx| {
+        if stop.as_mut().poll(cx).is_ready() {
+            return Poll::Ready(Err(TunnelError::Drained));
+        }
         let mut moved = false;
         if !up.finished {
             if let Poll::Ready(Err(e)) = up.poll_relay(cx, &mut client, &mut upstream, &mut moved) {

@@ -7,6 +7,7 @@
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -26,6 +27,8 @@ pub fn parse_upstream(s: &str) -> Result<(), String> {
 }
 
 pub struct UpstreamPool {
+    /// The route's name, for logs.
+    route: String,
     pub lb: Arc<LoadBalancer<RoundRobin>>,
     sticky: StickyTable,
     /// What the pool was built from, so a reload with the same upstreams keeps it (and its
@@ -34,16 +37,30 @@ pub struct UpstreamPool {
     /// Stops the pool's discovery and health checks when the pool is dropped (a reload that
     /// moved the route's upstreams, once the last request using the old pool is done).
     _checks: Option<StopOnDrop>,
+    /// Round-robin position over all nodes, for panic mode.
+    panic_next: AtomicUsize,
+    /// Whether the last choice was made in panic mode (logged on each change, not per request).
+    panicking: AtomicBool,
+}
+
+/// Where a request goes, and whether it was chosen in panic mode (no node was healthy).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Choice {
+    pub addr: SocketAddr,
+    pub panic: bool,
 }
 
 impl UpstreamPool {
     /// A pool without background discovery or health checks (tests).
-    pub fn new(lb: Arc<LoadBalancer<RoundRobin>>) -> Self {
+    pub fn new(route: String, lb: Arc<LoadBalancer<RoundRobin>>) -> Self {
         Self {
+            route,
             lb,
             sticky: StickyTable::new(Duration::from_secs(600)),
             built_from: (Vec::new(), Duration::ZERO),
             _checks: None,
+            panic_next: AtomicUsize::new(0),
+            panicking: AtomicBool::new(false),
         }
     }
 
@@ -51,6 +68,7 @@ impl UpstreamPool {
     /// Pools come and go with reloads, so the checks are not a Pingora service (those are
     /// fixed when the server starts).
     pub fn checked(
+        route: String,
         lb: LoadBalancer<RoundRobin>,
         addrs: &[String],
         check_every: Duration,
@@ -62,10 +80,9 @@ impl UpstreamPool {
         let task_lb = lb.clone();
         rt.spawn(async move { task_lb.start(stopped).await });
         Self {
-            lb,
-            sticky: StickyTable::new(Duration::from_secs(600)),
-            built_from: (addrs.to_vec(), check_every),
             _checks: Some(StopOnDrop(stop)),
+            built_from: (addrs.to_vec(), check_every),
+            ..Self::new(route, lb)
         }
     }
 
@@ -151,23 +168,77 @@ pub fn balancer(addrs: &[String], check_every: Duration) -> LoadBalancer<RoundRo
 }
 
 impl UpstreamPool {
-    /// Next healthy upstream, round-robin.
-    pub fn pick(&self) -> Option<SocketAddr> {
-        self.lb
+    /// Next healthy upstream, round-robin. When no node is healthy, **panic mode** (as in
+    /// Envoy): every node is tried in turn regardless of health, because health state lags
+    /// reality by up to a check interval; a node that restarted answers as soon as it listens,
+    /// and a node that is really down costs one failed connect (then one retry elsewhere).
+    pub fn pick(&self) -> Option<Choice> {
+        if let Some(addr) = self
+            .lb
             .select(b"", 256)
             .and_then(|b| b.addr.as_inet().copied())
+        {
+            self.note_panic(false);
+            return Some(Choice { addr, panic: false });
+        }
+        let all: Vec<SocketAddr> = self
+            .lb
+            .backends()
+            .get_backend()
+            .iter()
+            .filter_map(|b| b.addr.as_inet().copied())
+            .collect();
+        if all.is_empty() {
+            return None;
+        }
+        self.note_panic(true);
+        let i = self.panic_next.fetch_add(1, Ordering::Relaxed) % all.len();
+        Some(Choice {
+            addr: all[i],
+            panic: true,
+        })
     }
 
-    /// The node that owns Engine.IO session `sid`, while it is healthy; else any healthy one
-    /// (the client then gets "unknown sid" from the new node and reconnects: the only option
-    /// once the owner is gone).
-    pub fn pick_for_sid(&self, sid: &str) -> Option<SocketAddr> {
-        if let Some(addr) = self.sticky.get(sid) {
+    /// The node that owns Engine.IO session `sid`: from `hint` (the signed affinity cookie,
+    /// already checked to name one of this route's nodes) or this process's own table, while
+    /// it is healthy, or while no node is (panic mode); else any healthy one (the client then
+    /// gets "unknown sid" from the new node and reconnects: the only option once the owner is
+    /// gone).
+    pub fn pick_for_sid(&self, sid: &str, hint: Option<SocketAddr>) -> Option<Choice> {
+        if let Some(addr) = hint.or_else(|| self.sticky.get(sid)) {
             if self.is_healthy(addr) {
-                return Some(addr);
+                return Some(Choice { addr, panic: false });
+            }
+            if self.healthy_count() == 0 && self.is_member(addr) {
+                self.note_panic(true);
+                return Some(Choice { addr, panic: true });
             }
         }
         self.pick()
+    }
+
+    /// Logs entering and leaving panic mode once each, not once per request.
+    fn note_panic(&self, now: bool) {
+        if self.panicking.swap(now, Ordering::Relaxed) != now {
+            if now {
+                tracing::warn!(
+                    route = %self.route,
+                    nodes = self.len(),
+                    "no healthy upstream: panic mode, trying every node regardless of health"
+                );
+            } else {
+                tracing::info!(route = %self.route, "a healthy upstream again: panic mode over");
+            }
+        }
+    }
+
+    /// Whether `addr` is one of this route's nodes (healthy or not).
+    pub fn is_member(&self, addr: SocketAddr) -> bool {
+        self.lb
+            .backends()
+            .get_backend()
+            .iter()
+            .any(|b| b.addr.as_inet() == Some(&addr))
     }
 
     pub fn remember_sid(&self, sid: String, addr: SocketAddr) {

@@ -169,7 +169,12 @@ pub struct Upstream {
 
 impl Upstream {
     pub async fn start(name: &str) -> Self {
-        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        Self::start_at(name, "127.0.0.1:0").await
+    }
+
+    /// Like [`Upstream::start`], on a given address (a node coming back where it was).
+    pub async fn start_at(name: &str, addr: &str) -> Self {
+        let listener = TcpListener::bind(addr).await.expect("bind");
         let addr = listener.local_addr().expect("addr");
         let seen: Arc<Mutex<Vec<Recorded>>> = Arc::default();
         let (seen2, name2) = (seen.clone(), name.to_string());
@@ -464,16 +469,39 @@ private_key = {{ file = "signing.pem" }}
             .sum()
     }
 
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     /// The config file the gateway was started with (tests rewrite it and reload).
     pub fn config_path(&self) -> PathBuf {
         self.dir.path().join("gateway.toml")
     }
 
     pub fn sighup(&self) {
+        self.signal("HUP");
+    }
+
+    /// Sends a signal by name (`QUIT`, `TERM`, ...).
+    pub fn signal(&self, sig: &str) {
         let _ = Command::new("kill")
-            .arg("-HUP")
+            .arg(format!("-{sig}"))
             .arg(self.child.id().to_string())
             .status();
+    }
+
+    /// Starts the next gateway process on the same config with `--upgrade` (it waits for the
+    /// listening sockets on `upgrade_sock`), logging to `log`.
+    pub fn spawn_upgrade(&self, log: &Path) -> Child {
+        Command::new(gateway_bin())
+            .arg("--config")
+            .arg(self.config_path())
+            .arg("--upgrade")
+            .env("RUST_LOG", "info,pingora_proxy=off")
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(log).expect("log"))
+            .spawn()
+            .expect("gateway binary")
     }
 
     pub fn sigterm(&self) {

@@ -1,0 +1,397 @@
+//! Leaving without a stampede: the paced drain of a gateway process that stops serving.
+//!
+//! A process stops on SIGTERM, or on SIGQUIT once it has handed its listening sockets to the
+//! next process (a binary upgrade, Pingora's graceful upgrade). Either way Pingora stops
+//! accepting, but the WebSockets this process relays (`tunnel`) are still open. Closing them
+//! all at once would send every client back at the same moment; keeping them until Pingora's
+//! grace period ends does the same, later. So they are closed one by one: spread over
+//! `drain_secs`, never two closer together than `1 / drain_max_per_sec`, each gap jittered, in
+//! no particular order, and tunnels opened meanwhile are included. Once no tunnel and no
+//! request is left the process exits at once; Pingora's grace period (hold + drain window +
+//! `shutdown_timeout_secs`) is the hard deadline behind it.
+//!
+//! The phases come from Pingora's execution-phase broadcast, so the signal handling stays
+//! Pingora's: SIGTERM holds `shutdown_grace_secs` first (the orchestrator is still moving
+//! traffic away), SIGQUIT drains as soon as the new process has taken the sockets.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use pingora::server::ExecutionPhase;
+use prometheus::{IntCounter, IntGauge};
+use rand::Rng;
+use tokio::sync::{broadcast, oneshot, Notify};
+use tokio::time::Instant;
+
+/// How the drain is paced; from `[gateway]`.
+#[derive(Debug, Clone, Copy)]
+pub struct DrainSettings {
+    /// SIGTERM only: how long tunnels are left alone before the drain starts.
+    pub hold: Duration,
+    /// The window the closes are spread over.
+    pub window: Duration,
+    /// The most tunnels closed in any one second.
+    pub max_per_sec: u32,
+    /// After the last tunnel, how long in-flight requests (long polls) may take to finish.
+    pub finish: Duration,
+}
+
+impl DrainSettings {
+    /// The whole grace period Pingora must give before shutting its runtimes down (which ends
+    /// every tunnel still open): the drain's hard deadline.
+    pub fn deadline(&self) -> Duration {
+        self.hold + self.window + self.finish
+    }
+
+    /// Shortest gap between two closes.
+    fn min_gap(&self) -> Duration {
+        Duration::from_secs_f64(1.0 / f64::from(self.max_per_sec.max(1)))
+    }
+}
+
+/// The gap before the next close when `left` tunnels remain and `time_left` remains of the
+/// window: an even share of what is left, jittered by a factor `jitter` in [0.5, 1.5) and not
+/// past the window's end, but never below the rate bound.
+pub fn next_gap(s: &DrainSettings, left: usize, time_left: Duration, jitter: f64) -> Duration {
+    let share = time_left.div_f64(left.max(1) as f64);
+    share
+        .mul_f64(jitter.clamp(0.5, 1.5))
+        .min(time_left)
+        .max(s.min_gap())
+}
+
+/// Every open tunnel's stop switch, and the count of requests in flight.
+pub struct Drain {
+    settings: DrainSettings,
+    next_id: AtomicU64,
+    /// Tunnels the drain has not picked yet.
+    tunnels: Mutex<HashMap<u64, oneshot::Sender<()>>>,
+    /// Tunnels whose ticket is alive: picked ones count until their relay has finished.
+    live: AtomicUsize,
+    in_flight: AtomicUsize,
+    /// Woken whenever a tunnel or a request ends.
+    ended: Notify,
+    closed: IntCounter,
+    draining: IntGauge,
+}
+
+/// A registered tunnel: resolves [`TunnelTicket::stopped`] when the drain picks it, and
+/// unregisters on drop however the tunnel ended.
+pub struct TunnelTicket {
+    id: u64,
+    stop: Option<oneshot::Receiver<()>>,
+    drain: Arc<Drain>,
+}
+
+impl TunnelTicket {
+    /// Resolves when the drain closes this tunnel; pending for ever otherwise.
+    pub async fn stopped(&mut self) {
+        match self.stop.as_mut() {
+            Some(rx) => {
+                // Only the drain removes (and so drops) a sender: either way it is time to stop.
+                let _ = rx.await;
+            }
+            None => std::future::pending().await,
+        }
+    }
+}
+
+impl Drop for TunnelTicket {
+    fn drop(&mut self) {
+        if let Ok(mut t) = self.drain.tunnels.lock() {
+            t.remove(&self.id);
+        }
+        self.drain.live.fetch_sub(1, Ordering::AcqRel);
+        self.drain.ended.notify_waiters();
+    }
+}
+
+/// A request in flight, counted until dropped (with the request's context).
+pub struct InFlight(Arc<Drain>);
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.in_flight.fetch_sub(1, Ordering::AcqRel);
+        self.0.ended.notify_waiters();
+    }
+}
+
+impl Drain {
+    pub fn new(settings: DrainSettings, closed: IntCounter, draining: IntGauge) -> Arc<Self> {
+        Arc::new(Self {
+            settings,
+            next_id: AtomicU64::new(0),
+            tunnels: Mutex::new(HashMap::new()),
+            live: AtomicUsize::new(0),
+            in_flight: AtomicUsize::new(0),
+            ended: Notify::new(),
+            closed,
+            draining,
+        })
+    }
+
+    pub fn register(self: &Arc<Self>) -> TunnelTicket {
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        self.live.fetch_add(1, Ordering::AcqRel);
+        let (tx, rx) = oneshot::channel();
+        let stop = match self.tunnels.lock() {
+            Ok(mut t) => {
+                t.insert(id, tx);
+                Some(rx)
+            }
+            // A poisoned registry only loses the drain's hold on this tunnel.
+            Err(_) => None,
+        };
+        TunnelTicket {
+            id,
+            stop,
+            drain: self.clone(),
+        }
+    }
+
+    pub fn request_started(self: &Arc<Self>) -> InFlight {
+        self.in_flight.fetch_add(1, Ordering::AcqRel);
+        InFlight(self.clone())
+    }
+
+    pub fn open_tunnels(&self) -> usize {
+        self.tunnels.lock().map_or(0, |t| t.len())
+    }
+
+    /// Tunnels still relaying, including those the drain has stopped but not yet wound up.
+    pub fn live_tunnels(&self) -> usize {
+        self.live.load(Ordering::Acquire)
+    }
+
+    pub fn requests_in_flight(&self) -> usize {
+        self.in_flight.load(Ordering::Acquire)
+    }
+
+    /// Stops one tunnel (any); false when none is left.
+    fn close_one(&self) -> bool {
+        let Ok(mut t) = self.tunnels.lock() else {
+            return false;
+        };
+        let Some(id) = t.keys().next().copied() else {
+            return false;
+        };
+        if let Some(tx) = t.remove(&id) {
+            let _ = tx.send(());
+            self.closed.inc();
+        }
+        true
+    }
+
+    /// Closes every tunnel, paced, until none is left or the window is over.
+    pub async fn pace(&self) {
+        let start = Instant::now();
+        let end = start + self.settings.window;
+        let first = self.open_tunnels();
+        let fits = self.settings.window.as_secs_f64() * f64::from(self.settings.max_per_sec);
+        if first as f64 > fits {
+            tracing::warn!(
+                tunnels = first,
+                max_per_sec = self.settings.max_per_sec,
+                window_secs = self.settings.window.as_secs(),
+                "more tunnels than the drain window fits at its rate: the rest end at the deadline"
+            );
+        }
+        tracing::info!(
+            tunnels = first,
+            window_secs = self.settings.window.as_secs(),
+            max_per_sec = self.settings.max_per_sec,
+            "draining tunnels"
+        );
+        // Jitter can leave a few past the window's end: they go at the full rate, within the
+        // time left before the deadline.
+        let hard_end = end + self.settings.finish;
+        let mut closed = 0u64;
+        loop {
+            let left = self.open_tunnels();
+            let now = Instant::now();
+            if left == 0 || now >= hard_end {
+                break;
+            }
+            let jitter = rand::thread_rng().gen_range(0.5..1.5);
+            let gap = next_gap(
+                &self.settings,
+                left,
+                end.saturating_duration_since(now),
+                jitter,
+            );
+            // The first close waits its share too: a drain never starts with a burst.
+            tokio::time::sleep(gap).await;
+            if self.close_one() {
+                closed += 1;
+            }
+        }
+        tracing::info!(
+            closed,
+            left = self.open_tunnels(),
+            secs = start.elapsed().as_secs_f64(),
+            "drain window over"
+        );
+    }
+
+    /// Resolves once no tunnel and no request is left, or after `limit`.
+    async fn idle(&self, limit: Duration) -> bool {
+        let deadline = Instant::now() + limit;
+        loop {
+            let woken = self.ended.notified();
+            if self.live_tunnels() == 0 && self.requests_in_flight() == 0 {
+                return true;
+            }
+            if tokio::time::timeout_at(deadline, woken).await.is_err() {
+                return self.live_tunnels() == 0 && self.requests_in_flight() == 0;
+            }
+        }
+    }
+
+    /// Follows Pingora's phases; on a graceful shutdown or upgrade, drains and then exits the
+    /// process as soon as nothing is left (Pingora would otherwise sleep its whole grace
+    /// period). Runs on a runtime Pingora does not shut down.
+    pub async fn follow(self: Arc<Self>, mut phases: broadcast::Receiver<ExecutionPhase>) {
+        let mut hold = Duration::ZERO;
+        loop {
+            match phases.recv().await {
+                Ok(ExecutionPhase::GracefulTerminate) => hold = self.settings.hold,
+                Ok(ExecutionPhase::GracefulUpgradeTransferringFds) => {
+                    tracing::info!("handing the listening sockets to the new process");
+                }
+                Ok(ExecutionPhase::ShutdownGracePeriod) => break,
+                // A fast shutdown (SIGINT) skips the grace period: nothing to pace.
+                Ok(ExecutionPhase::ShutdownRuntimes | ExecutionPhase::Terminated) => return,
+                Ok(_) | Err(broadcast::error::RecvError::Lagged(_)) => {}
+                Err(broadcast::error::RecvError::Closed) => return,
+            }
+        }
+        self.draining.set(1);
+        if !hold.is_zero() {
+            tracing::info!(
+                secs = hold.as_secs(),
+                tunnels = self.open_tunnels(),
+                "stopped accepting; holding tunnels before the drain"
+            );
+            tokio::time::sleep(hold).await;
+        }
+        self.pace().await;
+        let clean = self.idle(self.settings.finish).await;
+        tracing::info!(
+            clean,
+            tunnels = self.live_tunnels(),
+            requests = self.requests_in_flight(),
+            "drain done, exiting"
+        );
+        std::process::exit(0);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn settings(window_secs: u64, max_per_sec: u32) -> DrainSettings {
+        DrainSettings {
+            hold: Duration::ZERO,
+            window: Duration::from_secs(window_secs),
+            max_per_sec,
+            finish: Duration::from_secs(1),
+        }
+    }
+
+    fn drain(s: DrainSettings) -> Arc<Drain> {
+        Drain::new(
+            s,
+            IntCounter::new("c", "c").unwrap(),
+            IntGauge::new("g", "g").unwrap(),
+        )
+    }
+
+    #[test]
+    fn gaps_share_the_window_and_respect_the_rate() {
+        let s = settings(10, 100);
+        // 10 left in 10 s: about one a second, jittered either way.
+        let g = next_gap(&s, 10, Duration::from_secs(10), 1.0);
+        assert_eq!(g, Duration::from_secs(1));
+        assert_eq!(
+            next_gap(&s, 10, Duration::from_secs(10), 0.5),
+            Duration::from_millis(500)
+        );
+        // Many left: never closer than the rate allows, whatever the jitter.
+        assert_eq!(
+            next_gap(&s, 100_000, Duration::from_secs(10), 0.5),
+            Duration::from_millis(10)
+        );
+        assert_eq!(
+            next_gap(&s, 1, Duration::ZERO, 0.7),
+            Duration::from_millis(10)
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn pace_closes_every_tunnel_within_the_window_never_faster_than_the_rate() {
+        let d = drain(settings(2, 10));
+        let mut tickets: Vec<TunnelTicket> = (0..15).map(|_| d.register()).collect();
+        let start = Instant::now();
+        let times = Arc::new(Mutex::new(Vec::new()));
+        let mut waits = Vec::new();
+        for mut t in tickets.drain(..) {
+            let times = times.clone();
+            waits.push(tokio::spawn(async move {
+                t.stopped().await;
+                times.lock().unwrap().push(start.elapsed());
+                drop(t);
+            }));
+        }
+        d.pace().await;
+        for w in waits {
+            w.await.unwrap();
+        }
+        let mut times = times.lock().unwrap().clone();
+        times.sort();
+        assert_eq!(times.len(), 15);
+        // Within the window (the rate bound may carry the last close one gap past its end).
+        assert!(
+            *times.last().unwrap() <= Duration::from_millis(2100),
+            "{times:?}"
+        );
+        // Spread over the window, not bunched at its start.
+        assert!(
+            *times.last().unwrap() >= Duration::from_millis(1500),
+            "{times:?}"
+        );
+        assert!(times[0] > Duration::ZERO, "no burst at the start");
+        for w in times.windows(2) {
+            assert!(w[1] - w[0] >= Duration::from_millis(100), "{times:?}");
+        }
+        assert_eq!(d.open_tunnels(), 0);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_window_too_short_for_the_rate_stops_at_the_deadline() {
+        let d = drain(settings(1, 5));
+        let tickets: Vec<TunnelTicket> = (0..20).map(|_| d.register()).collect();
+        let start = Instant::now();
+        d.pace().await;
+        // At most 5 a second for the window and the finishing time (1 s each): the rest are
+        // left for the deadline.
+        assert!(start.elapsed() <= Duration::from_millis(2100));
+        assert!(d.open_tunnels() >= 9, "{}", d.open_tunnels());
+        drop(tickets);
+        assert_eq!(d.open_tunnels(), 0);
+    }
+
+    #[tokio::test]
+    async fn idle_waits_for_requests_in_flight() {
+        let d = drain(settings(1, 5));
+        let req = d.request_started();
+        assert!(!d.idle(Duration::from_millis(50)).await);
+        let d2 = d.clone();
+        let waiter = tokio::spawn(async move { d2.idle(Duration::from_secs(5)).await });
+        tokio::task::yield_now().await;
+        drop(req);
+        assert!(waiter.await.unwrap());
+    }
+}
