@@ -96,7 +96,7 @@ impl Default for TrustConfig {
             leeway_secs: 5,
             header: identity_assertion::DEFAULT_HEADER.into(),
             jwks_url: "http://127.0.0.1:9180/.well-known/jwks.json".into(),
-            jwks_refetch_min_interval_ms: 5_000,
+            jwks_refetch_min_interval_ms: 1_000,
             jwks_timeout_ms: 2_000,
             public_keys: Vec::new(),
         }

@@ -5,7 +5,10 @@
 //!
 //! Refetch rules, so that neither a slow start nor forged kids hurt:
 //! - after a fetch that brought keys, an unknown `kid` refetches at most once per
-//!   `jwks_refetch_min_interval_ms` (forged kids cannot make us hammer the gateway);
+//!   `jwks_refetch_min_interval_ms` (forged kids cannot make us hammer the gateway). A token
+//!   that arrives inside that interval waits for the next allowed fetch instead of being
+//!   refused: right after the gateway rotates its signing key, every handshake carries the
+//!   new `kid`, and refusing them until the interval ends would drop real users;
 //! - after a failed or empty fetch, nothing is rate-limited: an unknown `kid` always tries
 //!   again (the gateway may have come up since), and a background task retries with a short
 //!   backoff until keys are held, so `/readyz` turns ready without waiting for a handshake;
@@ -219,13 +222,17 @@ impl Trust {
                 })
             };
         }
-        let skip = match why {
-            Refetch::Always => false,
-            Refetch::IfNoKeys => held > 0,
-            Refetch::UnknownKid => last.ok && last.at.is_some_and(|t| t.elapsed() < *min_interval),
-        };
-        if skip {
-            return Ok(held);
+        match why {
+            Refetch::Always => {}
+            Refetch::IfNoKeys if held > 0 => return Ok(held),
+            Refetch::IfNoKeys => {}
+            Refetch::UnknownKid => {
+                if let Some(at) = last.at.filter(|_| last.ok) {
+                    // Holding the lock while waiting: callers queued behind it find the
+                    // generation moved and share this fetch.
+                    tokio::time::sleep_until((at + *min_interval).into()).await;
+                }
+            }
         }
         last.at = Some(Instant::now());
         let outcome = match tokio::time::timeout(*timeout, fetch_jwks(url)).await {
@@ -318,10 +325,15 @@ mod tests {
     }
 
     fn trust_for(addr: std::net::SocketAddr) -> Trust {
+        // Long enough that the test would fail (time out) if a failed fetch started the rate
+        // limit: an unknown kid then waits for the interval.
+        trust_with_interval(addr, 60_000)
+    }
+
+    fn trust_with_interval(addr: std::net::SocketAddr, ms: u64) -> Trust {
         Trust::from_config(&TrustConfig {
             jwks_url: format!("http://{addr}/jwks"),
-            // Long enough that the test would fail if a failed fetch started the rate limit.
-            jwks_refetch_min_interval_ms: 60_000,
+            jwks_refetch_min_interval_ms: ms,
             ..TrustConfig::default()
         })
         .unwrap()
@@ -350,7 +362,9 @@ mod tests {
         let signer = signer();
         let jwks = serde_json::to_string(&signer.jwks()).unwrap();
         serve_jwks(TcpListener::bind(addr).await.unwrap(), jwks).await;
-        let claims = trust.verify(&token(&signer)).await;
+        let claims = tokio::time::timeout(Duration::from_secs(5), trust.verify(&token(&signer)))
+            .await
+            .expect("the failed fetch started the rate limit: the handshake waited for it");
         assert_eq!(claims.map(|c| c.sub).ok().as_deref(), Some("alice"));
         assert!(trust.has_keys());
     }
@@ -384,23 +398,69 @@ mod tests {
         assert!(trust.verify(&token(&signer)).await.is_err());
         assert!(hits.load(Ordering::SeqCst) >= before + 2);
 
-        // Once keys are held, forged kids do not make it fetch again within the interval.
+        // Once keys are held, a burst of forged kids costs one fetch per interval, however
+        // many arrive at once.
         let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = l.local_addr().unwrap();
         let jwks = serde_json::to_string(&signer.jwks()).unwrap();
         let hits = serve_jwks(l, jwks).await;
-        let trust = trust_for(addr);
+        let trust = Arc::new(trust_with_interval(addr, 300));
         trust.warm_up().await;
         assert!(trust.has_keys());
         let other =
             AssertionSigner::new("edge-gateway", 60, vec![SigningKey::generate("k2")]).unwrap();
         let after_start = hits.load(Ordering::SeqCst);
-        for _ in 0..5 {
-            assert!(matches!(
-                trust.verify(&token(&other)).await,
-                Err(VerifyError::UnknownKid(_))
-            ));
+        let forged = token(&other);
+        let burst: Vec<_> = (0..20)
+            .map(|_| {
+                let (trust, forged) = (trust.clone(), forged.clone());
+                tokio::spawn(async move { trust.verify(&forged).await })
+            })
+            .collect();
+        for t in burst {
+            assert!(matches!(t.await.unwrap(), Err(VerifyError::UnknownKid(_))));
         }
-        assert_eq!(hits.load(Ordering::SeqCst), after_start);
+        assert_eq!(hits.load(Ordering::SeqCst), after_start + 1);
+    }
+
+    #[tokio::test]
+    async fn a_key_rotated_just_after_a_fetch_is_accepted_once_the_interval_allows() {
+        // The gateway's JWKS as a value the test changes: k1 at start, then k1 + k2.
+        let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = l.local_addr().unwrap();
+        let old = signer();
+        let rotated = AssertionSigner::new(
+            "edge-gateway",
+            60,
+            vec![SigningKey::generate("k2"), SigningKey::generate("k1b")],
+        )
+        .unwrap();
+        let body = Arc::new(std::sync::Mutex::new(
+            serde_json::to_string(&old.jwks()).unwrap(),
+        ));
+        let served = body.clone();
+        let app = axum::Router::new().route(
+            "/jwks",
+            axum::routing::get(move || {
+                let b = served.lock().unwrap().clone();
+                async move { b }
+            }),
+        );
+        tokio::spawn(async move { axum::serve(l, app).await });
+        let trust = trust_with_interval(addr, 400);
+        trust.warm_up().await;
+        assert_eq!(
+            trust
+                .verify(&token(&old))
+                .await
+                .map(|c| c.sub)
+                .ok()
+                .as_deref(),
+            Some("alice")
+        );
+        // Rotation inside the interval of the fetch just made.
+        *body.lock().unwrap() = serde_json::to_string(&rotated.jwks()).unwrap();
+        let claims = trust.verify(&token(&rotated)).await;
+        assert_eq!(claims.map(|c| c.sub).ok().as_deref(), Some("alice"));
     }
 }
