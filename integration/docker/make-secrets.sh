@@ -12,7 +12,7 @@
 #   redis_presence_url        redis://presence:<password>@redis:6379, for the presence instances
 #
 # Random 32-byte hex values (no characters that need quoting in a URL or the Redis config). A URL
-# file is written again when it no longer carries the first password of its user's file.
+# file is written again when it no longer carries its user's password (after a rotation).
 # The directory is 0700; the files are 0644 because the services read them as unprivileged
 # users (compose bind-mounts each file at /run/secrets/<name>; the directory keeps others out).
 set -euo pipefail
@@ -28,7 +28,7 @@ for user in admin gateway presence express; do
   keep_or_make "redis_${user}_password"
 done
 for user in gateway presence; do
-  password=$(head -n1 "$dir/redis_${user}_password")
+  password=$(tr -d '\n' <"$dir/redis_${user}_password")
   url="redis://$user:$password@redis:6379"
   if [[ ! -s $dir/redis_${user}_url ]] || [[ $(cat "$dir/redis_${user}_url") != "$url" ]]; then
     printf '%s\n' "$url" >"$dir/redis_${user}_url"
