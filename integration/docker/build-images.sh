@@ -45,10 +45,10 @@ case $IMAGES_FROM in
     base=edge-local/debian:bookworm-slim
     node=edge-local/node:bookworm-slim
     if [[ ${SKIP_HOST_BUILD:-0} != 1 ]]; then
-      log "host build: cargo build ($PROFILE) -p gateway -p presence-service -p demo-service"
+      log "host build: cargo build ($PROFILE) -p gateway -p presence-service -p demo-service -p healthprobe"
       profile_flag=(--release)
       [[ $PROFILE == debug ]] && profile_flag=()
-      (cd "$repo" && cargo build "${profile_flag[@]}" --locked -p gateway -p presence-service -p demo-service)
+      (cd "$repo" && cargo build "${profile_flag[@]}" --locked -p gateway -p presence-service -p demo-service -p healthprobe)
     fi
     # The demo service's web page: built again only when its sources are newer than the build
     # (CI's earlier `web` suite has just built it).
@@ -72,7 +72,9 @@ case $IMAGES_FROM in
         strip --strip-all -o "$stage/$bin" "$src"
       fi
     done
-    log "stripped binaries in target/docker-bin/$PROFILE: $(cd "$stage" && du -sh gateway presence-service demo-service | tr '\n\t' ', ')"
+    # The health check every Rust image carries instead of curl (std only, no debug info kept).
+    strip --strip-all -o "$stage/healthprobe" "$repo/target/$PROFILE/healthprobe"
+    log "stripped binaries in target/docker-bin/$PROFILE: $(cd "$stage" && du -sh gateway presence-service demo-service healthprobe | tr '\n\t' ', ')"
     rust_args=(--build-arg BINARY_FROM=prebuilt --build-arg "BINARY_DIR=target/docker-bin/$PROFILE" --build-arg "BASE_IMAGE=$base")
     demo_args=(--build-arg WEB_FROM=prebuilt)
     node_args=(--build-arg NODE_MODULES_FROM=context --build-arg "NODE_IMAGE=$node")

@@ -9,9 +9,11 @@
 # and use these tags offline.
 #
 # Three images, each a minimal Debian (debootstrap --variant=minbase) plus:
-#   BASE_TAG   ca-certificates, curl       -> BASE_IMAGE of the Rust services' runtime stage
-#   NODE_TAG   the same plus Debian's nodejs -> NODE_IMAGE of the Express service
-#   REDIS_TAG  the same plus redis-server    -> REDIS_IMAGE of the compose file
+#   BASE_TAG   ca-certificates                -> BASE_IMAGE of the Rust services' runtime stage
+#   NODE_TAG   the same plus Debian's nodejs  -> NODE_IMAGE of the Express service
+#   REDIS_TAG  the same plus redis-server     -> REDIS_IMAGE of the compose file
+# No curl: the Rust images' health check is the workspace's `healthprobe`, the Express image's
+# is node's own fetch, Redis's is redis-cli.
 #
 # Usage: integration/docker/prepare-base-images.sh            # builds only missing tags
 #        FORCE=1 integration/docker/prepare-base-images.sh    # rebuilds all
@@ -28,8 +30,8 @@ REDIS_TAG=${REDIS_TAG:-edge-local/redis:${SUITE}}
 DOCKER=${DOCKER:-docker}
 FORCE=${FORCE:-0}
 
-# What the runtime stages need: TLS roots for outbound HTTPS, curl for HEALTHCHECK.
-BASE_PACKAGES=ca-certificates,curl
+# What the runtime stages need: TLS roots for outbound HTTPS.
+BASE_PACKAGES=ca-certificates
 # Debian's Node.js (18 on bookworm) runs the Express service; npm is not needed at run time.
 NODE_PACKAGES=${BASE_PACKAGES},nodejs
 # Debian's redis-server (7.0 on bookworm) with redis-cli for the healthcheck.
@@ -37,7 +39,12 @@ REDIS_PACKAGES=${BASE_PACKAGES},redis-server
 
 log() { printf '[prepare-base-images] %s\n' "$*" >&2; }
 
-have_image() { "$DOCKER" image inspect "$1" >/dev/null 2>&1; }
+# True when TAG exists and was made from PACKAGES.
+have_image() {
+  local made
+  made=$("$DOCKER" image inspect -f '{{index .Config.Labels "edge.base-packages"}}' "$1" 2>/dev/null) &&
+    [[ $made == "$2" ]]
+}
 
 need() {
   command -v "$1" >/dev/null 2>&1 || { log "missing '$1' (apt-get install -y $2)"; exit 1; }
@@ -46,7 +53,7 @@ need() {
 # Builds one root file system and imports it as TAG.
 build_rootfs_image() {
   local tag=$1 packages=$2
-  if [[ $FORCE != 1 ]] && have_image "$tag"; then
+  if [[ $FORCE != 1 ]] && have_image "$tag" "$packages"; then
     log "$tag exists, skipping (FORCE=1 rebuilds)"
     return
   fi
@@ -70,6 +77,7 @@ build_rootfs_image() {
     "$DOCKER" import \
       --change 'ENV PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin' \
       --change 'CMD ["bash"]' \
+      --change "LABEL edge.base-packages=$packages" \
       - "$tag" >/dev/null
 }
 

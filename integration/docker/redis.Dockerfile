@@ -1,6 +1,7 @@
 # Redis for the compose stack: the Redis base image (the official redis:7-bookworm, or offline
 # edge-local/redis:bookworm from prepare-base-images.sh) run as the unprivileged `redis` user,
-# with a password from a compose secret.
+# with one ACL user per service (redis-users.acl; passwords from compose secrets) and the
+# `default` user disabled.
 #
 # Build context: integration/docker.
 #   DOCKER_BUILDKIT=1 docker build -f integration/docker/redis.Dockerfile \
@@ -13,6 +14,8 @@ RUN set -eu; \
     id redis >/dev/null 2>&1 || useradd --system --user-group --no-create-home --home-dir /data --shell /usr/sbin/nologin redis; \
     mkdir -p /data; chown redis:redis /data
 COPY redis-entrypoint.sh /usr/local/bin/redis-entrypoint.sh
+# Mount another file over it to change the users' rules without a rebuild.
+COPY redis-users.acl /etc/redis/users.acl
 USER redis
 WORKDIR /data
 EXPOSE 6379

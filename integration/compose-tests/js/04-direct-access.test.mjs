@@ -3,7 +3,7 @@
 import assert from 'node:assert/strict';
 import { test } from 'node:test';
 import {
-  compose, curlInside, docker, presenceMetric, socketioConnectInside,
+  compose, docker, presenceMetric, socketioConnectInside, statusInside,
 } from './lib/stack.mjs';
 
 const FORGED = 'eyJhbGciOiJFZERTQSIsImtpZCI6ImNvbXBvc2UtMSJ9.eyJzdWIiOiJtYWxsb3J5In0.AAAA';
@@ -19,8 +19,8 @@ for (const instance of ['presence-a', 'presence-b']) {
       assert.ok(socketio.length === 1 && socketio[0].startsWith('44') && socketio[0].includes('unauthorized'),
         `CONNECT refused (${JSON.stringify(headers)}): ${JSON.stringify(packets)}`);
     }
-    assert.equal(await curlInside(`http://${instance}:3001/presence`), 401, '/presence without assertion');
-    assert.equal(await curlInside(`http://${instance}:3001/presence`, { 'x-identity-assertion': FORGED }), 401,
+    assert.equal(await statusInside(`http://${instance}:3001/presence`), 401, '/presence without assertion');
+    assert.equal(await statusInside(`http://${instance}:3001/presence`, { 'x-identity-assertion': FORGED }), 401,
       '/presence with a forged assertion');
     const rejectedAfter = await presenceMetric(instance, 'presence_rejected_handshakes_total');
     assert.ok(rejectedAfter >= rejectedBefore + 4, `refusals counted (${rejectedBefore} -> ${rejectedAfter})`);

@@ -6,8 +6,8 @@
 import assert from 'node:assert/strict';
 import { after, test } from 'node:test';
 import {
-  GATEWAY_URL, INSIDE, closeAllClients, compose, connectClient, curlInside, docker, eventually,
-  handshake, loginExpress, serviceHealthy, socketsPerInstance, untilNoSockets, users,
+  GATEWAY_URL, INSIDE, aclDenials, closeAllClients, compose, connectClient, docker, eventually,
+  handshake, loginExpress, serviceHealthy, socketsPerInstance, statusInside, untilNoSockets, users,
 } from './lib/stack.mjs';
 
 const open = [];
@@ -39,11 +39,14 @@ test(`Redis down ${OUTAGE_MS / 1000} s: both presence containers stay healthy, e
   const landed = await socketsPerInstance();
   assert.ok(landed.a >= 1 && landed.b >= 1, `clients on both instances: ${JSON.stringify(landed)}`);
   const before = { a: await health('presence-a'), b: await health('presence-b') };
+  // Stopping Redis empties its ACL LOG: first check that the earlier tests' traffic (logins,
+  // handshakes, both instances' presence and pub/sub) stayed within each service's rules.
+  assert.deepEqual(await aclDenials(), [], 'ACL denials caused by the services');
 
   await compose('stop', '-t', '5', 'redis');
   try {
     // Readiness does report the outage (for the gateway and orchestrators that separate them).
-    await eventually(async () => (await curlInside('http://presence-a:3001/readyz', {}, { from: INSIDE })) === 503,
+    await eventually(async () => (await statusInside('http://presence-a:3001/readyz', {}, { from: INSIDE })) === 503,
       10_000, 'presence-a /readyz 503 with Redis stopped');
     await new Promise((r) => { setTimeout(r, OUTAGE_MS); });
     for (const service of ['presence-a', 'presence-b']) {

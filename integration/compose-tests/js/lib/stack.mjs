@@ -197,49 +197,126 @@ export async function docker(...args) {
 }
 
 /**
- * The container the tests run curl in to reach the presence instances: they sit on the stack's
- * `internal` network only, which the gateway shares with them (the apps do not).
+ * The service whose network the tests reach the presence instances from: they sit on the
+ * stack's `internal` network only, which the gateway shares with them (the apps do not).
  */
 export const INSIDE = 'gateway';
 
-/** `curl` from inside a compose container (default: on the presence network); 0 = no answer. */
-export async function curlInside(url, headers = {}, { from = INSIDE, maxTime = 5 } = {}) {
-  const hdrs = Object.entries(headers).flatMap(([k, v]) => ['-H', `${k}: ${v}`]);
-  const script = 'curl -s -o /dev/null --max-time "$0" -w %{http_code} "$@" || true';
-  const out = await compose('exec', '-T', from, 'sh', '-c', script, String(maxTime), ...hdrs, url);
-  return Number(out.trim() || 0);
+/**
+ * The image whose node runs requests inside the stack's networks: the Express app's, the one
+ * runtime image with an interpreter (the Rust images hold their binary and healthprobe only, no
+ * curl). It runs as a throwaway container in the network namespace of a service's container, so
+ * a request leaves from that very container's addresses and networks.
+ */
+const PROBE_IMAGE = `${process.env.IMAGE_PREFIX || 'edge'}/express-service:${process.env.IMAGE_TAG || 'dev'}`;
+
+/**
+ * Runs `fn(...args)` (a self-contained async function: it is sent as source text) with node in
+ * the network namespace of `from`'s container, and returns what it resolves to (JSON).
+ */
+export async function runInside(from, fn, ...args) {
+  const id = (await compose('ps', '-q', from)).trim();
+  if (!id) throw new Error(`no container for ${from}`);
+  const script = `const fn = ${fn.toString()};
+fn(...JSON.parse(process.argv[1])).then(
+  (r) => process.stdout.write(JSON.stringify(r ?? null)),
+  (e) => { console.error(e); process.exit(1); });`;
+  const out = await docker('run', '--rm', '--network', `container:${id}`, '--entrypoint', 'node',
+    PROBE_IMAGE, '-e', script, JSON.stringify(args));
+  return JSON.parse(out);
 }
 
-/** `redis-cli` in the redis container, authenticated with the stack's password secret. */
+/** GET requests, in order, with a per-request deadline: each gives its status and body, or 0. */
+async function getAll(requests, timeoutMs) {
+  const results = [];
+  for (const { url, headers } of requests) {
+    try {
+      const res = await fetch(url, { headers, signal: AbortSignal.timeout(timeoutMs) });
+      results.push({ status: res.status, body: await res.text() });
+    } catch (err) {
+      results.push({ status: 0, body: String(err.cause?.code ?? err.name) });
+    }
+  }
+  return results;
+}
+
+/** Status of a GET from inside a compose container (default: on the presence network); 0 = no answer. */
+export async function statusInside(url, headers = {}, { from = INSIDE, timeoutMs = 5_000 } = {}) {
+  const [status] = await statusesInside([url], { headers, from, timeoutMs });
+  return status;
+}
+
+/** `statusInside` for several URLs, one after the other in one throwaway container. */
+export async function statusesInside(urls, { headers = {}, from = INSIDE, timeoutMs = 5_000 } = {}) {
+  const results = await runInside(from, getAll, urls.map((url) => ({ url, headers })), timeoutMs);
+  return results.map((r) => r.status);
+}
+
+/** `redis-cli` in the redis container as its `admin` ACL user. */
 export async function redisCli(...args) {
-  return compose('exec', '-T', 'redis', 'sh', '-c',
-    'REDISCLI_AUTH="$(cat /run/secrets/redis_password)" exec redis-cli "$@"', 'redis-cli', ...args);
+  return redisCliAs('admin', ...args);
 }
 
 /**
- * A whole Socket.IO connect over long-polling, by hand with curl inside the compose network,
- * straight to a presence instance (no gateway): the Engine.IO handshake, the CONNECT packet
- * ("40"), then the poll that carries the namespace's answer ("40{sid}" accepted, "44{...}"
- * refused). Returns that answer.
+ * `redis-cli` in the redis container as one of its ACL users (redis-users.acl: admin, gateway,
+ * presence, express), with that user's password from the secret the redis container mounts.
+ * redis-cli prints a refusal (NOPERM, NOAUTH) and still exits 0: read the output.
+ */
+export async function redisCliAs(user, ...args) {
+  return compose('exec', '-T', 'redis', 'sh', '-c',
+    'REDISCLI_AUTH="$(head -n1 "/run/secrets/redis_$0_password")" exec redis-cli --no-auth-warning --user "$0" "$@"',
+    user, ...args);
+}
+
+/** Redis's `ACL LOG` (read as admin): { reason, object, username } per entry, newest first. */
+export async function aclLog() {
+  // redis-cli without a terminal prints every element of the nested reply on its own line; each
+  // entry is field, value, field, value, ...
+  // Without a count ACL LOG returns only the latest ten.
+  const lines = (await redisCli('ACL', 'LOG', '1000')).split('\n');
+  const entries = [];
+  let current = null;
+  for (let i = 0; i < lines.length - 1; i += 1) {
+    if (lines[i] === 'count') { current = {}; entries.push(current); }
+    if (current && ['reason', 'object', 'username'].includes(lines[i])) current[lines[i]] = lines[i + 1];
+  }
+  return entries;
+}
+
+/**
+ * What Redis's ACL refused a service since its last start or `ACL LOG RESET`: commands, keys or
+ * channels outside a user's rules (integration/docker/redis-users.acl), as "user reason object"
+ * strings. Failed logins (reason "auth") are left out: the tests make those on purpose.
+ */
+export async function aclDenials() {
+  return (await aclLog()).filter((e) => e.reason !== 'auth').map((e) => `${e.username} ${e.reason} ${e.object}`);
+}
+
+/**
+ * A whole Socket.IO connect over long-polling, by hand inside the compose network, straight to a
+ * presence instance (no gateway): the Engine.IO handshake, the CONNECT packet ("40"), then the
+ * poll that carries the namespace's answer ("40{sid}" accepted, "44{...}" refused). Returns that
+ * answer.
  */
 export async function socketioConnectInside(instance, headers = {}) {
-  const hdrs = Object.entries(headers).map(([k, v]) => `-H '${k}: ${v}'`).join(' ');
-  const script = `set -e
-base='http://${instance}:3001/socket.io/?EIO=4&transport=polling'
-open=$(curl -fsS ${hdrs} "$base")
-sid=$(printf '%s' "$open" | sed -n 's/.*"sid":"\\([^"]*\\)".*/\\1/p')
-test -n "$sid" || { echo "no sid in: $open"; exit 1; }
-curl -fsS -o /dev/null -X POST -H 'content-type: text/plain;charset=UTF-8' --data '40' "$base&sid=$sid"
-curl -fsS "$base&sid=$sid"`;
-  return (await compose('exec', '-T', INSIDE, 'sh', '-c', script)).trim();
+  return runInside(INSIDE, async (host, hdrs) => {
+    const base = `http://${host}:3001/socket.io/?EIO=4&transport=polling`;
+    const ask = async (url, init = {}) => {
+      const res = await fetch(url, { ...init, headers: { ...hdrs, ...init.headers }, signal: AbortSignal.timeout(5000) });
+      const text = await res.text();
+      if (!res.ok) throw new Error(`${init.method ?? 'GET'} ${url}: ${res.status} ${text}`);
+      return text;
+    };
+    const open = await ask(base);
+    const sid = /"sid":"([^"]*)"/.exec(open)?.[1];
+    if (!sid) throw new Error(`no sid in: ${open}`);
+    await ask(`${base}&sid=${sid}`, { method: 'POST', headers: { 'content-type': 'text/plain;charset=UTF-8' }, body: '40' });
+    return (await ask(`${base}&sid=${sid}`)).trim();
+  }, instance, headers);
 }
 
-/**
- * A gauge or counter from one presence instance's /metrics, read inside the network, summed over
- * labels. A labelled counter has no line until its first increment: that reads as 0.
- */
-export async function presenceMetric(instance, name) {
-  const text = await compose('exec', '-T', INSIDE, 'curl', '-fsS', `http://${instance}:3001/metrics`);
+/** Sums a metric's samples over labels; null when /metrics has no line for it. */
+function metricValue(text, name) {
   let total = 0;
   let seen = false;
   for (const line of text.split('\n')) {
@@ -248,16 +325,36 @@ export async function presenceMetric(instance, name) {
       seen = true;
     }
   }
-  if (!seen && !name.endsWith('_total')) throw new Error(`${instance} /metrics has no ${name}`);
-  return total;
+  return seen ? total : null;
+}
+
+/** The /metrics text of each presence instance, read inside the network in one probe run. */
+async function presenceMetricsText(instances) {
+  const results = await runInside(INSIDE, getAll,
+    instances.map((i) => ({ url: `http://${i}:3001/metrics`, headers: {} })), 5_000);
+  return results.map((r, k) => {
+    if (r.status !== 200) throw new Error(`${instances[k]} /metrics: ${r.status} ${r.body}`);
+    return r.body;
+  });
+}
+
+/**
+ * A gauge or counter from one presence instance's /metrics, read inside the network, summed over
+ * labels. A labelled counter has no line until its first increment: that reads as 0.
+ */
+export async function presenceMetric(instance, name) {
+  const [text] = await presenceMetricsText([instance]);
+  const value = metricValue(text, name);
+  if (value === null && !name.endsWith('_total')) throw new Error(`${instance} /metrics has no ${name}`);
+  return value ?? 0;
 }
 
 /** Sockets connected to each presence instance right now. */
 export async function socketsPerInstance() {
-  return {
-    a: await presenceMetric('presence-a', 'presence_connected_sockets'),
-    b: await presenceMetric('presence-b', 'presence_connected_sockets'),
-  };
+  const [a, b] = (await presenceMetricsText(['presence-a', 'presence-b']))
+    .map((text) => metricValue(text, 'presence_connected_sockets'));
+  if (a === null || b === null) throw new Error('a presence instance has no presence_connected_sockets');
+  return { a, b };
 }
 
 /**
