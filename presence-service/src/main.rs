@@ -11,12 +11,16 @@ mod backend;
 mod cluster_link;
 mod config;
 mod diff;
+mod fanout;
 mod handshake_check;
 mod handshake_memory;
 mod http_api;
 mod listener;
 mod metrics;
 mod model;
+mod modes;
+mod paging;
+mod payloads;
 mod sockets;
 mod trust;
 
