@@ -33,7 +33,7 @@ venv() { # venv NAME REQUIREMENTS -> prints the venv's python
   echo "$dir/bin/python"
 }
 
-lint() { cargo fmt --all -- --check && cargo clippy --workspace --all-targets -- -D warnings; }
+lint() { vendor/regenerate.sh --check && cargo fmt --all -- --check && cargo clippy --workspace --all-targets -- -D warnings; }
 rust() { cargo build --workspace --all-targets && cargo test --workspace; }
 rust_slow() { cargo test --workspace -- --ignored; }
 fuzz_smoke() { fuzz/run.sh 20000; }

@@ -1,23 +1,24 @@
-//! Applies the model's effects to the shared backend, in order, and announces the resulting
-//! changes to clients: the seed's events (compat) or batched diffs (diff mode). One task per
-//! node, so effects for one user can never overtake each other.
+//! The announcer: applies the model's effects to the shared backend, in order, and has the
+//! resulting changes announced (by the mode's strategy, `modes`) and sent (`fanout`). One task
+//! per node, so effects for one user can never overtake each other, and every frame to a socket
+//! leaves from here in order. Payloads are in `payloads`, snapshot paging in `paging`.
 
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::time::{Duration, Instant};
 
-use serde::Serialize;
-use serde_json::value::RawValue;
 use socketioxide::adapter::Adapter;
 use socketioxide::extract::SocketRef;
-use socketioxide::operators::BroadcastOperators;
-use socketioxide::{BroadcastError, SendError, SocketError, SocketIo};
+use socketioxide::SocketIo;
 use tokio::sync::{mpsc, oneshot, Notify};
 
 use crate::backend::{Changes, PresenceBackend};
 use crate::config::EventMode;
-use crate::diff::{DiffBatch, PagedSnapshot, PresenceDiff};
+use crate::fanout::Fanout;
 use crate::metrics::Metrics;
 use crate::model::{Effect, PresenceModel, TooManySockets, User};
+use crate::modes::{self, Announce, Env};
+use crate::paging::{PageRecipients, Paging};
+use crate::payloads::OnlineUsers;
 
 pub enum Command<A: Adapter> {
     Apply(Effect),
@@ -33,26 +34,6 @@ pub enum Command<A: Adapter> {
         ready: oneshot::Sender<()>,
         done: oneshot::Sender<()>,
     },
-}
-
-#[derive(Serialize)]
-#[serde(rename_all = "camelCase")]
-pub struct OnlineUsers<'a> {
-    pub online_users: &'a [User],
-}
-
-#[derive(Serialize)]
-#[serde(rename_all = "camelCase")]
-struct UserConnected<'a> {
-    online_users: &'a [User],
-    user: &'a User,
-}
-
-#[derive(Serialize)]
-#[serde(rename_all = "camelCase")]
-struct UserDisconnected<'a> {
-    online_users: &'a [User],
-    user_id: &'a str,
 }
 
 /// The node's presence: the model plus the queue to the announcer. Every model change and the
@@ -133,7 +114,7 @@ impl<A: Adapter> Presence<A> {
         model.next_release()
     }
 
-    fn held(&self) -> Vec<User> {
+    pub(crate) fn held(&self) -> Vec<User> {
         self.model().held()
     }
 
@@ -151,31 +132,9 @@ pub struct AnnouncerConfig {
     pub diff_window: Duration,
     pub heartbeat_interval: Duration,
     pub emit_timeout: Duration,
-    /// Diff mode: users per snapshot frame (see [`PagedSnapshot`]).
+    /// Diff mode: users per snapshot frame (see [`crate::diff::PagedSnapshot`]).
     pub snapshot_page_size: usize,
 }
-
-/// The room of sockets that have been sent their snapshot. Every broadcast goes to it only, and
-/// a socket joins it in this task right after its `online_users` is queued, so no socket can
-/// be sent a change before the list it applies to (diff mode's order; compat's too).
-pub const LIVE_ROOM: &str = "presence:live";
-
-/// Who the rest of a paged snapshot goes to.
-enum PageRecipients<A: Adapter> {
-    /// Sockets that just connected (their `online_users` carried the first page).
-    Sockets(Vec<SocketRef<A>>),
-    /// Every socket on every node (a cluster-wide refresh).
-    Everyone,
-}
-
-/// Pause between two rounds of pages: at least this, plus [`PAGE_PAUSE_PER_FRAME`] per frame the
-/// round queued. The point is that each socket's writer has put the previous page on the wire
-/// (and its client has read it) before the next is queued: pages queued together would sit in
-/// the socket's queue together, and a ramp of thousands of late joiners would hold them all.
-const PAGE_PAUSE: Duration = Duration::from_millis(1);
-/// Roughly what one small frame costs to write and read on this machine's loopback (a send
-/// and a receive syscall, the client's frame parsing), measured with `examples/presence_bench`.
-const PAGE_PAUSE_PER_FRAME: Duration = Duration::from_micros(10);
 
 /// Creates the node's presence and spawns its announcer task.
 pub fn start<A: Adapter>(
@@ -193,63 +152,58 @@ pub fn start<A: Adapter>(
         metrics: metrics.clone(),
     });
     let announcer = Announcer {
-        presence: Arc::downgrade(&presence),
-        io,
-        backend,
-        metrics,
-        cfg,
-        batch: DiffBatch::default(),
-        last_flush: Instant::now(),
+        mode: modes::for_mode(cfg.mode, cfg.diff_window, cfg.snapshot_page_size),
+        paging: Paging::default(),
+        core: Core {
+            presence: Arc::downgrade(&presence),
+            fanout: Fanout::new(io, cfg.emit_timeout, metrics.clone()),
+            backend,
+            metrics,
+        },
+        heartbeat_interval: cfg.heartbeat_interval,
+        emit_timeout: cfg.emit_timeout,
         waiting_snapshot: Vec::new(),
-        paging: Vec::new(),
-        next_page_at: Instant::now(),
-        ns: None,
         stopping: None,
         refresh_at: None,
-        held_over: None,
-        last_list: Vec::new(),
         unconfirmed_leaves: Vec::new(),
     };
     tokio::spawn(announcer.run(presence.clone(), rx));
     presence
 }
 
-struct Announcer<A: Adapter> {
-    /// The node's own model (weak: the presence owns the queue this task reads), whose users
-    /// compat lists always carry.
+/// What the announcer hands its strategy and its paging (see [`Env`]).
+struct Core<A: Adapter> {
     presence: Weak<Presence<A>>,
-    io: SocketIo<A>,
+    fanout: Fanout<A>,
     backend: Arc<dyn PresenceBackend>,
     metrics: Metrics,
-    cfg: AnnouncerConfig,
-    batch: DiffBatch,
-    /// When the last `presence_diff` went out: the next one goes out at once if a window has
-    /// passed since (a lone change is not delayed), else at the end of that window (a burst
-    /// of changes is coalesced).
-    last_flush: Instant,
+}
+
+impl<A: Adapter> Core<A> {
+    fn env(&self) -> Env<'_, A> {
+        Env {
+            fanout: &self.fanout,
+            backend: &*self.backend,
+            metrics: &self.metrics,
+            presence: &self.presence,
+        }
+    }
+}
+
+struct Announcer<A: Adapter> {
+    /// Compat or diff.
+    mode: Box<dyn Announce<A>>,
+    paging: Paging<A>,
+    core: Core<A>,
+    heartbeat_interval: Duration,
+    emit_timeout: Duration,
     /// Sockets whose snapshot is due, served together after the queue is drained (one read
     /// and one serialization of the list for all of them, however many connected at once).
     waiting_snapshot: Vec<SocketRef<A>>,
-    /// Snapshots still being sent page by page; every page is checked against the backend just
-    /// before it goes out, in the announcer's order with the diffs, so a user who left after the
-    /// list was read is never announced after their leave.
-    paging: Vec<(PagedSnapshot, PageRecipients<A>)>,
-    /// When the next round of pages may go out (one page per paged snapshot per round).
-    next_page_at: Instant,
-    /// The default namespace, kept from the moment the node starts stopping: closing the
-    /// server removes it from `io`, and the leaves still have to be broadcast after that.
-    ns: Option<BroadcastOperators<A>>,
     /// Set by [`Command::Stop`]: when to give up waiting, and whom to tell that we are done.
     stopping: Option<(Instant, oneshot::Sender<()>)>,
     /// When the refresh asked for by [`Command::Refresh`] goes out.
     refresh_at: Option<Instant>,
-    /// Compat mode: the list as it was when the shared store became unreachable, kept (with this
-    /// node's own changes applied) until the refresh after it is back. Until every node has
-    /// stored its users again, a list read from the store misses some; the seed's events carry
-    /// the whole list, and dropping a user who never left would make them flap for everyone.
-    held_over: Option<Vec<User>>,
-    /// Compat mode: the list the last broadcast carried.
-    last_list: Vec<User>,
     /// Re-sync leaves waiting for the next heartbeat's check (see [`Changes`]).
     unconfirmed_leaves: Vec<String>,
 }
@@ -264,7 +218,7 @@ impl<A: Adapter> Announcer<A> {
         presence: Arc<Presence<A>>,
         mut rx: mpsc::UnboundedReceiver<Command<A>>,
     ) {
-        let mut heartbeat = tokio::time::interval(self.cfg.heartbeat_interval);
+        let mut heartbeat = tokio::time::interval(self.heartbeat_interval);
         heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let far = Duration::from_secs(3600);
         let mut next_release: Option<Instant> = None;
@@ -274,16 +228,17 @@ impl<A: Adapter> Announcer<A> {
             }
             let stop_at = self.stopping.as_ref().map(|(at, _)| *at);
             let release_at = next_release.unwrap_or_else(|| Instant::now() + far);
-            let flush_at = self.last_flush + self.cfg.diff_window;
+            let flush_at = self.mode.flush_due();
+            let page_at = self.paging.due();
             tokio::select! {
                 biased;
                 // Before the queue, so that a flood of connects cannot hold a diff back.
-                _ = tokio::time::sleep_until(flush_at.into()), if !self.batch.is_empty() => {
-                    self.flush().await;
+                _ = tokio::time::sleep_until(flush_at.unwrap_or(release_at).into()), if flush_at.is_some() => {
+                    self.mode.flush(&self.core.env()).await;
                 }
                 // Also before the queue: a connect flood must not stall the snapshots under way.
-                _ = tokio::time::sleep_until(self.next_page_at.into()), if !self.paging.is_empty() => {
-                    self.send_pages().await;
+                _ = tokio::time::sleep_until(page_at.unwrap_or(release_at).into()), if page_at.is_some() => {
+                    self.paging.send_round(&self.core.env()).await;
                 }
                 cmd = rx.recv() => {
                     let Some(cmd) = cmd else { break };
@@ -321,7 +276,7 @@ impl<A: Adapter> Announcer<A> {
     /// The node's last act: whatever it still holds is released, the leaves announced, the node
     /// removed from the cluster (other nodes need not wait for its heartbeat to expire).
     async fn leave_cluster(&mut self) {
-        match self.backend.leave().await {
+        match self.core.backend.leave().await {
             Ok(leaves) => {
                 for id in leaves {
                     self.left(id).await;
@@ -332,15 +287,13 @@ impl<A: Adapter> Announcer<A> {
                 tracing::warn!(error = %e, "could not leave the cluster; the other nodes will reap this one")
             }
         }
-        self.flush().await;
+        self.mode.flush(&self.core.env()).await;
     }
 
     async fn handle(&mut self, cmd: Command<A>, presence: &Presence<A>) {
         match cmd {
             Command::Apply(effect) => {
-                // Compat mode broadcasts the whole list on each change: a burst of those could
-                // fill a waiting socket's queue before its snapshot is in, so they go first.
-                if self.cfg.mode == EventMode::Compat {
+                if self.mode.snapshots_before_changes() {
                     self.send_snapshots().await;
                 }
                 self.apply(effect).await
@@ -354,7 +307,7 @@ impl<A: Adapter> Announcer<A> {
                 ready,
                 done,
             } => {
-                self.ns = self.io.of("/");
+                self.core.fanout.keep_namespace();
                 self.stopping = Some((deadline, done));
                 // Closing the server drops the sockets without their disconnect handlers (the
                 // namespace is gone by then): they count as disconnected from now on.
@@ -371,7 +324,7 @@ impl<A: Adapter> Announcer<A> {
     }
 
     fn schedule_refresh(&mut self) {
-        let at = Instant::now() + self.cfg.heartbeat_interval * 2 + self.cfg.emit_timeout;
+        let at = Instant::now() + self.heartbeat_interval * 2 + self.emit_timeout;
         self.refresh_at = Some(self.refresh_at.map_or(at, |t| t.max(at)));
     }
 
@@ -379,26 +332,29 @@ impl<A: Adapter> Announcer<A> {
     /// broadcast while it was down never reached the other nodes.
     async fn refresh(&mut self) {
         self.refresh_at = None;
-        self.held_over = None;
+        self.mode.refreshing();
         // After the changes queued before it, so the list read here includes them.
-        self.flush().await;
-        let online = self.online().await;
-        let (first, rest) = self.first_page(online);
-        self.broadcast(
-            "online_users",
-            &OnlineUsers {
-                online_users: &first,
-            },
-        )
-        .await;
+        self.mode.flush(&self.core.env()).await;
+        let online = self.core.env().online().await;
+        let (first, rest) = self.mode.first_page(online);
+        self.core
+            .fanout
+            .broadcast(
+                "online_users",
+                &OnlineUsers {
+                    online_users: &first,
+                },
+            )
+            .await;
         if let Some(rest) = rest {
-            self.start_paging(rest, PageRecipients::Everyone);
+            self.paging.start(rest, PageRecipients::Everyone);
         }
     }
 
     async fn apply(&mut self, effect: Effect) {
+        let backend = &self.core.backend;
         match effect {
-            Effect::Hold(user) => match self.backend.hold(&user).await {
+            Effect::Hold(user) => match backend.hold(&user).await {
                 Ok(true) => self.joined(user).await,
                 Ok(false) => {}
                 Err(e) => {
@@ -408,7 +364,7 @@ impl<A: Adapter> Announcer<A> {
                     self.joined(user).await;
                 }
             },
-            Effect::Release(id) => match self.backend.release(&id).await {
+            Effect::Release(id) => match backend.release(&id).await {
                 Ok(true) => self.left(id).await,
                 Ok(false) => {}
                 // Not announced: during an outage this node cannot tell whether the user is
@@ -424,11 +380,8 @@ impl<A: Adapter> Announcer<A> {
     /// `settled`: no effect is queued, so the model's users are exactly what should be stored.
     async fn maintain(&mut self, presence: &Presence<A>, settled: bool) {
         let held = presence.held();
-        match self
-            .backend
-            .maintain(settled.then_some(held.as_slice()))
-            .await
-        {
+        let backend = self.core.backend.clone();
+        match backend.maintain(settled.then_some(held.as_slice())).await {
             Ok(Changes {
                 joins,
                 leaves,
@@ -440,7 +393,7 @@ impl<A: Adapter> Announcer<A> {
                 let to_check = std::mem::replace(&mut self.unconfirmed_leaves, unconfirmed_leaves);
                 if !to_check.is_empty() {
                     let ids: Vec<&str> = to_check.iter().map(String::as_str).collect();
-                    match self.backend.lookup(&ids).await {
+                    match backend.lookup(&ids).await {
                         Ok(found) => {
                             for (id, user) in to_check.iter().zip(found) {
                                 if user.is_none() {
@@ -452,10 +405,7 @@ impl<A: Adapter> Announcer<A> {
                         Err(_) => self.unconfirmed_leaves.extend(to_check),
                     }
                 }
-                if store_lost && self.cfg.mode == EventMode::Compat && self.held_over.is_none() {
-                    // What clients were last told stands until the refresh: the store is being
-                    // refilled node by node.
-                    self.held_over = Some(self.last_list.clone());
+                if store_lost && self.mode.store_lost() {
                     self.schedule_refresh();
                 }
                 for id in leaves {
@@ -468,119 +418,34 @@ impl<A: Adapter> Announcer<A> {
             }
             Err(e) => tracing::warn!(error = %e, "presence heartbeat failed"),
         }
-        let healthy = self.backend.is_healthy();
-        self.metrics.backend_healthy.set(healthy as i64);
+        let healthy = backend.is_healthy();
+        self.core.metrics.backend_healthy.set(healthy as i64);
         // Refreshes the gauge and the backend's last known view (what an outage serves).
-        let online = self.online().await;
-        if healthy && self.held_over.is_none() && self.cfg.mode == EventMode::Compat {
-            self.last_list.clone_from(&online);
-        }
-        if !healthy && self.held_over.is_none() && self.cfg.mode == EventMode::Compat {
-            self.held_over = Some(online);
-        } else if healthy && self.held_over.is_some() && self.refresh_at.is_none() {
-            // Back without the link having dropped: the refresh still ends the held-over list.
+        let online = self.core.env().online().await;
+        if self.mode.heartbeat(online, healthy) && self.refresh_at.is_none() {
             self.schedule_refresh();
-        }
-    }
-
-    async fn online(&self) -> Vec<User> {
-        match self.backend.online().await {
-            Ok(users) => {
-                self.metrics.online_users.set(users.len() as i64);
-                users
-            }
-            Err(e) => {
-                tracing::warn!(error = %e, "cannot read who is online");
-                Vec::new()
-            }
         }
     }
 
     async fn joined(&mut self, user: User) {
         tracing::debug!(user = %user.id, "online");
-        match self.cfg.mode {
-            EventMode::Compat => {
-                let mut online = self.compat_list().await;
-                // During an outage the list is the last known view: keep it consistent with the event.
-                if !online.iter().any(|u| u.id == user.id) {
-                    online.push(user.clone());
-                }
-                if let Some(kept) = &mut self.held_over {
-                    kept.retain(|u| u.id != user.id);
-                    kept.push(user.clone());
-                }
-                let payload = UserConnected {
-                    online_users: &online,
-                    user: &user,
-                };
-                self.broadcast("user_connected", &payload).await;
-                self.last_list = online;
-            }
-            EventMode::Diff => self.batch.join(user),
-        }
+        self.mode.joined(&self.core.env(), user).await;
     }
 
     async fn left(&mut self, user_id: String) {
         tracing::debug!(user = %user_id, "offline");
-        match self.cfg.mode {
-            EventMode::Compat => {
-                let mut online = self.compat_list().await;
-                online.retain(|u| u.id != user_id);
-                if let Some(kept) = &mut self.held_over {
-                    kept.retain(|u| u.id != user_id);
-                }
-                let payload = UserDisconnected {
-                    online_users: &online,
-                    user_id: &user_id,
-                };
-                self.broadcast("user_disconnected", &payload).await;
-                self.last_list = online;
-            }
-            EventMode::Diff => self.batch.leave(user_id),
-        }
-    }
-
-    /// The list a compat event carries: what the store says, plus this node's own users, plus,
-    /// until the refresh after an outage, whoever was online before it and has not been seen
-    /// leaving since.
-    async fn compat_list(&self) -> Vec<User> {
-        let mut online = self.online().await;
-        let own = self
-            .presence
-            .upgrade()
-            .map(|p| p.held())
-            .unwrap_or_default();
-        // This node's own users are online whatever the store says: after Redis lost its data,
-        // a read before this node's next heartbeat would miss them.
-        for user in own.iter().chain(self.held_over.iter().flatten()) {
-            if !online.iter().any(|u| u.id == user.id) {
-                online.push(user.clone());
-            }
-        }
-        online.sort_by(|a, b| a.id.cmp(&b.id));
-        online
-    }
-
-    async fn flush(&mut self) {
-        self.last_flush = Instant::now();
-        if let Some(diff) = self.batch.take() {
-            // The online gauge is refreshed by the heartbeat: reading the whole list here would
-            // make every diff O(N).
-            for page in diff.into_pages(self.cfg.snapshot_page_size) {
-                self.broadcast("presence_diff", &page).await;
-            }
-        }
+        self.mode.left(&self.core.env(), user_id).await;
     }
 
     /// `online_users` to every waiting socket: the list is read and serialized once; each
     /// socket then only copies the bytes. In diff mode a long list is paged: the rest follows
-    /// from [`Self::send_pages`].
+    /// from [`Paging::send_round`].
     async fn send_snapshots(&mut self) {
         if self.waiting_snapshot.is_empty() {
             return;
         }
-        let online = self.online().await;
-        let (first, rest) = self.first_page(online);
+        let online = self.core.env().online().await;
+        let (first, rest) = self.mode.first_page(online);
         let payload = match serde_json::value::to_raw_value(&OnlineUsers {
             online_users: &first,
         }) {
@@ -591,142 +456,14 @@ impl<A: Adapter> Announcer<A> {
                 return;
             }
         };
-        let mut sent = Vec::with_capacity(self.waiting_snapshot.len());
-        for socket in self.waiting_snapshot.drain(..) {
-            if let Err(e) = socket.emit("online_users", &*payload as &RawValue) {
-                tracing::debug!(error = %e, sid = %socket.id, "snapshot not sent (socket gone?)");
-            } else {
-                self.metrics.emitted("online_users");
-                socket.join(LIVE_ROOM);
-                sent.push(socket);
-            }
-        }
+        let sent = self
+            .core
+            .fanout
+            .snapshot(self.waiting_snapshot.drain(..), &payload);
         if let Some(rest) = rest {
             if !sent.is_empty() {
-                self.start_paging(rest, PageRecipients::Sockets(sent));
+                self.paging.start(rest, PageRecipients::Sockets(sent));
             }
         }
-    }
-
-    /// Compat mode keeps the seed's single `online_users`; diff mode pages a long list.
-    fn first_page(&self, online: Vec<User>) -> (Vec<User>, Option<PagedSnapshot>) {
-        match self.cfg.mode {
-            EventMode::Compat => (online, None),
-            EventMode::Diff => PagedSnapshot::start(online, self.cfg.snapshot_page_size),
-        }
-    }
-
-    fn start_paging(&mut self, rest: PagedSnapshot, to: PageRecipients<A>) {
-        if self.paging.is_empty() {
-            self.next_page_at = Instant::now() + PAGE_PAUSE;
-        }
-        self.paging.push((rest, to));
-    }
-
-    /// One round: the next page of every paged snapshot, as `presence_diff` joins. Users who
-    /// left since the list was read are dropped (their leave went out already, or is in the
-    /// batch and goes out after this page); users who joined since reach the sockets as diffs.
-    async fn send_pages(&mut self) {
-        let mut paging = std::mem::take(&mut self.paging);
-        let mut frames = 0u32;
-        for (pages, to) in &mut paging {
-            let Some(page) = pages.next_page() else {
-                continue;
-            };
-            let ids: Vec<&str> = page.iter().map(|u| u.id.as_str()).collect();
-            let joins: Vec<User> = match self.backend.lookup(&ids).await {
-                Ok(current) => current.into_iter().flatten().collect(),
-                Err(e) => {
-                    // Outage: the list as read is the last known view, like `online()` serves.
-                    tracing::debug!(error = %e, "snapshot page not checked; sent as read");
-                    page.to_vec()
-                }
-            };
-            if joins.is_empty() {
-                continue;
-            }
-            let diff = PresenceDiff {
-                joins,
-                leaves: Vec::new(),
-            };
-            match to {
-                PageRecipients::Everyone => {
-                    frames += 1;
-                    self.broadcast("presence_diff", &diff).await
-                }
-                PageRecipients::Sockets(sockets) => {
-                    let payload = match serde_json::value::to_raw_value(&diff) {
-                        Ok(p) => p,
-                        Err(e) => {
-                            tracing::error!(error = %e, "cannot serialize a snapshot page");
-                            continue;
-                        }
-                    };
-                    sockets.retain(|socket| {
-                        match socket.emit("presence_diff", &*payload as &RawValue) {
-                            Ok(()) => {
-                                self.metrics.emitted("presence_diff");
-                                frames += 1;
-                                true
-                            }
-                            // A socket that is gone gets no further pages.
-                            Err(SendError::Socket(SocketError::Closed)) => false,
-                            // Its queue is full: a page lost would leave it a partial list for
-                            // good. Closed instead, it reconnects and gets a fresh snapshot.
-                            Err(e) => {
-                                tracing::warn!(error = %e, sid = %socket.id, "socket too slow for its snapshot; closing it");
-                                let _ = socket.clone().disconnect();
-                                false
-                            }
-                        }
-                    });
-                }
-            }
-        }
-        paging.retain(|(pages, to)| {
-            !pages.is_done() && !matches!(to, PageRecipients::Sockets(s) if s.is_empty())
-        });
-        paging.append(&mut self.paging);
-        self.paging = paging;
-        self.next_page_at = Instant::now() + PAGE_PAUSE + PAGE_PAUSE_PER_FRAME * frames;
-    }
-
-    /// To every socket on every node. If the adapter cannot reach the other nodes (Redis
-    /// outage), this node's own sockets are still told.
-    async fn broadcast<T: Serialize + ?Sized>(&self, event: &'static str, payload: &T) {
-        let Some(ns) = self.ns.clone().or_else(|| self.io.of("/")) else {
-            tracing::warn!(event, "no default namespace (server closed?); not sent");
-            return;
-        };
-        let sent = tokio::time::timeout(
-            self.cfg.emit_timeout,
-            ns.clone().to(LIVE_ROOM).emit(event, payload),
-        )
-        .await;
-        let ok = match sent {
-            Ok(Ok(())) => true,
-            // The adapter published first: only some of this node's sockets (closing, or too
-            // slow) missed it, and re-sending to all of them would duplicate it for the others.
-            Ok(Err(BroadcastError::Socket(errors))) => {
-                tracing::debug!(
-                    event,
-                    sockets = errors.len(),
-                    "not sent to some local sockets"
-                );
-                true
-            }
-            Ok(Err(_)) | Err(_) => false,
-        };
-        if !ok {
-            tracing::warn!(
-                event,
-                "cluster broadcast failed; emitting to local sockets only"
-            );
-            if let Err(e) = ns.local().to(LIVE_ROOM).emit(event, payload).await {
-                tracing::warn!(event, error = %e, "local broadcast failed");
-                return;
-            }
-        }
-        self.metrics.emitted(event);
     }
 }

@@ -209,7 +209,7 @@ async fn serve(
     // Tests and scripts that bind port 0 read the real address from this line on stdout.
     println!("presence-service listening on {addr}");
     tracing::info!(%addr, "listening");
-    let listener = crate::connection_fd::TcpNodelayListener(listener);
+    let listener = crate::listener::TcpNodelayListener(listener);
     // Both outside the Socket.IO layer, so they run before it sees (and keeps) the handshake:
     // first its headers leave the read buffer, then its assertion is checked and dropped.
     let router = router
@@ -219,14 +219,8 @@ async fn serve(
         ))
         .layer(axum::middleware::map_request(
             crate::handshake_memory::detach_from_read_buffer,
-        ))
-        .layer(axum::middleware::map_request(
-            crate::connection_fd::hand_to_transport,
         ));
-    let server = axum::serve(
-        listener,
-        router.into_make_service_with_connect_info::<crate::connection_fd::ConnFd>(),
-    );
+    let server = axum::serve(listener, router.into_make_service());
     tokio::select! {
         res = server => res.map_err(|source| StartError::Listen { addr, source }),
         () = shutdown => {

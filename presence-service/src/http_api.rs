@@ -11,10 +11,10 @@ use axum::{Json, Router};
 use socketioxide::adapter::Adapter;
 use socketioxide::SocketIo;
 
-use crate::announcer::OnlineUsers;
 use crate::backend::PresenceBackend;
 use crate::cluster_link::LinkStatus;
 use crate::metrics::Metrics;
+use crate::payloads::OnlineUsers;
 use crate::sockets::session_room;
 use crate::trust::Trust;
 

@@ -10,13 +10,17 @@ mod app;
 mod backend;
 mod cluster_link;
 mod config;
-mod connection_fd;
 mod diff;
+mod fanout;
 mod handshake_check;
 mod handshake_memory;
 mod http_api;
+mod listener;
 mod metrics;
 mod model;
+mod modes;
+mod paging;
+mod payloads;
 mod sockets;
 mod trust;
 
@@ -29,8 +33,8 @@ mod trust;
 /// returned: 17.4 KB per idle socket, against 14.6 KB without them, for about 5% more CPU per
 /// broadcast (`integration/bench/presence/run.sh`; `/metrics` shows allocated vs resident).
 /// Freed pages are returned by jemalloc's background thread: without it they are purged only
-/// when the process next allocates, and a node whose idle sockets allocate nothing (broadcasts
-/// are written straight to them) kept the ramp's freed pages for as long as it stayed quiet.
+/// when the process next allocates, and a quiet node kept the ramp's freed pages for as long as
+/// it stayed quiet.
 #[global_allocator]
 static ALLOC: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 

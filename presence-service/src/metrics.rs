@@ -1,8 +1,6 @@
 //! Prometheus metrics served on `/metrics`.
 
-use prometheus::{
-    Encoder, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry, TextEncoder,
-};
+use prometheus::{Encoder, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry, TextEncoder};
 
 #[derive(Clone)]
 pub struct Metrics {
@@ -16,9 +14,6 @@ pub struct Metrics {
     /// Heap bytes the service uses, and what the allocator holds resident for it. The gap is
     /// fragmentation and freed memory not yet returned: what per-socket memory tuning is about.
     allocator: IntGaugeVec,
-    /// Frames a broadcast wrote straight to an idle websocket, without its writer task (the
-    /// rest, and everything to polling clients, go through each socket's queue).
-    direct_frames: IntCounter,
 }
 
 impl Metrics {
@@ -61,11 +56,6 @@ impl Metrics {
             ),
             &["kind"],
         )?;
-        let direct_frames = IntCounter::new(
-            "presence_direct_frames_total",
-            "Frames written straight to idle websockets by the broadcasting thread",
-        )?;
-        registry.register(Box::new(direct_frames.clone()))?;
         registry.register(Box::new(allocator.clone()))?;
         registry.register(Box::new(connected_sockets.clone()))?;
         registry.register(Box::new(online_users.clone()))?;
@@ -84,7 +74,6 @@ impl Metrics {
             backend_healthy,
             cluster_link_up,
             allocator,
-            direct_frames,
         })
     }
 
@@ -98,9 +87,6 @@ impl Metrics {
 
     pub fn render(&self) -> String {
         self.read_allocator();
-        let written = engineioxide::direct_frames_written();
-        self.direct_frames
-            .inc_by(written.saturating_sub(self.direct_frames.get()));
         let mut buf = Vec::new();
         if let Err(e) = TextEncoder::new().encode(&self.registry.gather(), &mut buf) {
             tracing::error!(error = %e, "metrics encoding failed");

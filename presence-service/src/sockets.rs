@@ -9,11 +9,12 @@ use socketioxide::handler::ConnectHandler;
 use socketioxide::SocketIo;
 use socketioxide_core::adapter::DefinedAdapter;
 
-use crate::announcer::{OnlineUsers, Presence};
+use crate::announcer::Presence;
 use crate::backend::PresenceBackend;
 use crate::handshake_check::CheckedAssertion;
 use crate::metrics::Metrics;
 use crate::model::User;
+use crate::payloads::OnlineUsers;
 use crate::trust::Trust;
 
 /// Shared by every handler.

@@ -143,16 +143,9 @@ describe('diff mode', () => {
     watcher.close();
   });
 
-  // Frames written straight to websockets so far, from the node's metrics.
-  const direct = async () => {
-    const text = await (await fetch(`${node.url}/metrics`)).text();
-    return Number(/^presence_direct_frames_total (\d+)$/m.exec(text)?.[1] ?? NaN);
-  };
-
-  // Websocket sockets get broadcasts written straight to them (not through their writer task):
-  // the frames must still arrive whole and in order, and the metric shows the path.
-  test('broadcasts written straight to websocket sockets arrive in order', async () => {
-    const before = await direct();
+  // Broadcasts reach websocket-only and upgraded clients whole and in order (the abuse test in
+  // python/test_abuse.py does the same under a ping flood with stalled reads).
+  test('broadcasts reach websocket sockets in order', async () => {
     const watchers = await Promise.all(['d-w1', 'd-w2', 'd-w3'].map((id) => new Tab(node.url, token(id), { transports: ['websocket'] }).connected()));
     const marks = watchers.map((w) => w.mark());
     const order = ['d-1', 'd-2', 'd-3', 'd-4', 'd-5'];
@@ -165,21 +158,16 @@ describe('diff mode', () => {
       const seen = w.events.slice(marks[i]).filter((e) => e.event === 'presence_diff').flatMap((e) => e.data.joins.map((u) => u.id)).filter((id) => order.includes(id));
       assert.deepEqual(seen, order);
     }
-    const after = await direct();
-    assert.ok(after - before >= order.length * watchers.length, `direct frames ${before} -> ${after}`);
     [...joiners, ...watchers].forEach((t) => t.close());
   });
 
-  test('a client upgraded from polling gets its broadcasts written straight to it too', async () => {
+  test('a client upgraded from polling gets its broadcasts in order too', async () => {
     const watcher = await new Tab(node.url, token('u-w')).connected();
     const engine = watcher.socket.io.engine;
     if (engine.transport.name !== 'websocket') await new Promise((resolve) => engine.once('upgrade', resolve));
     // Its own join comes back to it as a diff too: out of the way first.
     await watcher.waitFor('presence_diff', (d) => d.joins.some((u) => u.id === 'u-w'));
     const mark = watcher.mark();
-    const before = await direct();
-    // Polling-only joiners: nothing is ever written to them directly, so every direct frame
-    // counted below went to the upgraded watcher.
     const order = ['u-1', 'u-2', 'u-3'];
     const joiners = [];
     for (const id of order) {
@@ -188,8 +176,6 @@ describe('diff mode', () => {
     }
     const seen = watcher.events.slice(mark).filter((e) => e.event === 'presence_diff').flatMap((e) => e.data.joins.map((u) => u.id));
     assert.deepEqual(seen, order);
-    const written = (await direct()) - before;
-    assert.ok(written >= order.length, `${written} direct frames for ${order.length} diffs`);
     [...joiners, watcher].forEach((t) => t.close());
   });
 

@@ -59,8 +59,7 @@ use std::{
     fmt::Debug,
     sync::{
         Arc,
-        OnceLock,
-        atomic::{AtomicBool, AtomicU8, AtomicUsize, Ordering},
+        atomic::{AtomicBool, AtomicU8, Ordering},
     },
     time::Duration,
 };
@@ -118,60 +117,21 @@ impl From<&Error> for Option<DisconnectReason> {
 /// (5.4 KiB per socket, idle or not).
 pub(crate) type Queued = Box<PacketBuf>;
 
-/// PATCHED (edge-gateway): what became of a message written straight to a websocket.
-pub(crate) enum Direct {
-    /// On the wire.
-    Written,
-    /// The writer is busy or has queued messages: the message goes through the queue.
-    Busy,
-    /// The connection is broken; the reader side will close the session.
-    Failed,
-}
-
-/// PATCHED (edge-gateway): the websocket of a v4 session on a plain TCP connection
-/// (`ConnectionFd`), writable from the thread that emits. A broadcast to thousands of sockets
-/// otherwise wakes one writer task per socket, queues one boxed entry per socket, and each task
-/// frames the message through tokio-tungstenite: per socket, about twice the cost of the write
-/// syscall itself. Here a message to an idle socket is framed on the stack and written to the
-/// socket at once; a socket whose writer is busy, or which has messages queued, gets it through
-/// the queue as before, so the order of messages never changes.
-pub(crate) trait DirectWrite: Send + Sync {
-    /// Writes the text frame `text` if the writer is idle and `queued` is 0 (both checked under
-    /// the writer's lock).
-    fn try_write(&self, text: &str, queued: &AtomicUsize) -> Direct;
-}
-
 /// A permit to emit a message to the client.
 /// A permit holds a place in the internal channel to send one packet to the client.
 pub struct Permit<'a> {
     inner: mpsc::Permit<'a, Queued>,
-    // PATCHED (edge-gateway): see [`DirectWrite`].
-    direct: Option<&'a dyn DirectWrite>,
-    queued: &'a AtomicUsize,
 }
 impl Permit<'_> {
-    /// PATCHED (edge-gateway): every entry put in the queue is counted until the websocket
-    /// writer has written it (see [`DirectWrite`]).
-    fn queue(self, packets: Queued) {
-        self.queued.fetch_add(1, Ordering::AcqRel);
-        self.inner.send(packets);
-    }
-
     /// Consume the permit and emit a message to the client.
     #[inline]
     pub fn emit(self, msg: Str) {
-        if let Some(direct) = self.direct {
-            match direct.try_write(&msg, self.queued) {
-                Direct::Written | Direct::Failed => return,
-                Direct::Busy => {}
-            }
-        }
-        self.queue(Box::new(smallvec![Packet::Message(msg)]));
+        self.inner.send(Box::new(smallvec![Packet::Message(msg)]));
     }
     /// Consume the permit and emit a binary message to the client.
     #[inline]
     pub fn emit_binary(self, data: Bytes) {
-        self.queue(Box::new(smallvec![Packet::Binary(data)]));
+        self.inner.send(Box::new(smallvec![Packet::Binary(data)]));
     }
 
     /// Consume the permit and emit a message with multiple binary data to the client.
@@ -183,7 +143,7 @@ impl Permit<'_> {
         for d in data {
             packets.push(Packet::Binary(d));
         }
-        self.queue(Box::new(packets));
+        self.inner.send(Box::new(packets));
     }
 
     /// Consume the permit and emit a message with multiple binary data to the client.
@@ -195,7 +155,7 @@ impl Permit<'_> {
         for d in data {
             packets.push(Packet::Binary(d));
         }
-        self.queue(Box::new(packets));
+        self.inner.send(Box::new(packets));
     }
 }
 
@@ -261,11 +221,6 @@ where
     /// Channel to send [PacketBuf] to the internal connection
     pub(crate) internal_tx: mpsc::Sender<Queued>,
 
-    // PATCHED (edge-gateway): the websocket writer's direct path (set for websocket-only
-    // sessions), and how many queue entries it has not written yet (see [`DirectWrite`]).
-    pub(crate) direct: OnceLock<Box<dyn DirectWrite>>,
-    pub(crate) queued: AtomicUsize,
-
     /// Channel to send volatile [PacketBuf]s that bypass the internal buffer.
     /// Uses a [`watch`](tokio::sync::watch) channel so only the latest volatile
     /// message is retained; subsequent volatile sends overwrite the previous one.
@@ -319,8 +274,6 @@ where
 
             internal_rx: Mutex::new(InternalRx::new(internal_rx, volatile_rx)),
             internal_tx,
-            direct: OnceLock::new(),
-            queued: AtomicUsize::new(0),
 
             volatile_tx,
 
@@ -338,20 +291,12 @@ where
     }
 
     /// Sends a packet to the connection.
-    /// PATCHED (edge-gateway): queues an entry, counted until the websocket writer has written
-    /// it (see [`DirectWrite`]). Counted first, so that the count never runs below zero.
-    pub(crate) fn enqueue(&self, packets: Queued) -> Result<(), TrySendError<Queued>> {
-        self.queued.fetch_add(1, Ordering::AcqRel);
-        self.internal_tx.try_send(packets).inspect_err(|_| {
-            self.queued.fetch_sub(1, Ordering::AcqRel);
-        })
-    }
-
     pub(crate) fn send(&self, packet: Packet) -> Result<(), TrySendError<Packet>> {
         #[cfg(feature = "tracing")]
         tracing::debug!(?packet, "sending packet");
 
-        self.enqueue(Box::new(smallvec![packet]))
+        self.internal_tx
+            .try_send(Box::new(smallvec![packet]))
             .map_err(|p| match p {
                 TrySendError::Full(mut p) => TrySendError::Full(p.pop().unwrap()),
                 TrySendError::Closed(mut p) => TrySendError::Closed(p.pop().unwrap()),
@@ -432,7 +377,8 @@ where
             #[cfg(feature = "tracing")]
             tracing::trace!(sid = ?self.id, "emitting ping");
 
-            self.enqueue(Box::new(smallvec![Packet::Ping]))
+            self.internal_tx
+                .try_send(Box::new(smallvec![Packet::Ping]))
                 .map_err(|_| Error::HeartbeatTimeout)?;
 
             #[cfg(feature = "tracing")]
@@ -468,7 +414,8 @@ where
 
             #[cfg(feature = "tracing")]
             tracing::trace!(sid = ?self.id, "ping received, sending pong");
-            self.enqueue(Box::new(smallvec![Packet::Pong]))
+            self.internal_tx
+                .try_send(Box::new(smallvec![Packet::Pong]))
                 .map_err(|_| Error::HeartbeatTimeout)?;
         }
     }
@@ -503,11 +450,7 @@ where
     #[inline]
     pub fn reserve(&self) -> Result<Permit<'_>, TrySendError<()>> {
         let permit = self.internal_tx.try_reserve()?;
-        Ok(Permit {
-            inner: permit,
-            direct: self.direct.get().map(|d| &**d),
-            queued: &self.queued,
-        })
+        Ok(Permit { inner: permit })
     }
 
     /// Emits a message to the client.
@@ -682,8 +625,6 @@ where
 
             internal_rx: Mutex::new(InternalRx::new(internal_rx, volatile_rx)),
             internal_tx,
-            direct: OnceLock::new(),
-            queued: AtomicUsize::new(0),
 
             volatile_tx,
 

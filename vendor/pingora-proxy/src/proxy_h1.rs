@@ -397,21 +397,12 @@ where
                 },
 
                 body = rx.recv(), if !request_done => {
-                    // PATCHED (edge-gateway, cloudflare/pingora#946): the end of the upgrade
-                    // request's own empty body is a plain `Body` task. When the 101 was read
-                    // first it must not be taken for the end of the tunnel; only the end of
-                    // the upgraded body (or a closed pipe) ends it.
-                    let plain_body_end = matches!(body, Some(HttpTask::Body(_, true)));
                     match send_body_to1(client_session, body).await {
                         Ok(send_done) => {
                             request_done = send_done;
                             // An upgraded request is terminated when either side is done
                             if request_done && client_session.was_upgraded() {
-                                if plain_body_end {
-                                    request_done = false;
-                                } else {
-                                    response_done = true;
-                                }
+                                response_done = true;
                             }
                         },
                         Err(e) => {

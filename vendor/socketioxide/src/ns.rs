@@ -167,10 +167,10 @@ impl<A: Adapter> Namespace<A> {
         #[cfg(feature = "tracing")]
         tracing::trace!(?socket.id, ?self.path, "socket added to namespace");
 
-        // PATCHED: the connection may have closed while the middlewares ran. Its disconnect
-        // handler looked for this socket in `self.sockets` before it was there, so nobody else
-        // would ever remove it. Engine.IO marks the session closed before it runs that handler,
-        // so checking after the insert cannot miss a close.
+        // PATCHED (edge-gateway): the connection may have closed while the middlewares ran. Its
+        // disconnect handler looked for this socket in `self.sockets` before it was there, so
+        // nobody else would ever remove it. Engine.IO marks the session closed before it runs
+        // that handler, so checking after the insert cannot miss a close.
         if esocket.is_closed() {
             self.remove_socket(sid);
             return Err(ConnectFail);
@@ -311,44 +311,24 @@ impl<A: Adapter> InnerEmitter for Namespace<A> {
     }
 
     fn send_many(&self, sids: BroadcastIter<'_>, data: Value) -> Result<(), Vec<SocketError>> {
-        // PATCHED (edge-gateway): a large broadcast is split over the machine's cores: this
-        // thread sends to the first part, scoped threads to the others, and all are done
-        // before this returns, so consecutive broadcasts still reach each socket in order. With
-        // the transport's direct writes (vendored engineioxide, `DirectWrite`) a send is the
-        // socket's own write syscall, and one thread was the whole fan-out's bottleneck.
-        let sids: Vec<Sid> = sids.collect();
-        let parts = broadcast_parallelism(sids.len());
+        // PATCHED (edge-gateway): the sockets are looked up a chunk at a time, each chunk under
+        // the socket map's read lock and sent after it is released. Held across all the sends,
+        // the lock made every connect and disconnect on the node (both take the write lock) wait
+        // for the whole broadcast, blocking the worker threads they ran on.
+        const CHUNK: usize = 256;
+        let mut sids = sids.peekable();
         let mut errs: Vec<SocketError> = Vec::new();
-        if parts <= 1 {
-            self.send_chunked(&sids, &data, &mut errs);
-        } else {
-            let per = sids.len().div_ceil(parts);
-            std::thread::scope(|scope| {
-                let mut ranges = sids.chunks(per);
-                let first = ranges.next().unwrap_or(&[]);
-                let mut helpers = Vec::new();
-                for range in ranges {
-                    let part = data.clone();
-                    let spawned = std::thread::Builder::new()
-                        .name("socketioxide-broadcast".into())
-                        .spawn_scoped(scope, move || {
-                            let mut errs = Vec::new();
-                            self.send_chunked(range, &part, &mut errs);
-                            errs
-                        });
-                    match spawned {
-                        Ok(helper) => helpers.push(helper),
-                        // No thread to spare: this one sends that part too.
-                        Err(_) => self.send_chunked(range, &data, &mut errs),
-                    }
+        let mut chunk: Vec<Arc<Socket<A>>> = Vec::with_capacity(CHUNK);
+        while sids.peek().is_some() {
+            {
+                let sockets = self.sockets.read().unwrap();
+                chunk.extend(sids.by_ref().take(CHUNK).filter_map(|sid| sockets.get(&sid).cloned()));
+            }
+            for socket in chunk.drain(..) {
+                if let Err(e) = socket.send_raw(data.clone()) {
+                    errs.push(e);
                 }
-                self.send_chunked(first, &data, &mut errs);
-                for helper in helpers {
-                    if let Ok(more) = helper.join() {
-                        errs.extend(more);
-                    }
-                }
-            });
+            }
         }
         if errs.is_empty() { Ok(()) } else { Err(errs) }
     }
@@ -677,34 +657,5 @@ mod tests {
         );
         assert!(ns.clone().connect(sid, esocket, None).await.is_ok());
         assert_eq!(calls.load(Ordering::SeqCst), 2);
-    }
-}
-
-/// PATCHED (edge-gateway): how many threads share a broadcast to `recipients` sockets: one per
-/// core, each with at least 1024 of them (below that a thread costs more than it saves).
-fn broadcast_parallelism(recipients: usize) -> usize {
-    static CORES: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
-    let cores = *CORES.get_or_init(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
-    cores.min(recipients / 1024).max(1)
-}
-
-impl<A: Adapter> Namespace<A> {
-    /// PATCHED (edge-gateway): sends to `sids`, looking them up 256 at a time, each chunk under
-    /// the socket map's read lock and sent after it is released. Held across all the sends, the
-    /// lock made every connect and disconnect on the node (both take the write lock) wait for
-    /// the whole broadcast, blocking the worker threads they ran on.
-    fn send_chunked(&self, sids: &[Sid], data: &Value, errs: &mut Vec<SocketError>) {
-        let mut chunk: Vec<Arc<Socket<A>>> = Vec::with_capacity(256);
-        for part in sids.chunks(256) {
-            {
-                let sockets = self.sockets.read().unwrap();
-                chunk.extend(part.iter().filter_map(|sid| sockets.get(sid).cloned()));
-            }
-            for socket in chunk.drain(..) {
-                if let Err(e) = socket.send_raw(data.clone()) {
-                    errs.push(e);
-                }
-            }
-        }
     }
 }

@@ -126,8 +126,7 @@ where
         // Prepend the packet peeked during the previous
         // polling request so it is encoded first, ahead of the newly received packets.
         let rx_stream = stream::iter(peeked_packet.take())
-            .chain(rx_stream::EncoderStream::new(buffered_rx, volatile_rx, &socket.queued)
-                .map(|queued| *queued));
+            .chain(rx_stream::EncoderStream::new(buffered_rx, volatile_rx).map(|queued| *queued));
 
         // Stop waiting for the next packet as soon as the session is closed. The combinator is biased
         // towards the encoder completion, so any buffered close packet is still flushed to the client.
@@ -224,7 +223,6 @@ where
 mod rx_stream {
     use std::{
         pin::Pin,
-        sync::atomic::{AtomicUsize, Ordering},
         task::{Context, Poll, ready},
     };
 
@@ -237,14 +235,11 @@ mod rx_stream {
     /// Allowing to use it as a stream even if it is behind a mutex.
     pub struct ReceiverStream<'a, T> {
         inner: &'a mut mpsc::Receiver<T>,
-        // PATCHED (edge-gateway): the socket's count of queued entries, uncounted as they are
-        // taken (see `socket::DirectWrite`).
-        queued: &'a AtomicUsize,
     }
 
     impl<'a, T> ReceiverStream<'a, T> {
-        pub fn new(inner: &'a mut mpsc::Receiver<T>, queued: &'a AtomicUsize) -> Self {
-            Self { inner, queued }
+        pub fn new(inner: &'a mut mpsc::Receiver<T>) -> Self {
+            Self { inner }
         }
     }
 
@@ -252,11 +247,7 @@ mod rx_stream {
         type Item = T;
 
         fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
-            let polled = self.inner.poll_recv(cx);
-            if let Poll::Ready(Some(_)) = &polled {
-                self.queued.fetch_sub(1, Ordering::AcqRel);
-            }
-            polled
+            self.inner.poll_recv(cx)
         }
     }
 
@@ -322,10 +313,9 @@ mod rx_stream {
         pub fn new(
             rx: &'a mut mpsc::Receiver<T>,
             watch: &'a mut watch::Receiver<Option<T>>,
-            queued: &'a AtomicUsize,
         ) -> Self {
             Self {
-                rx: ReceiverStream::new(rx, queued),
+                rx: ReceiverStream::new(rx),
                 watch: WatchStream::new(watch),
             }
         }

@@ -4,13 +4,7 @@
 //! Other functions are used internally to handle the websocket connection through tasks and channels
 //! and to handle upgrade from polling to ws
 
-use std::{
-    sync::{
-        Arc,
-        atomic::{AtomicUsize, Ordering},
-    },
-    time::Duration,
-};
+use std::{sync::Arc, time::Duration};
 
 use futures_util::{
     SinkExt, StreamExt, TryStreamExt,
@@ -33,8 +27,7 @@ use engineioxide_core::{Packet, ProtocolVersion, Sid, Str, TransportType};
 
 use crate::{
     DisconnectReason, Socket, body::ResponseBody, config::EngineIoConfig, engine::EngineIo,
-    errors::Error, handler::EngineIoHandler, socket::{Direct, DirectWrite, InternalRx},
-    transport::make_open_packet,
+    errors::Error, handler::EngineIoHandler, socket::InternalRx, transport::make_open_packet,
 };
 
 /// Create a response for websocket upgrade
@@ -124,12 +117,6 @@ pub async fn on_init<H: EngineIoHandler, S>(
 where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
-    // PATCHED (edge-gateway): the raw TCP connection, if the server told us (see
-    // `ConnectionFd`): broadcasts may then write straight to this websocket.
-    #[cfg(unix)]
-    let conn_fd = req_data.extensions.get::<crate::ConnectionFd>().map(|f| f.0);
-    #[cfg(not(unix))]
-    let conn_fd: Option<i32> = None;
     let ws_config = WebSocketConfig::default()
         .read_buffer_size(engine.config.ws_read_buffer_size)
         // PATCHED (edge-gateway): write each frame at once. tungstenite's default (128 KiB)
@@ -180,26 +167,18 @@ where
     };
     // PATCHED (edge-gateway): a websocket-only v4 session runs its heartbeat in its writer task
     // instead of a task of its own (about 1.3 KiB per idle socket). A session upgraded from
-    // polling already has its heartbeat task, started with the polling transport.
+    // polling already has its heartbeat task, started with the polling transport; v3 keeps it.
     let heartbeat = (sid.is_none() && socket.protocol == ProtocolVersion::V4)
         .then_some((engine.config.ping_interval, engine.config.ping_timeout));
+    if sid.is_none() && heartbeat.is_none() {
+        socket
+            .clone()
+            .spawn_heartbeat(engine.config.ping_interval, engine.config.ping_timeout);
+    }
     let (tx, rx) = ws.split();
-    let sink: SharedSink<S> = Arc::new(WsWriter {
-        state: tokio::sync::Mutex::new(WriterState { tx, open: true }),
-    });
-    // PATCHED (edge-gateway): emits to a v4 session on a plain TCP connection may write
-    // straight to its websocket (see `socket::DirectWrite`), once its writer has the queue.
-    let direct = conn_fd
-        .filter(|_| socket.protocol == ProtocolVersion::V4)
-        .map(|fd| {
-            Box::new(DirectHandle {
-                writer: Arc::downgrade(&sink),
-                fd,
-            }) as Box<dyn DirectWrite>
-        });
 
     // Pipe between websocket and internal socket channel.
-    tokio::spawn(forward_to_socket::<H, S>(socket.clone(), sink, heartbeat, direct));
+    tokio::spawn(forward_to_socket::<H, S>(socket.clone(), tx, heartbeat));
 
     // pipe between internal socket channel and websocket
     match forward_to_handler(&engine, rx, &socket)
@@ -285,9 +264,8 @@ where
 /// The websocket stream is flushed only when the internal channel is drained
 async fn forward_to_socket<H: EngineIoHandler, S>(
     socket: Arc<Socket<H::Data>>,
-    sink: SharedSink<S>,
+    mut tx: SplitSink<WebSocketStream<S>, Message>,
     heartbeat: Option<(Duration, Duration)>,
-    direct: Option<Box<dyn DirectWrite>>,
 ) where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
@@ -306,17 +284,11 @@ async fn forward_to_socket<H: EngineIoHandler, S>(
         volatile_rx,
         ..
     } = &mut *internal_rx;
-    // PATCHED (edge-gateway): from here on this task owns the queue (a polling request of an
-    // upgrading session has finished with it), and direct writes may begin: every entry still
-    // queued is counted, so none is overtaken.
-    if let Some(direct) = direct {
-        let _ = socket.direct.set(direct);
-    }
 
     // map a packet to a websocket message
     // It is declared as a macro rather than a closure to avoid ownership issues
     macro_rules! map_fn {
-            ($tx:ident, $item:ident) => {
+            ($item:ident) => {
                 let res = match $item {
                     Packet::Binary(bin) | Packet::BinaryV3(bin) => {
                         if socket.protocol == ProtocolVersion::V3 {
@@ -325,9 +297,9 @@ async fn forward_to_socket<H: EngineIoHandler, S>(
                             let mut buff = Vec::with_capacity(bin.len() + 1);
                             buff.push(0x04);
                             buff.extend(bin);
-                            $tx.feed(Message::Binary(buff.into())).await
+                            tx.feed(Message::Binary(buff.into())).await
                         } else {
-                            $tx.feed(Message::Binary(bin)).await
+                            tx.feed(Message::Binary(bin)).await
                         }
                     }
                     // A Noop Packet maybe sent by the server to upgrade from a polling connection
@@ -336,7 +308,7 @@ async fn forward_to_socket<H: EngineIoHandler, S>(
                     Packet::Noop => Ok(()),
                     _ => {
                         let packet: String = $item.try_into().unwrap();
-                        $tx.feed(Message::Text(packet.into())).await
+                        tx.feed(Message::Text(packet.into())).await
                     }
                 };
                 if let Err(_e) = res {
@@ -378,10 +350,7 @@ async fn forward_to_socket<H: EngineIoHandler, S>(
                     continue;
                 }
                 let ping = Packet::Ping;
-                let mut st = sink.state.lock().await;
-                let tx = &mut st.tx;
-                map_fn!(tx, ping);
-                tx.flush().await.ok();
+                map_fn!(ping);
                 awaiting_pong = true;
                 next_ping += interval;
                 beat.as_mut().reset(tokio::time::Instant::now() + timeout);
@@ -393,24 +362,14 @@ async fn forward_to_socket<H: EngineIoHandler, S>(
             items = buffered_rx.recv() => {
                 match items {
                     Some(packets) => {
-                        // PATCHED (edge-gateway): each entry is written under the sink's lock
-                        // and only then uncounted, so a direct write (`socket::DirectWrite`)
-                        // never overtakes a queued message.
-                        let mut st = sink.state.lock().await;
-                        let tx = &mut st.tx;
                         for item in *packets {
-                            map_fn!(tx, item);
+                            map_fn!(item);
                         }
-                        socket.queued.fetch_sub(1, Ordering::AcqRel);
                         while let Ok(packets) = buffered_rx.try_recv() {
                             for item in *packets {
-                                map_fn!(tx, item);
+                                map_fn!(item);
                             }
-                            socket.queued.fetch_sub(1, Ordering::AcqRel);
                         }
-                        // Flushed under the lock: a direct write never lands between a frame
-                        // and the rest of it.
-                        tx.flush().await.ok();
                     }
                     None => break
                 }
@@ -421,118 +380,24 @@ async fn forward_to_socket<H: EngineIoHandler, S>(
                 if let Some(packets) = val {
                     #[cfg(feature = "tracing")]
                     tracing::debug!(sid = ?socket.id, "ws volatile flush: {} packets", packets.len());
-                    let mut st = sink.state.lock().await;
-                    let tx = &mut st.tx;
                     for item in *packets {
-                        map_fn!(tx, item);
+                        map_fn!(item);
                     }
-                    tx.flush().await.ok();
                 }
             },
         }
 
+        #[cfg(feature = "tracing")]
+        tracing::trace!(sid = %socket.id, "ws flush");
+        tx.flush().await.ok();
     }
 
     #[cfg(feature = "tracing")]
     tracing::trace!(sid = %socket.id, "ws closing flush");
 
-    let mut st = sink.state.lock().await;
-    // No direct write after the close frame.
-    st.open = false;
-    st.tx.flush().await.ok();
-    st.tx.close().await.ok();
+    tx.flush().await.ok();
+    tx.close().await.ok();
 }
-
-/// PATCHED (edge-gateway): the write half of a websocket, shared by its writer task and the
-/// tasks that emit to it directly (`socket::DirectWrite`). The writer holds the lock while it
-/// writes and flushes.
-struct WsWriter<S> {
-    state: tokio::sync::Mutex<WriterState<S>>,
-}
-
-struct WriterState<S> {
-    tx: SplitSink<WebSocketStream<S>, Message>,
-    /// False once the writer has sent (or is sending) its close frame.
-    open: bool,
-}
-
-type SharedSink<S> = Arc<WsWriter<S>>;
-
-/// `writer` is weak: the session must not keep its connection open after its writer is gone.
-/// `fd` is the connection's own socket, valid for as long as `writer` (which owns the
-/// connection through the split stream) is alive.
-struct DirectHandle<S> {
-    writer: std::sync::Weak<WsWriter<S>>,
-    fd: i32,
-}
-
-/// Frames up to this size are written directly; larger ones go through the queue.
-const DIRECT_MAX: usize = 1024;
-
-/// PATCHED (edge-gateway): frames written directly since the process started (all engines).
-pub(crate) static DIRECT_FRAMES: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
-
-impl<S> DirectWrite for DirectHandle<S>
-where
-    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
-{
-    fn try_write(&self, text: &str, queued: &AtomicUsize) -> Direct {
-        use std::io::Write;
-        let Some(writer) = self.writer.upgrade() else {
-            return Direct::Busy;
-        };
-        // The writer holds the lock while it writes: then the queue it is.
-        let Ok(state) = writer.state.try_lock() else {
-            return Direct::Busy;
-        };
-        if !state.open || queued.load(Ordering::Acquire) != 0 {
-            return Direct::Busy;
-        }
-        // An unmasked text frame with the Engine.IO message packet: `4` and the message
-        // (lengths from 126 take a 2-byte extended length; DIRECT_MAX keeps it below 64 KiB).
-        let len = text.len() + 1;
-        let head = if len < 126 { 2 } else { 4 };
-        if head + len > DIRECT_MAX {
-            return Direct::Busy;
-        }
-        let mut frame: smallvec::SmallVec<[u8; DIRECT_MAX]> = smallvec::SmallVec::new();
-        frame.push(0x81);
-        if len < 126 {
-            frame.push(len as u8);
-        } else {
-            frame.push(126);
-            frame.extend_from_slice(&(len as u16).to_be_bytes());
-        }
-        frame.push(b'4');
-        frame.extend_from_slice(text.as_bytes());
-        let fd = self.fd;
-        // SAFETY: `fd` is the connection's socket, open while `writer` is alive (held above);
-        // ManuallyDrop keeps this borrowed view from closing it. std writes with MSG_NOSIGNAL,
-        // and the socket is non-blocking (tokio set it so).
-        let stream = std::mem::ManuallyDrop::new(unsafe {
-            <std::net::TcpStream as std::os::fd::FromRawFd>::from_raw_fd(fd)
-        });
-        let result = (&*stream).write(&frame);
-        drop(state);
-        match result {
-            Ok(n) if n == frame.len() => {
-                DIRECT_FRAMES.fetch_add(1, Ordering::Relaxed);
-                Direct::Written
-            }
-            // Nothing written: the socket buffer is full; the queue waits for it.
-            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => Direct::Busy,
-            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => Direct::Busy,
-            // Part of a frame: the stream cannot be continued. The peer has left megabytes
-            // unread; it is cut off, and its reader ends the session.
-            Ok(_) => {
-                let _ = stream.shutdown(std::net::Shutdown::Both);
-                Direct::Failed
-            }
-            Err(_) => Direct::Failed,
-        }
-    }
-}
-
 /// Send a Engine.IO [`OpenPacket`] to initiate a websocket connection
 async fn init_handshake<S>(
     sid: Sid,
@@ -590,8 +455,6 @@ where
     socket.start_upgrade();
 
     // We send a last Noop request to close a potential waiting polling request.
-    // PATCHED (edge-gateway): counted like every queue entry (see `socket::DirectWrite`).
-    socket.queued.fetch_add(1, std::sync::atomic::Ordering::AcqRel);
     socket
         .internal_tx
         .send(Box::new(smallvec![Packet::Noop]))

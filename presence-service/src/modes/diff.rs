@@ -1,0 +1,75 @@
+//! Diff mode: changes within a window go out as one `presence_diff`, long lists in pages.
+
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use socketioxide::adapter::Adapter;
+
+use super::{Announce, Env};
+use crate::diff::{DiffBatch, PagedSnapshot};
+use crate::model::User;
+
+pub struct Diff {
+    batch: DiffBatch,
+    window: Duration,
+    page_size: usize,
+    /// When the last `presence_diff` went out: the next one goes out at once if a window has
+    /// passed since (a lone change is not delayed), else at the end of that window (a burst of
+    /// changes is coalesced).
+    last_flush: Instant,
+}
+
+impl Diff {
+    pub fn new(window: Duration, page_size: usize) -> Self {
+        Self {
+            batch: DiffBatch::default(),
+            window,
+            page_size,
+            last_flush: Instant::now(),
+        }
+    }
+}
+
+#[async_trait]
+impl<A: Adapter> Announce<A> for Diff {
+    async fn joined(&mut self, _env: &Env<'_, A>, user: User) {
+        self.batch.join(user);
+    }
+
+    async fn left(&mut self, _env: &Env<'_, A>, user_id: String) {
+        self.batch.leave(user_id);
+    }
+
+    fn flush_due(&self) -> Option<Instant> {
+        (!self.batch.is_empty()).then(|| self.last_flush + self.window)
+    }
+
+    async fn flush(&mut self, env: &Env<'_, A>) {
+        self.last_flush = Instant::now();
+        if let Some(diff) = self.batch.take() {
+            // The online gauge is refreshed by the heartbeat: reading the whole list here would
+            // make every diff O(N).
+            for page in diff.into_pages(self.page_size) {
+                env.fanout.broadcast("presence_diff", &page).await;
+            }
+        }
+    }
+
+    fn first_page(&self, online: Vec<User>) -> (Vec<User>, Option<PagedSnapshot>) {
+        PagedSnapshot::start(online, self.page_size)
+    }
+
+    fn snapshots_before_changes(&self) -> bool {
+        false
+    }
+
+    fn store_lost(&mut self) -> bool {
+        false
+    }
+
+    fn heartbeat(&mut self, _online: Vec<User>, _healthy: bool) -> bool {
+        false
+    }
+
+    fn refreshing(&mut self) {}
+}
