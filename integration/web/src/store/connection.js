@@ -102,10 +102,11 @@ export const RANDOMIZATION_FACTOR = 0.5;
 
 /**
  * socket.io-client's own reconnection loop (for lost connections and failed handshakes):
- * randomized, from 1 s up to 10 s, like ours. The library's defaults are similar; they are
- * spelled out so a change of defaults cannot make every tab reconnect in step.
+ * doubling from 1 s up to 5 s, each delay spread by the randomization factor. These are the
+ * library's defaults, spelled out so that a change of defaults (or a factor of 0) cannot make
+ * every tab reconnect in step.
  */
-export const SOCKET_RECONNECTION = { reconnectionDelay: 1000, reconnectionDelayMax: 10_000, randomizationFactor: RANDOMIZATION_FACTOR };
+export const SOCKET_RECONNECTION = { reconnectionDelay: 1000, reconnectionDelayMax: 5000, randomizationFactor: RANDOMIZATION_FACTOR };
 
 /** A refusal sent by the presence service's connect middleware (not a transport failure). */
 export function isServerRefusal(message = '') {
