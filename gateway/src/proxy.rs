@@ -58,6 +58,55 @@ pub struct AccessLog {
     polling: PollingLog,
     sample_every: u64,
     polling_seen: std::sync::atomic::AtomicU64,
+    shed: ShedLines,
+}
+
+/// Access lines for handshakes refused by admission control, limited per second: a flood is
+/// what those limits exist for, and one warn line per flooded request would turn it into a log
+/// flood (disk, CPU, the operator's attention). The lines left out are counted in
+/// `gateway_access_log_suppressed_total{kind="admission"}` and summed up in one line when
+/// the next second's lines are written.
+struct ShedLines {
+    /// The current second (since the process's clock origin) and the lines written in it.
+    second: std::sync::atomic::AtomicU64,
+    written: std::sync::atomic::AtomicU64,
+    /// Lines left out since the last summary.
+    left_out: std::sync::atomic::AtomicU64,
+}
+
+/// Admission-refusal access lines written per second at most.
+const SHED_LINES_PER_SEC: u64 = 20;
+
+impl ShedLines {
+    fn new() -> Self {
+        Self {
+            second: std::sync::atomic::AtomicU64::new(u64::MAX),
+            written: std::sync::atomic::AtomicU64::new(0),
+            left_out: std::sync::atomic::AtomicU64::new(0),
+        }
+    }
+
+    /// `Some(n)`: write this line, after a summary of the `n` lines left out before it (when
+    /// `n > 0`). `None`: leave it out. Races between threads at a second's edge may let a
+    /// line or two more through; the bound is what matters, not the exact count.
+    fn admit(&self, now_sec: u64) -> Option<u64> {
+        use std::sync::atomic::Ordering::Relaxed;
+        let seen = self.second.load(Relaxed);
+        if seen != now_sec
+            && self
+                .second
+                .compare_exchange(seen, now_sec, Relaxed, Relaxed)
+                .is_ok()
+        {
+            self.written.store(0, Relaxed);
+        }
+        if self.written.fetch_add(1, Relaxed) < SHED_LINES_PER_SEC {
+            Some(self.left_out.swap(0, Relaxed))
+        } else {
+            self.left_out.fetch_add(1, Relaxed);
+            None
+        }
+    }
 }
 
 impl AccessLog {
@@ -66,7 +115,16 @@ impl AccessLog {
             polling: cfg.polling,
             sample_every: cfg.sample_every.max(1),
             polling_seen: std::sync::atomic::AtomicU64::new(0),
+            shed: ShedLines::new(),
         }
+    }
+
+    /// Whether an admission refusal gets its access line (see [`ShedLines`]).
+    fn admit_shed_line(&self) -> Option<u64> {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        self.shed.admit(now)
     }
 
     /// Whether this request gets an access line. `polling`: an established Engine.IO session's
@@ -111,6 +169,8 @@ pub struct RequestCtx {
     /// Identity of a logout request, notified once the upstream confirms the logout.
     logout: Option<Identity>,
     refused: Option<String>,
+    /// The refusal was admission control shedding load (its access lines are limited).
+    shed: bool,
     /// Counts this request as in flight until the context is dropped (the drain waits for it).
     _in_flight: InFlight,
 }
@@ -122,6 +182,8 @@ struct Refusal {
     reason: String,
     /// Seconds for `Retry-After` (admission refusals).
     retry_after: Option<u32>,
+    /// Admission control shedding load: the access line is rate-limited.
+    shed: bool,
 }
 
 impl Refusal {
@@ -131,12 +193,14 @@ impl Refusal {
             body,
             reason: reason.into(),
             retry_after: None,
+            shed: false,
         }
     }
 
     fn from_admission(r: Refused) -> Self {
         Self {
             retry_after: Some(r.retry_after_secs),
+            shed: true,
             ..Self::new(
                 r.limit.status(),
                 r.limit.body(),
@@ -326,6 +390,7 @@ impl Gateway {
     ) -> Result<bool> {
         // Logged once, with the reason, in the request's access line (`logging`).
         ctx.refused = Some(r.reason);
+        ctx.shed = r.shed;
         write_short(session, r.status, r.body, &ctx.request_id, r.retry_after).await?;
         Ok(true)
     }
@@ -387,6 +452,7 @@ impl ProxyHttp for Gateway {
             tunnel_slot: None,
             logout: None,
             refused: None,
+            shed: false,
             _in_flight: self.drain.request_started(),
         }
     }
@@ -708,6 +774,23 @@ impl ProxyHttp for Gateway {
                 .inc();
             return;
         }
+        if ctx.shed {
+            match ctx.live.access_log.admit_shed_line() {
+                None => {
+                    self.metrics
+                        .access_log_suppressed
+                        .with_label_values(&[route, "admission"])
+                        .inc();
+                    return;
+                }
+                Some(0) => {}
+                Some(left_out) => tracing::warn!(
+                    left_out,
+                    "admission refusals not written to the access log in the last seconds \
+                     (counted in gateway_access_log_suppressed_total)"
+                ),
+            }
+        }
         let req = session.req_header();
         // One line per request; refusals and failures at warn, with their reason.
         macro_rules! access_line {
@@ -772,6 +855,21 @@ mod tests {
         // sample_every = 0 (refused by the config check) behaves as 1, never divides by zero.
         let every = access_log(PollingLog::Sample, 0);
         assert!((0..3).all(|_| every.should_log(true, false)));
+    }
+
+    #[test]
+    fn admission_refusal_lines_are_limited_per_second_and_summed_up() {
+        let shed = ShedLines::new();
+        let first: Vec<Option<u64>> = (0..SHED_LINES_PER_SEC + 5).map(|_| shed.admit(7)).collect();
+        assert!(first[..SHED_LINES_PER_SEC as usize]
+            .iter()
+            .all(|l| *l == Some(0)));
+        assert!(first[SHED_LINES_PER_SEC as usize..]
+            .iter()
+            .all(Option::is_none));
+        // The next second's first line carries the count left out before it, once.
+        assert_eq!(shed.admit(8), Some(5));
+        assert_eq!(shed.admit(8), Some(0));
     }
 
     #[test]

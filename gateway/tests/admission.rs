@@ -508,4 +508,27 @@ async fn a_flood_from_one_address_does_not_starve_real_users() {
             .await,
         limited as f64
     );
+    // The flood does not become a log flood: a few access lines a second, and every refusal
+    // either written or counted as left out (the last lines are written just after their
+    // answers, hence the wait).
+    let logged = || {
+        gw.log_text()
+            .lines()
+            .filter(|l| l.contains("admission: ip_rate"))
+            .count() as u64
+    };
+    let accounted = eventually(Duration::from_secs(5), || async {
+        let left_out = gw
+            .metric("gateway_access_log_suppressed_total{kind=\"admission\"")
+            .await as u64;
+        logged() + left_out == limited
+    })
+    .await;
+    assert!(accounted, "every refusal is logged or counted as left out");
+    let line_budget = 20 * (secs.ceil() as u64 + 2);
+    assert!(
+        logged() <= line_budget,
+        "{} access lines for {limited} refusals (budget {line_budget})",
+        logged()
+    );
 }
