@@ -379,7 +379,8 @@ impl ProxyHttp for Gateway {
             Some(HandshakeClass::Established { sid, transport }) => {
                 let headers = &session.req_header().headers;
                 let hint = self.affinity.node_for(&route, sid, headers);
-                let choice = route.pool.pick_for_sid(sid, hint);
+                let fallback = self.affinity.newest_handshake_node(&route, headers);
+                let choice = route.pool.pick_for_sid(sid, hint, fallback);
                 // Polling answers carry the cookie for the node, if the client lacks it.
                 if let (Transport::Polling, Some(c), true) =
                     (transport, choice, route.pool.len() > 1)
@@ -387,6 +388,18 @@ impl ProxyHttp for Gateway {
                     ctx.set_affinity = self
                         .affinity
                         .renewal(&route, sid, c.addr, headers, self.tls);
+                }
+                choice
+            }
+            Some(HandshakeClass::Handshake {
+                transport: Transport::Polling,
+            }) => {
+                let choice = route.pool.pick();
+                if let (Some(c), true) = (choice, route.pool.len() > 1) {
+                    let headers = &session.req_header().headers;
+                    ctx.set_affinity = self
+                        .affinity
+                        .for_handshake(&route, c.addr, headers, self.tls);
                 }
                 choice
             }

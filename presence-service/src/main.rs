@@ -12,6 +12,7 @@ mod cluster_link;
 mod config;
 mod connection_fd;
 mod diff;
+mod drain;
 mod handshake_check;
 mod handshake_memory;
 mod http_api;
