@@ -281,3 +281,96 @@ test('polling clients keep their sessions through a binary upgrade', async () =>
   assert.doesNotMatch(logs, /status=400/, 'no request was answered 400 (Session ID unknown)');
   next.child.kill('SIGKILL');
 });
+
+/** Starts presence-service (Redis mode, trusting the gateway's JWKS); resolves with its address. */
+async function startPresence(dir, { jwks, drainMs, drainRate }) {
+  fs.mkdirSync(dir, { recursive: true });
+  const config = path.join(dir, 'presence.toml');
+  fs.writeFileSync(config, `
+[server]
+listen = "127.0.0.1:0"
+drain_ms = ${drainMs}
+drain_max_per_sec = ${drainRate}
+[trust]
+leeway_secs = 2
+jwks_url = "${jwks}"
+jwks_refetch_min_interval_ms = 200
+[presence]
+grace_ms = 5000
+diff_window_ms = 30
+[backend]
+kind = "redis"
+redis_url = "${redis.url}"
+heartbeat_interval_ms = 300
+node_ttl_ms = 1000
+op_timeout_ms = 500
+`);
+  const child = track(spawn(presenceBin, ['--config', config], { stdio: ['ignore', 'pipe', fs.openSync(path.join(dir, 'presence.log'), 'w')] }));
+  const addr = await new Promise((ok, bad) => {
+    let buf = '';
+    child.stdout.on('data', d => {
+      buf += d;
+      const m = buf.match(/listening on (\S+)/);
+      if (m) ok(m[1]);
+    });
+    child.once('exit', () => bad(new Error(`presence-service exited: ${fs.readFileSync(path.join(dir, 'presence.log'), 'utf8')}`)));
+  });
+  return { child, addr, log: () => fs.readFileSync(path.join(dir, 'presence.log'), 'utf8') };
+}
+
+test('presence SIGTERM: clients move to the other node at the configured rate and nobody flaps offline', async () => {
+  const USERS = 12, RATE = 4, DRAIN_MS = 3000;
+  const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'presence-drain-'));
+  const [port, admin] = [await freePort(), await freePort()];
+  const jwks = `http://127.0.0.1:${admin}/.well-known/jwks.json`;
+  const nodes = [
+    await startPresence(path.join(dir, 'p0'), { jwks, drainMs: DRAIN_MS, drainRate: RATE }),
+    await startPresence(path.join(dir, 'p1'), { jwks, drainMs: DRAIN_MS, drainRate: RATE }),
+  ];
+  const gw = await startGatewayProcess(path.join(dir, 'g'), gatewayConfig({ dir: path.join(dir, 'g'), port, admin, upstreams: nodes.map(n => n.addr) }));
+  await serving(admin);
+  const url = `http://127.0.0.1:${port}`;
+
+  const clients = [];
+  for (let i = 0; i < USERS; i++) {
+    await storeExpressSession(redis, `drain-${i}`, `user-${i}`);
+    const socket = io(url, {
+      transports: ['websocket'], extraHeaders: { cookie: expressCookie(`drain-${i}`, SECRET) },
+      reconnectionDelay: 100, reconnectionDelayMax: 300, timeout: 5000,
+    });
+    const c = { socket, user: `user-${i}`, connects: 0, disconnects: [], leaves: [], missing: [] };
+    socket.on('connect', () => { c.connects++; });
+    socket.on('disconnect', reason => c.disconnects.push({ reason, at: Date.now() }));
+    socket.on('presence_diff', d => { for (const id of d.leaves ?? []) c.leaves.push(id); });
+    socket.on('online_users', l => { c.lastList = (l.onlineUsers ?? []).map(u => u.id ?? u.userId ?? u.sub); });
+    cleanups.push(() => socket.close());
+    clients.push(c);
+  }
+  const everyone = clients.map(c => c.user).sort();
+  const seesEveryone = c => everyone.every(u => JSON.stringify(c.lastList ?? []).includes(u));
+  await until('every client connected and sees everyone', () => clients.every(c => c.connects === 1 && seesEveryone(c)), 20000);
+
+  const termAt = Date.now();
+  nodes[0].child.kill('SIGTERM');
+  const code = await exited(nodes[0].child);
+  assert.equal(code, 0, nodes[0].log().slice(-2000));
+  await until('every client is back and sees everyone', () => clients.every(c => c.socket.connected && seesEveryone(c)), 20000);
+  // Past the grace period of anyone released late: a flap would have been announced by now.
+  await new Promise(r => setTimeout(r, 1500));
+
+  const moved = clients.filter(c => c.disconnects.length > 0);
+  const times = moved.flatMap(c => c.disconnects.map(d => d.at)).sort((a, b) => a - b);
+  const busiest = Math.max(0, ...times.map((t, i) => times.slice(i).filter(x => x - t < 1000).length));
+  console.log(`presence drain: ${moved.length}/${USERS} clients moved between ${times[0] - termAt} and ${times.at(-1) - termAt} ms after SIGTERM, at most ${busiest} in one second (limit ${RATE})`);
+  assert.ok(moved.length >= 2, `some clients were on the drained node: ${moved.length}`);
+  for (const c of moved) {
+    assert.deepEqual(c.disconnects.map(d => d.reason), ['transport close'], `${c.user} was closed once, as a transport close`);
+    assert.equal(c.connects, 2, `${c.user} reconnected`);
+  }
+  assert.ok(busiest <= RATE + 1, `closed too fast: ${busiest} in one second`);
+  assert.ok(times.at(-1) - times[0] >= 1000, 'paced, not all at once');
+  for (const c of clients) assert.deepEqual(c.leaves, [], `${c.user} saw someone go offline`);
+  for (const c of clients) c.socket.close();
+  nodes[1].child.kill('SIGKILL');
+  gw.child.kill('SIGKILL');
+});
