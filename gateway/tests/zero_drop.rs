@@ -446,3 +446,33 @@ async fn sigterm_drains_tunnels_paced_then_exits() {
         "{exited:?}"
     );
 }
+
+/// `gateway check` reads the affinity keys' sources as a start would: a missing one is named.
+#[test]
+fn check_names_a_missing_affinity_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let key = identity_assertion::SigningKey::generate("k");
+    std::fs::write(dir.path().join("signing.pem"), key.to_pkcs8_pem()).unwrap();
+    let cfg = dir.path().join("gateway.toml");
+    std::fs::write(
+        &cfg,
+        "[[listener]]\nlisten = \"127.0.0.1:0\"\n\n[[assertion.keys]]\nkid = \"k\"\n\
+         private_key = { file = \"signing.pem\" }\n\n[affinity]\n\
+         keys = [{ env = \"W13_NO_SUCH_AFFINITY_KEY\" }]\n\n[[route]]\nname = \"app\"\n\
+         upstreams = [\"127.0.0.1:1\"]\n",
+    )
+    .unwrap();
+    let out = std::process::Command::new(gateway_bin())
+        .arg("check")
+        .arg("--config")
+        .arg(&cfg)
+        .env_remove("W13_NO_SUCH_AFFINITY_KEY")
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(
+        err.contains("affinity.keys[0]") && err.contains("W13_NO_SUCH_AFFINITY_KEY"),
+        "{err}"
+    );
+}
