@@ -37,7 +37,11 @@ lint() { vendor/regenerate.sh --check && cargo fmt --all -- --check && cargo cli
 rust() { cargo build --workspace --all-targets && cargo test --workspace; }
 rust_slow() { cargo test --workspace -- --ignored; }
 fuzz_smoke() { fuzz/run.sh 20000; }
-gateway_js() { cargo build -p gateway && (cd integration/gateway-tests && npm ci --no-audit --no-fund && npm test); }
+gateway_js() { # zero-drop.test.mjs also runs python-socketio and the presence service
+  local py; py=$(venv presence integration/presence-tests/requirements.txt) || return 1
+  cargo build -p gateway -p presence-service &&
+    (cd integration/gateway-tests && npm ci --no-audit --no-fund && PYTHON="$ROOT/$py" npm test)
+}
 presence_js() { cargo build -p presence-service && (cd integration/presence-tests && npm ci --no-audit --no-fund && npm test); }
 presence_py() {
   local py; py=$(venv presence integration/presence-tests/requirements.txt) || return 1

@@ -16,9 +16,12 @@
 //! ignored and the request is routed as if there were no cookie. Several entries let several
 //! tabs of one browser, each with its own session, share the one cookie.
 //!
-//! The `sid` is only known from the handshake's body, after its headers are gone, so the cookie
-//! is set on the first answered polling request of the session that did not carry a valid
-//! entry (normally the one right after the handshake, routed by the in-process table).
+//! The `sid` is only known from the handshake's body, after its headers are gone. So the
+//! handshake's answer carries an entry bound to no `sid`, naming the node of the browser's
+//! newest handshake: the session's next request, which may reach another process before any
+//! bound entry exists, is routed by it when neither a bound entry nor this process's table
+//! knows the `sid`. The first answered polling request of the session then adds the bound
+//! entry (and any later one that arrives without it).
 
 use std::net::SocketAddr;
 
@@ -131,6 +134,9 @@ impl Affinity {
         m
     }
 
+    /// The entry bound to no session: the node of this browser's newest handshake.
+    const NEWEST: &'static str = "";
+
     fn entry(&self, route: &str, sid: &str, node: SocketAddr) -> Option<String> {
         let node = node.to_string();
         let tag = Self::mac(self.keys.first()?, route, sid, &node).finalize();
@@ -179,6 +185,59 @@ impl Affinity {
         route.pool.is_member(node).then_some(node)
     }
 
+    /// The node of the browser's newest handshake on `route` (the fallback for a session that
+    /// has no bound entry yet), if it verifies and is one of the route's upstreams now.
+    pub fn newest_handshake_node(
+        &self,
+        route: &Route,
+        headers: &http::HeaderMap,
+    ) -> Option<SocketAddr> {
+        let node = self.verified(self.cookie_value(headers)?, &route.name, Self::NEWEST)?;
+        route.pool.is_member(node).then_some(node)
+    }
+
+    /// The `Set-Cookie` value for a polling handshake answered by `node`: the unbound entry
+    /// first, replacing the previous one; the bound entries of other sessions are kept.
+    pub fn for_handshake(
+        &self,
+        route: &Route,
+        node: SocketAddr,
+        headers: &http::HeaderMap,
+        secure: bool,
+    ) -> Option<String> {
+        let old = self.cookie_value(headers).unwrap_or_default();
+        let kept = old
+            .split('|')
+            .filter(|e| is_entry_shaped(e))
+            .filter(|e| self.verified(e, &route.name, Self::NEWEST).is_none());
+        let first = self.entry(&route.name, Self::NEWEST, node)?;
+        Some(self.set_cookie(route, first, kept, secure))
+    }
+
+    fn set_cookie<'a>(
+        &self,
+        route: &Route,
+        first: String,
+        rest: impl Iterator<Item = &'a str>,
+        secure: bool,
+    ) -> String {
+        let mut entries = vec![first];
+        entries.extend(rest.take(MAX_ENTRIES - 1).map(str::to_string));
+        // Cross-site pages may poll with credentials; over plain HTTP browsers refuse
+        // `SameSite=None`, so the default (Lax) applies there.
+        let attrs = if secure {
+            "; Secure; SameSite=None"
+        } else {
+            ""
+        };
+        format!(
+            "{}={}; Path={}; HttpOnly{attrs}",
+            self.cookie,
+            entries.join("|"),
+            route.path_prefix
+        )
+    }
+
     /// The `Set-Cookie` value to send with a successful answer from `node` to a request of
     /// session `sid`, or `None` when the request's cookie already names `node` for it. Earlier
     /// entries (other sessions of the same browser) are kept, newest first, up to a bound.
@@ -194,26 +253,9 @@ impl Affinity {
         if self.verified(old, &route.name, sid) == Some(node) {
             return None;
         }
-        let mut entries = vec![self.entry(&route.name, sid, node)?];
-        entries.extend(
-            old.split('|')
-                .filter(|e| is_entry_shaped(e))
-                .take(MAX_ENTRIES - 1)
-                .map(str::to_string),
-        );
-        // Cross-site pages may poll with credentials; over plain HTTP browsers refuse
-        // `SameSite=None`, so the default (Lax) applies there.
-        let attrs = if secure {
-            "; Secure; SameSite=None"
-        } else {
-            ""
-        };
-        Some(format!(
-            "{}={}; Path={}; HttpOnly{attrs}",
-            self.cookie,
-            entries.join("|"),
-            route.path_prefix
-        ))
+        let first = self.entry(&route.name, sid, node)?;
+        let rest = old.split('|').filter(|e| is_entry_shaped(e));
+        Some(self.set_cookie(route, first, rest, secure))
     }
 }
 
@@ -327,6 +369,27 @@ mod tests {
         // A node that left the route is not honoured even with a valid MAC.
         let shrunk = route(&[B]);
         assert_eq!(aff.node_for(&shrunk, "s", &with_cookie(&good)), None);
+    }
+
+    #[test]
+    fn a_handshake_names_its_node_until_the_session_is_bound() {
+        let aff = Affinity::new("c".into(), &[b"k".to_vec()]);
+        let r = route(&[A, B]);
+        let set = aff
+            .for_handshake(&r, B.parse().unwrap(), &Default::default(), true)
+            .unwrap();
+        assert!(set.ends_with("; Secure; SameSite=None"), "{set}");
+        let h = with_cookie(&set);
+        assert_eq!(aff.newest_handshake_node(&r, &h), Some(B.parse().unwrap()));
+        // Not a bound entry for any real session.
+        assert_eq!(aff.node_for(&r, "s", &h), None);
+        // Bound next; a later handshake replaces the unbound entry and keeps the bound one.
+        let h = with_cookie(&aff.renewal(&r, "s", B.parse().unwrap(), &h, true).unwrap());
+        let h = with_cookie(&aff.for_handshake(&r, A.parse().unwrap(), &h, true).unwrap());
+        assert_eq!(aff.newest_handshake_node(&r, &h), Some(A.parse().unwrap()));
+        assert_eq!(aff.node_for(&r, "s", &h), Some(B.parse().unwrap()));
+        let value = h.get(http::header::COOKIE).unwrap().to_str().unwrap();
+        assert_eq!(value.matches('|').count(), 1, "{value}");
     }
 
     #[test]

@@ -20,6 +20,7 @@ use arc_swap::ArcSwap;
 
 use crate::admin::AdminApp;
 use crate::admission::{Admission, LookupSlots};
+use crate::affinity::Affinity;
 use crate::config::{Config, ConfigError, SessionFlavour, SessionSection, StoreConfig};
 use crate::drain::{Drain, DrainSettings};
 use crate::live::{CurrentCert, Live, LiveState, Reloader};
@@ -68,7 +69,9 @@ pub fn load_signer(cfg: &Config) -> Result<(AssertionSigner, Vec<u8>), ConfigErr
 /// `gateway check`: like [`load_signer`], but files the config asks to generate on first run
 /// may be missing (check writes nothing).
 pub fn check(cfg: &Config) -> Result<(), ConfigError> {
-    load_signer_with(cfg, true).map(|_| ())
+    load_signer_with(cfg, true)?;
+    // The affinity keys' sources (a missing variable or file) fail here as they would at start.
+    Affinity::from_config(cfg, &[]).map(|_| ())
 }
 
 fn will_be_generated(cfg: &Config, file: Option<&std::path::PathBuf>, generate: bool) -> bool {

@@ -207,22 +207,39 @@ impl Drain {
         // Jitter can leave a few past the window's end: they go at the full rate, within the
         // time left before the deadline.
         let hard_end = end + self.settings.finish;
+        // The closes follow a schedule (so a late wake-up does not push every later close back)
+        // through a token bucket that refills at the rate and holds a hundredth of a second's
+        // worth: catching up never exceeds the rate by more than that.
+        let rate = f64::from(self.settings.max_per_sec.max(1));
+        let burst = 1.0 + rate / 100.0;
+        let mut tokens = 1.0f64;
+        let mut refilled = start;
+        let mut due = start;
         let mut closed = 0u64;
         loop {
             let left = self.open_tunnels();
-            let now = Instant::now();
-            if left == 0 || now >= hard_end {
+            if left == 0 || Instant::now() >= hard_end {
                 break;
             }
             let jitter = rand::thread_rng().gen_range(0.5..1.5);
-            let gap = next_gap(
+            // The first close waits its share too: a drain never starts with a burst.
+            due += next_gap(
                 &self.settings,
                 left,
-                end.saturating_duration_since(now),
+                end.saturating_duration_since(due),
                 jitter,
             );
-            // The first close waits its share too: a drain never starts with a burst.
-            tokio::time::sleep(gap).await;
+            tokio::time::sleep_until(due).await;
+            let now = Instant::now();
+            tokens = (tokens + (now - refilled).as_secs_f64() * rate).min(burst);
+            refilled = now;
+            if tokens < 1.0 {
+                tokio::time::sleep(Duration::from_secs_f64((1.0 - tokens) / rate)).await;
+                let now = Instant::now();
+                tokens = (tokens + (now - refilled).as_secs_f64() * rate).min(burst);
+                refilled = now;
+            }
+            tokens -= 1.0;
             if self.close_one() {
                 closed += 1;
             }

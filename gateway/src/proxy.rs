@@ -382,6 +382,43 @@ impl Gateway {
         Ok(())
     }
 
+    /// Phase 3: the upstream, and the affinity cookie a polling answer carries: for an
+    /// Engine.IO session its node (the cookie's entry for the `sid`, this process's table, or
+    /// the node of the browser's newest handshake), else round-robin.
+    fn choose_upstream(
+        &self,
+        route: &Route,
+        headers: &http::HeaderMap,
+        ctx: &mut RequestCtx,
+    ) -> Option<Choice> {
+        let several = route.pool.len() > 1;
+        match &ctx.class {
+            Some(HandshakeClass::Established { sid, transport }) => {
+                let affinity = &ctx.live.affinity;
+                let hint = affinity.node_for(route, sid, headers);
+                let fallback = affinity.newest_handshake_node(route, headers);
+                let choice = route.pool.pick_for_sid(sid, hint, fallback);
+                if let (Transport::Polling, Some(c), true) = (transport, choice, several) {
+                    ctx.set_affinity = affinity.renewal(route, sid, c.addr, headers, self.tls);
+                }
+                choice
+            }
+            Some(HandshakeClass::Handshake {
+                transport: Transport::Polling,
+            }) => {
+                let choice = route.pool.pick();
+                if let (Some(c), true) = (choice, several) {
+                    ctx.set_affinity = ctx
+                        .live
+                        .affinity
+                        .for_handshake(route, c.addr, headers, self.tls);
+                }
+                choice
+            }
+            _ => route.pool.pick(),
+        }
+    }
+
     async fn refuse(
         &self,
         session: &mut Session,
@@ -484,24 +521,7 @@ impl ProxyHttp for Gateway {
                 "no route in context",
             ));
         };
-        let choice = match &ctx.class {
-            Some(HandshakeClass::Established { sid, transport }) => {
-                let headers = &session.req_header().headers;
-                let hint = ctx.live.affinity.node_for(&route, sid, headers);
-                let choice = route.pool.pick_for_sid(sid, hint);
-                // Polling answers carry the cookie for the node, if the client lacks it.
-                if let (Transport::Polling, Some(c), true) =
-                    (transport, choice, route.pool.len() > 1)
-                {
-                    ctx.set_affinity = ctx
-                        .live
-                        .affinity
-                        .renewal(&route, sid, c.addr, headers, self.tls);
-                }
-                choice
-            }
-            _ => route.pool.pick(),
-        };
+        let choice = self.choose_upstream(&route, &session.req_header().headers, ctx);
         let Some(Choice { addr, panic }) = choice else {
             self.metrics
                 .upstream_errors

@@ -199,13 +199,18 @@ impl UpstreamPool {
         })
     }
 
-    /// The node that owns Engine.IO session `sid`: from `hint` (the signed affinity cookie,
-    /// already checked to name one of this route's nodes) or this process's own table, while
-    /// it is healthy, or while no node is (panic mode); else any healthy one (the client then
-    /// gets "unknown sid" from the new node and reconnects: the only option once the owner is
-    /// gone).
-    pub fn pick_for_sid(&self, sid: &str, hint: Option<SocketAddr>) -> Option<Choice> {
-        if let Some(addr) = hint.or_else(|| self.sticky.get(sid)) {
+    /// The node that owns Engine.IO session `sid`: from `hint` (the signed affinity cookie's
+    /// entry for `sid`, already checked to name one of this route's nodes), this process's own
+    /// table, or `fallback` (the cookie's node of the newest handshake), while it is healthy,
+    /// or while no node is (panic mode); else any healthy one (the client then gets "unknown
+    /// sid" from the new node and reconnects: the only option once the owner is gone).
+    pub fn pick_for_sid(
+        &self,
+        sid: &str,
+        hint: Option<SocketAddr>,
+        fallback: Option<SocketAddr>,
+    ) -> Option<Choice> {
+        if let Some(addr) = hint.or_else(|| self.sticky.get(sid)).or(fallback) {
             if self.is_healthy(addr) {
                 return Some(Choice { addr, panic: false });
             }

@@ -295,6 +295,23 @@ fn steady_handshakes(
     })
 }
 
+/// When the gateway closed each drained tunnel, from its log lines' timestamps (seconds of
+/// the day, on an `Instant` scale: only the gaps between them mean anything).
+fn drained_at(log: &str) -> Vec<std::time::Instant> {
+    let base = std::time::Instant::now();
+    log.lines()
+        .filter(|l| l.contains("closed by the drain"))
+        .filter_map(|l| {
+            let clock = l.split('T').nth(1)?.split('Z').next()?;
+            let mut parts = clock.split(':');
+            let h: f64 = parts.next()?.parse().ok()?;
+            let m: f64 = parts.next()?.parse().ok()?;
+            let s: f64 = parts.next()?.parse().ok()?;
+            Some(base + Duration::from_secs_f64(h * 3600.0 + m * 60.0 + s))
+        })
+        .collect()
+}
+
 /// Most events in any one-second span.
 fn busiest_second(times: &[std::time::Instant]) -> usize {
     let mut t = times.to_vec();
@@ -310,35 +327,43 @@ fn busiest_second(times: &[std::time::Instant]) -> usize {
         .unwrap_or(0)
 }
 
+/// A count from the environment (to run a test at the issue's full scale), or `default`.
+fn env_count(name: &str, default: usize) -> usize {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
 /// The binary upgrade under load: idle WebSockets through the old process plus a steady stream
 /// of new authenticated handshakes; the new process takes the listening sockets over (Pingora's
 /// upgrade socket, SIGQUIT to the old one). No connection attempt is refused or reset; the old
 /// process closes its tunnels no faster than `drain_max_per_sec`, then exits by itself.
+/// `ZERO_DROP_IDLE=2000 ZERO_DROP_RATE=400 ZERO_DROP_HANDSHAKES_PER_SEC=100` runs it at the
+/// issue's scale (with `ulimit -n` raised).
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn binary_upgrade_refuses_nothing_and_drains_at_the_configured_rate() {
-    const IDLE: usize = 30;
-    const RATE: usize = 10;
+    let idle = env_count("ZERO_DROP_IDLE", 30);
+    let rate = env_count("ZERO_DROP_RATE", 10).max(1);
+    let per_sec = env_count("ZERO_DROP_HANDSHAKES_PER_SEC", 50).max(1) as u64;
     let up = upgrade_upstream().await;
     let dir = tempfile::tempdir().unwrap();
     let db = dir.path().join("s.db");
     let alice = tower_session_sqlite(&db, "alice", None, time::Duration::hours(1)).await;
     let sock = dir.path().join("upgrade.sock");
     let section = format!(
-        "drain_secs = 5\ndrain_max_per_sec = {RATE}\nupgrade_sock = \"{}\"",
+        "drain_secs = {}\ndrain_max_per_sec = {rate}\nupgrade_sock = \"{}\"",
+        (idle / rate + 1).max(5),
         sock.display()
     );
     let mut old = Gateway::start_with(&sio_route(&format!("\"{up}\""), &db, 1), &section).await;
     old.wait_ready().await;
     let cookie = format!("id={alice}");
-    let tunnels = idle_tunnels(old.http, &cookie, IDLE).await;
+    let tunnels = idle_tunnels(old.http, &cookie, idle).await;
 
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let load = steady_handshakes(
-        old.http,
-        cookie.clone(),
-        Duration::from_millis(20),
-        stop.clone(),
-    );
+    let every = Duration::from_micros(1_000_000 / per_sec);
+    let load = steady_handshakes(old.http, cookie.clone(), every, stop.clone());
     let new_log = dir.path().join("new.log");
     let mut new = old.spawn_upgrade(&new_log);
     let waiting = eventually(Duration::from_secs(20), || {
@@ -349,7 +374,8 @@ async fn binary_upgrade_refuses_nothing_and_drains_at_the_configured_rate() {
     assert!(waiting, "the new process waits for the sockets");
     let quit_at = std::time::Instant::now();
     old.signal("QUIT");
-    let status = tokio::task::block_in_place(|| old.wait_exit(Duration::from_secs(40)));
+    let limit = Duration::from_secs(20 + 2 * (idle / rate) as u64);
+    let status = tokio::task::block_in_place(|| old.wait_exit(limit));
     let old_log = old.log_text();
     assert!(
         status.is_some_and(|s| s.success()),
@@ -370,7 +396,7 @@ async fn binary_upgrade_refuses_nothing_and_drains_at_the_configured_rate() {
         failed.len(),
         ok + failed.len()
     );
-    assert!(ok > 100, "the load ran: {ok}");
+    assert!(ok as u64 > 5 * per_sec, "the load ran: {ok}");
     let mut closed = Vec::new();
     for t in tunnels {
         closed.push(
@@ -380,16 +406,20 @@ async fn binary_upgrade_refuses_nothing_and_drains_at_the_configured_rate() {
                 .unwrap(),
         );
     }
-    let busiest = busiest_second(&closed);
+    // As the gateway closed them (its log), and as the clients saw it (later, and bunched
+    // when the machine is busy: each EOF waits for this test's own scheduler).
+    let busiest = busiest_second(&drained_at(&old_log));
+    let seen = busiest_second(&closed);
     let first = closed.iter().min().unwrap().duration_since(quit_at);
     let last = closed.iter().max().unwrap().duration_since(quit_at);
     println!(
-        "upgrade: {ok} handshakes answered, 0 failed; {IDLE} old tunnels closed between \
-         {first:?} and {last:?} after SIGQUIT, at most {busiest} in one second (limit {RATE}); \
-         old process exited after {exited:?}"
+        "upgrade: {ok} handshakes answered, 0 failed; {idle} old tunnels closed between \
+         {first:?} and {last:?} after SIGQUIT, at most {busiest} in one second by the gateway's \
+         log, {seen} as the clients saw it (limit {rate}); old process exited after {exited:?}"
     );
+    // The drain's token bucket lets a late timer catch up by a hundredth of the rate.
     assert!(
-        busiest <= RATE + 1,
+        busiest <= rate + 1 + rate / 100,
         "closed too fast: {busiest} in one second"
     );
     assert!(
@@ -398,7 +428,7 @@ async fn binary_upgrade_refuses_nothing_and_drains_at_the_configured_rate() {
     );
     assert_eq!(
         old_log.matches("closed by the drain").count(),
-        IDLE,
+        idle,
         "{old_log}"
     );
 }
@@ -444,5 +474,35 @@ async fn sigterm_drains_tunnels_paced_then_exits() {
     assert!(
         exited < Duration::from_secs(4) + Duration::from_millis(900),
         "{exited:?}"
+    );
+}
+
+/// `gateway check` reads the affinity keys' sources as a start would: a missing one is named.
+#[test]
+fn check_names_a_missing_affinity_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let key = identity_assertion::SigningKey::generate("k");
+    std::fs::write(dir.path().join("signing.pem"), key.to_pkcs8_pem()).unwrap();
+    let cfg = dir.path().join("gateway.toml");
+    std::fs::write(
+        &cfg,
+        "[[listener]]\nlisten = \"127.0.0.1:0\"\n\n[[assertion.keys]]\nkid = \"k\"\n\
+         private_key = { file = \"signing.pem\" }\n\n[affinity]\n\
+         keys = [{ env = \"W13_NO_SUCH_AFFINITY_KEY\" }]\n\n[[route]]\nname = \"app\"\n\
+         upstreams = [\"127.0.0.1:1\"]\n",
+    )
+    .unwrap();
+    let out = std::process::Command::new(gateway_bin())
+        .arg("check")
+        .arg("--config")
+        .arg(&cfg)
+        .env_remove("W13_NO_SUCH_AFFINITY_KEY")
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(
+        err.contains("affinity.keys[0]") && err.contains("W13_NO_SUCH_AFFINITY_KEY"),
+        "{err}"
     );
 }

@@ -72,8 +72,18 @@ pub async fn run(
         BackendKind::Memory => {
             let (layer, io) = socketio_builder(&cfg).build_layer();
             let backend: Arc<dyn PresenceBackend> = Arc::new(MemoryBackend::default());
-            let (router, (), _) = assemble(&cfg, io, backend, trust.clone(), metrics.clone(), None);
-            serve(listener, router.layer(layer), trust, shutdown).await
+            let (router, (), _) = assemble(
+                &cfg,
+                io.clone(),
+                backend,
+                trust.clone(),
+                metrics.clone(),
+                None,
+            );
+            serve(listener, router.layer(layer), trust, shutdown).await?;
+            crate::drain::close_paced(&io, drain_pace(&cfg)).await;
+            io.close().await;
+            Ok(())
         }
         BackendKind::Redis => {
             let b = &cfg.backend;
@@ -184,6 +194,9 @@ fn assemble<A: Adapter + DefinedAdapter>(
 /// close and reconnect, to another node), and its users are released after the grace period
 /// like after any disconnect, instead of lingering until the other nodes reap this one.
 async fn leave_cluster<A: Adapter>(cfg: &Config, io: &SocketIo<A>, presence: &Presence<A>) {
+    // First a few at a time, while this node still announces as usual: each user's grace
+    // period covers the move to another node.
+    crate::drain::close_paced(io, drain_pace(cfg)).await;
     let op_timeout = ms(cfg.backend.op_timeout_ms);
     let deadline = std::time::Instant::now() + ms(cfg.presence.grace_ms) + op_timeout * 4;
     let left = presence.stop(deadline).await;
@@ -192,6 +205,13 @@ async fn leave_cluster<A: Adapter>(cfg: &Config, io: &SocketIo<A>, presence: &Pr
     let bound = (deadline + op_timeout * 2).into();
     if tokio::time::timeout_at(bound, left).await.is_err() {
         tracing::warn!("did not leave the cluster in time; the other nodes will reap this one");
+    }
+}
+
+fn drain_pace(cfg: &Config) -> crate::drain::DrainPace {
+    crate::drain::DrainPace {
+        window: ms(cfg.server.drain_ms),
+        max_per_sec: cfg.server.drain_max_per_sec,
     }
 }
 

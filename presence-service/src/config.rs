@@ -58,12 +58,19 @@ pub struct ServerConfig {
     /// Address to listen on; port 0 picks a free port (the bound address is logged and, with
     /// `--print-addr`, printed on stdout).
     pub listen: Spanned<String>,
+    /// On SIGTERM, this node's sockets are closed a few at a time over this window (the
+    /// clients reconnect to the other nodes in a trickle; `src/drain.rs`).
+    pub drain_ms: u64,
+    /// And never more than this many in any one second.
+    pub drain_max_per_sec: u32,
 }
 
 impl Default for ServerConfig {
     fn default() -> Self {
         Self {
             listen: Spanned::new(0..0, "127.0.0.1:3001".into()),
+            drain_ms: 5000,
+            drain_max_per_sec: 200,
         }
     }
 }
@@ -325,6 +332,13 @@ impl Config {
                 url.span(),
                 "backend.redis_url",
                 format!("{:?} is not a redis URL", url.get_ref()),
+            ));
+        }
+        if config.server.drain_max_per_sec == 0 {
+            return Err(invalid(
+                0..0,
+                "server.drain_max_per_sec",
+                "must be at least 1".into(),
             ));
         }
         if config.presence.snapshot_page_size == 0 {

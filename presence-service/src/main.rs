@@ -11,6 +11,7 @@ mod backend;
 mod cluster_link;
 mod config;
 mod diff;
+mod drain;
 mod fanout;
 mod handshake_check;
 mod handshake_memory;

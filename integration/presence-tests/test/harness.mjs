@@ -114,7 +114,9 @@ export class Presence {
       trust += `[[trust.public_keys]]\nkid = "${k.kid}"\npem = "${k.kid}.pem"\n`;
     }
     const table = (name, obj) => `[${name}]\n` + Object.entries(obj).map(([k, v]) => `${k} = ${JSON.stringify(v)}`).join('\n') + '\n';
-    const config = `[server]\nlisten = "127.0.0.1:0"\n` + trust
+    // A short paced drain on SIGTERM: these tests time what happens after a node's sockets
+    // close (the drain itself is tested through the gateway, gateway-tests/zero-drop).
+    const config = `[server]\nlisten = "127.0.0.1:0"\ndrain_ms = 100\n` + trust
       + table('presence', { grace_ms: 800, diff_window_ms: 30, ...presence })
       + table('limits', limits)
       + (backend ? table('backend', { heartbeat_interval_ms: 300, node_ttl_ms: 1000, op_timeout_ms: 500, ...backend }) : '')

@@ -714,6 +714,18 @@ impl<A: Adapter> Socket<A> {
         &self.ns.path
     }
 
+    // PATCHED (edge-gateway): a public way to close one socket's transport.
+    /// # Close the engine.io connection, as closing the server does for every socket.
+    ///
+    /// The client sees its transport close (not a namespace disconnect, after which Socket.IO
+    /// clients do not reconnect) and reconnects. Lets a server that is shutting down close its
+    /// sockets a few at a time instead of all at once. Returns at once.
+    pub fn close_transport(&self) {
+        if !self.esocket.is_closed() {
+            self.esocket.close(EIoDisconnectReason::ClosingServer);
+        }
+    }
+
     /// # Close the engine.io connection if it is not already closed.
     ///
     /// Return a future that resolves when the underlying transport is closed.
