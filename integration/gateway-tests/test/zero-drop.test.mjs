@@ -1,4 +1,4 @@
-// Zero-drop operations with real clients (issue 13, part B): Engine.IO long-polling sessions
+// Zero-drop operations with real clients: Engine.IO long-polling sessions
 // that keep their node through two gateway processes serving them alternately, through a
 // gateway restart and through a binary upgrade (the official socket.io-client with
 // `transports: ['polling']`, and python-socketio); and the presence service's paced drain.
@@ -373,4 +373,59 @@ test('presence SIGTERM: clients move to the other node at the configured rate an
   for (const c of clients) c.socket.close();
   nodes[1].child.kill('SIGKILL');
   gw.child.kill('SIGKILL');
+});
+
+test('gateway binary upgrade with WebSocket clients: old tunnels drained in a trickle, nobody seen offline', async () => {
+  const USERS = 12;
+  const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'gw-upgrade-ws-'));
+  const [port, admin] = [await freePort(), await freePort()];
+  const jwks = `http://127.0.0.1:${admin}/.well-known/jwks.json`;
+  const node = await startPresence(path.join(dir, 'p0'), { jwks, drainMs: 1000, drainRate: 100 });
+  const config = gatewayConfig({ dir: path.join(dir, 'g'), port, admin, upstreams: [node.addr] });
+  const old = await startGatewayProcess(path.join(dir, 'g'), config, { name: 'old' });
+  await serving(admin);
+  const url = `http://127.0.0.1:${port}`;
+
+  const clients = [];
+  for (let i = 0; i < USERS; i++) {
+    await storeExpressSession(redis, `upgrade-${i}`, `up-${i}`);
+    const socket = io(url, {
+      transports: ['websocket'], extraHeaders: { cookie: expressCookie(`upgrade-${i}`, SECRET) },
+      reconnectionDelay: 100, reconnectionDelayMax: 300, timeout: 5000,
+    });
+    const c = { socket, user: `up-${i}`, connects: 0, errors: [], disconnects: [], leaves: [] };
+    socket.on('connect', () => { c.connects++; });
+    socket.on('connect_error', e => c.errors.push(String(e?.message ?? e)));
+    socket.on('disconnect', reason => c.disconnects.push({ reason, at: Date.now() }));
+    socket.on('presence_diff', d => { for (const id of d.leaves ?? []) c.leaves.push(id); });
+    socket.on('online_users', l => { c.lastList = (l.onlineUsers ?? []).map(u => u.id ?? u.userId ?? u.sub); });
+    cleanups.push(() => socket.close());
+    clients.push(c);
+  }
+  const everyone = clients.map(c => c.user).sort();
+  const seesEveryone = c => everyone.every(u => JSON.stringify(c.lastList ?? []).includes(u));
+  await until('every client connected and sees everyone', () => clients.every(c => c.connects === 1 && seesEveryone(c)), 20000);
+
+  const next = await startGatewayProcess(path.join(dir, 'g'), config, { upgrade: true, name: 'new' });
+  await until('the new process waits for the sockets', () => fs.existsSync(path.join(dir, 'g', 'upgrade.sock')), 20000);
+  old.child.kill('SIGQUIT');
+  const code = await exited(old.child);
+  assert.equal(code, 0, old.text().slice(-2000));
+  await until('every client is back through the new process and sees everyone', () => clients.every(c => c.socket.connected && c.connects === 2 && seesEveryone(c)), 20000);
+  // Past the presence grace period: a user who had gone offline would have been announced.
+  await new Promise(r => setTimeout(r, 1500));
+
+  const times = clients.flatMap(c => c.disconnects.map(d => d.at)).sort((a, b) => a - b);
+  console.log(`gateway upgrade: ${times.length} tunnels closed over ${times.at(-1) - times[0]} ms by the old process`);
+  for (const c of clients) {
+    assert.deepEqual(c.disconnects.map(d => d.reason), ['transport close'], `${c.user}: closed once by the drain`);
+    assert.deepEqual(c.errors, [], `${c.user}: no connection attempt refused`);
+    assert.deepEqual(c.leaves, [], `${c.user} saw someone go offline`);
+  }
+  // drain_secs = 2 in gatewayConfig: a trickle, not all at once.
+  assert.ok(times.at(-1) - times[0] >= 1000, `paced, not all at once: ${times.at(-1) - times[0]} ms`);
+  assert.match(next.text(), /request/, 'the new process served the reconnects');
+  for (const c of clients) c.socket.close();
+  node.child.kill('SIGKILL');
+  next.child.kill('SIGKILL');
 });
