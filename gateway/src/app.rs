@@ -325,6 +325,25 @@ impl SessionSources {
     }
 }
 
+/// TLS sessions a listener remembers for resumption by session id (TLS 1.2 clients); TLS 1.3
+/// clients resume from stateless tickets, which need no room here. A reconnect storm is
+/// thousands of clients coming back at once, far more than rustls' default cache holds.
+const TLS_SESSION_CACHE: usize = 16 * 1024;
+
+/// Session resumption on a TLS listener: a client that comes back (a reconnect after a network
+/// blip, a presence node restart) skips the full handshake's key exchange and certificate
+/// signature. Tickets are encrypted with keys this process makes and rotates; after a restart
+/// or a binary upgrade the new process cannot read the old one's, and those clients make one
+/// full handshake.
+fn resumption(config: &mut rustls::ServerConfig) {
+    config.session_storage = rustls::server::ServerSessionMemoryCache::new(TLS_SESSION_CACHE);
+    match rustls::crypto::ring::Ticketer::new() {
+        Ok(ticketer) => config.ticketer = ticketer,
+        // Resumption still works from the session cache; nothing else depends on tickets.
+        Err(e) => tracing::warn!(error = %e, "TLS session tickets unavailable"),
+    }
+}
+
 /// Builds the Pingora server with every service; `run_forever` then serves until SIGTERM.
 /// `path` is the config file, re-read on `SIGHUP` and `POST /reload` (see `live`).
 pub fn build(cfg: Config, path: std::path::PathBuf) -> Result<Server, ConfigError> {
@@ -440,6 +459,7 @@ pub fn build_with(
                     live: live.clone(),
                     listener: i,
                 }));
+                settings.set_server_config_hook(Box::new(resumption));
                 if l.http2 {
                     settings.enable_h2();
                 }

@@ -573,6 +573,40 @@ async fn tls_sessions_resume_across_a_reload() {
     assert!(resumed, "a reload dropped the TLS session cache");
 }
 
+/// A reconnect storm is far more clients than rustls' default session cache (256) holds: each
+/// of them must still resume (stateless tickets), not only the last few hundred.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn more_clients_than_a_default_session_cache_all_resume() {
+    const CLIENTS: usize = 400;
+    let gw = Gateway::start_tls(&route("web", "/", "127.0.0.1:9".parse().unwrap(), "none")).await;
+    let port = gw.https.unwrap();
+    let ca = gw.dir.path().join("certs/ca.crt");
+    // Each client its own config, so its own client-side session store: distinct sessions.
+    let clients: Vec<_> = (0..CLIENTS)
+        .map(|_| tls_client(std::slice::from_ref(&ca)))
+        .collect();
+    for client in &clients {
+        let (mut tls, resumed, _) = tls_connect(port, client).await.unwrap();
+        assert!(!resumed);
+        // TLS 1.3 sends the session ticket after the handshake: read until the client has it.
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        tls.write_all(b"GET / HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
+            .await
+            .unwrap();
+        let mut out = Vec::new();
+        let _ = tls.read_to_end(&mut out).await;
+    }
+    let mut resumed = 0;
+    for client in &clients {
+        let (_, r, _) = tls_connect(port, client).await.unwrap();
+        resumed += usize::from(r);
+    }
+    assert_eq!(
+        resumed, CLIENTS,
+        "clients that came back with a full handshake"
+    );
+}
+
 /// A reload that changes what needs a restart applies the rest and names what it did not.
 #[tokio::test]
 async fn settings_that_need_a_restart_are_named() {
