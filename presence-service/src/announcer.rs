@@ -132,6 +132,8 @@ pub struct AnnouncerConfig {
     pub diff_window: Duration,
     pub heartbeat_interval: Duration,
     pub emit_timeout: Duration,
+    /// Other nodes share the namespace (the Redis adapter).
+    pub clustered: bool,
     /// Diff mode: users per snapshot frame (see [`crate::diff::PagedSnapshot`]).
     pub snapshot_page_size: usize,
 }
@@ -156,7 +158,7 @@ pub fn start<A: Adapter>(
         paging: Paging::default(),
         core: Core {
             presence: Arc::downgrade(&presence),
-            fanout: Fanout::new(io, cfg.emit_timeout, metrics.clone()),
+            fanout: Fanout::new(io, cfg.clustered, cfg.emit_timeout, metrics.clone()),
             backend,
             metrics,
         },

@@ -169,6 +169,7 @@ fn assemble<A: Adapter + DefinedAdapter>(
             snapshot_page_size: p.snapshot_page_size,
             heartbeat_interval: ms(cfg.backend.heartbeat_interval_ms),
             emit_timeout: ms(cfg.backend.op_timeout_ms),
+            clustered: link.is_some(),
         },
     );
     let init = sockets::register(

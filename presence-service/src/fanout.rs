@@ -1,19 +1,28 @@
 //! Fan-out: the one place where presence frames leave for sockets.
 //!
 //! The contract (docs/design.md, "Presence fan-out"):
-//! - **Ordered per socket.** Only the announcer task calls in here, one call after another, and
-//!   every frame to a socket goes through that socket's own queue and writer task, which writes
-//!   it through the WebSocket codec (the same codec that answers the client's pings and writes
-//!   the close frame). So a socket reads frames whole and in the order they were sent.
+//! - **Sharded per core.** A socket belongs to one shard (a task; one per core), picked by its
+//!   id. The announcer hands each shard its jobs (snapshots, pages, broadcasts) and goes on;
+//!   the shards send in parallel.
+//! - **Ordered per socket.** Only the announcer task calls in here, one call after another;
+//!   each shard does its jobs in that order, and every frame to a socket goes through that
+//!   socket's own queue and writer task, which writes it through the WebSocket codec (the same
+//!   codec that answers the client's pings and writes the close frame). So a socket reads this
+//!   node's frames whole and in the order they were made.
 //! - **Snapshot first.** Broadcasts go to [`LIVE_ROOM`] only; a socket joins it right after its
 //!   snapshot is queued, so it never gets a change before the list the change applies to.
 //! - **Bounded memory per socket.** A socket holds at most its queue (`max_buffer_size`
 //!   entries); a slow reader fills its own queue and kernel buffer and delays no one else.
 //!   A snapshot page that does not fit closes the socket: it reconnects and starts over.
-//! - **Bounded work per broadcast.** A frame is serialized once per broadcast; each recipient
-//!   gets a reference-counted copy of the encoded packet.
+//! - **Bounded work per broadcast.** The announcer serializes a payload once and hands each
+//!   shard a reference to it (a job per shard, whatever the number of sockets); a shard encodes
+//!   the packet once for its room and each socket gets a reference-counted copy. Other nodes
+//!   get the broadcast through the Redis adapter, published to the live room minus this node's
+//!   shard rooms, and send it to their own sockets.
 //! - Safe Rust only: nothing here or below writes around the codec.
 
+use std::hash::BuildHasher;
+use std::sync::Arc;
 use std::time::Duration;
 
 use serde::Serialize;
@@ -22,27 +31,77 @@ use socketioxide::adapter::Adapter;
 use socketioxide::extract::SocketRef;
 use socketioxide::operators::BroadcastOperators;
 use socketioxide::{BroadcastError, SendError, SocketError, SocketIo};
+use socketioxide_core::adapter::Room;
+use tokio::sync::mpsc;
 
 use crate::metrics::Metrics;
 
 /// The room of sockets that have been sent their snapshot (see the module doc).
 pub const LIVE_ROOM: &str = "presence:live";
 
+/// Work for a shard, in the order the announcer made it.
+enum Job<A: Adapter> {
+    /// `online_users` to each socket, which then joins the live rooms.
+    Snapshot {
+        sockets: Vec<SocketRef<A>>,
+        payload: Arc<RawValue>,
+    },
+    /// A page of a snapshot that continues, to each socket.
+    Page {
+        sockets: Vec<SocketRef<A>>,
+        event: &'static str,
+        payload: Arc<RawValue>,
+    },
+    /// A frame to every live socket of the shard.
+    Broadcast {
+        ns: Box<BroadcastOperators<A>>,
+        event: &'static str,
+        payload: Arc<RawValue>,
+    },
+}
+
 pub struct Fanout<A: Adapter> {
     io: SocketIo<A>,
     /// The default namespace, kept once the node starts stopping: closing the server removes
     /// it from `io`, and the leaves still have to be broadcast after that.
     kept: Option<BroadcastOperators<A>>,
-    /// How long a cluster-wide broadcast may take before this node's sockets are told alone.
+    /// Whether other nodes share the namespace (the Redis adapter): broadcasts are then
+    /// published to them too.
+    clustered: bool,
+    /// Each shard's room (named after this node), joined by its live sockets. The published
+    /// broadcast leaves them out: this node's shards deliver it to them.
+    shard_rooms: Vec<Room>,
+    /// One task per core; a socket belongs to the shard its id hashes to.
+    shards: Vec<mpsc::UnboundedSender<Job<A>>>,
+    hasher: std::collections::hash_map::RandomState,
+    /// How long a cluster-wide broadcast may take before this node gives up publishing it.
     emit_timeout: Duration,
     metrics: Metrics,
 }
 
 impl<A: Adapter> Fanout<A> {
-    pub fn new(io: SocketIo<A>, emit_timeout: Duration, metrics: Metrics) -> Self {
+    /// Spawns the shard tasks (call within the runtime).
+    pub fn new(io: SocketIo<A>, clustered: bool, emit_timeout: Duration, metrics: Metrics) -> Self {
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+        let node = uuid::Uuid::new_v4().simple();
+        let shard_rooms: Vec<Room> = (0..cores)
+            .map(|k| format!("presence:{node}:shard:{k}").into())
+            .collect();
+        let shards = shard_rooms
+            .iter()
+            .map(|room| {
+                let (tx, rx) = mpsc::unbounded_channel();
+                tokio::spawn(run_shard(room.clone(), rx, metrics.clone()));
+                tx
+            })
+            .collect();
         Self {
             io,
             kept: None,
+            clustered,
+            shard_rooms,
+            shards,
+            hasher: Default::default(),
             emit_timeout,
             metrics,
         }
@@ -57,90 +116,163 @@ impl<A: Adapter> Fanout<A> {
         self.kept.clone().or_else(|| self.io.of("/"))
     }
 
-    /// To every live socket on every node. If the adapter cannot reach the other nodes (Redis
-    /// outage), this node's own sockets are still told.
+    fn shard_of(&self, socket: &SocketRef<A>) -> usize {
+        self.hasher.hash_one(socket.id) as usize % self.shards.len()
+    }
+
+    /// Hands each shard its part of `sockets`.
+    fn split(&self, sockets: impl IntoIterator<Item = SocketRef<A>>) -> Vec<Vec<SocketRef<A>>> {
+        let mut parts: Vec<Vec<SocketRef<A>>> = self.shards.iter().map(|_| Vec::new()).collect();
+        for socket in sockets {
+            parts[self.shard_of(&socket)].push(socket);
+        }
+        parts
+    }
+
+    fn to_shard(&self, k: usize, job: Job<A>) {
+        // A shard lives as long as the runtime; if it is gone we are shutting down.
+        let _ = self.shards[k].send(job);
+    }
+
+    /// To every live socket on every node. The encoding is made once; this node's shards send
+    /// it to its sockets, whether or not the other nodes could be reached.
     pub async fn broadcast<T: Serialize + ?Sized>(&self, event: &'static str, payload: &T) {
         let Some(ns) = self.namespace() else {
             tracing::warn!(event, "no default namespace (server closed?); not sent");
             return;
         };
-        let sent = tokio::time::timeout(
-            self.emit_timeout,
-            ns.clone().to(LIVE_ROOM).emit(event, payload),
-        )
-        .await;
-        let ok = match sent {
-            Ok(Ok(())) => true,
-            // The adapter published first: only some of this node's sockets (closing, or too
-            // slow) missed it, and re-sending to all of them would duplicate it for the others.
-            Ok(Err(BroadcastError::Socket(errors))) => {
-                tracing::debug!(
-                    event,
-                    sockets = errors.len(),
-                    "not sent to some local sockets"
-                );
-                true
-            }
-            Ok(Err(_)) | Err(_) => false,
-        };
-        if !ok {
-            tracing::warn!(
-                event,
-                "cluster broadcast failed; emitting to local sockets only"
-            );
-            if let Err(e) = ns.local().to(LIVE_ROOM).emit(event, payload).await {
-                tracing::warn!(event, error = %e, "local broadcast failed");
+        let payload: Arc<RawValue> = match serde_json::value::to_raw_value(payload) {
+            Ok(p) => p.into(),
+            Err(e) => {
+                tracing::error!(event, error = %e, "cannot serialize a broadcast");
                 return;
             }
+        };
+        if self.clustered {
+            let to_others = ns
+                .clone()
+                .to(LIVE_ROOM)
+                .except(self.shard_rooms.clone())
+                .emit(event, &*payload);
+            match tokio::time::timeout(self.emit_timeout, to_others).await {
+                // Nothing of this node's is in it: socket errors are another node's.
+                Ok(Ok(())) | Ok(Err(BroadcastError::Socket(_))) => {}
+                Ok(Err(e)) => {
+                    tracing::warn!(event, error = %e, "not published to the other nodes; this node's sockets are still told")
+                }
+                Err(_) => tracing::warn!(
+                    event,
+                    "publishing to the other nodes timed out; this node's sockets are still told"
+                ),
+            }
+        }
+        for k in 0..self.shards.len() {
+            self.to_shard(
+                k,
+                Job::Broadcast {
+                    ns: Box::new(ns.clone()),
+                    event,
+                    payload: payload.clone(),
+                },
+            );
         }
         self.metrics.emitted(event);
     }
 
-    /// Sends each socket its `online_users` (serialized once by the caller) and makes it live.
-    /// Returns the sockets it was sent to (the others have closed).
+    /// Has each socket sent its `online_users` (serialized once by the caller) and made live,
+    /// by its shard. Returns the sockets, for the pages that may follow.
     pub fn snapshot(
         &self,
         sockets: impl IntoIterator<Item = SocketRef<A>>,
         online_users: &RawValue,
     ) -> Vec<SocketRef<A>> {
-        let mut sent = Vec::new();
-        for socket in sockets {
-            if let Err(e) = socket.emit("online_users", online_users) {
-                tracing::debug!(error = %e, sid = %socket.id, "snapshot not sent (socket gone?)");
-            } else {
-                self.metrics.emitted("online_users");
-                socket.join(LIVE_ROOM);
-                sent.push(socket);
+        let payload: Arc<RawValue> = online_users.to_owned().into();
+        let parts = self.split(sockets);
+        let all = parts.iter().flatten().cloned().collect();
+        for (k, sockets) in parts.into_iter().enumerate() {
+            if !sockets.is_empty() {
+                self.to_shard(
+                    k,
+                    Job::Snapshot {
+                        sockets,
+                        payload: payload.clone(),
+                    },
+                );
             }
         }
-        sent
+        all
     }
 
-    /// Sends one frame of a snapshot that continues (a page) to each of `sockets`, dropping
-    /// from the list the sockets that are gone. A socket whose queue is full is closed: a page
-    /// lost would leave it a partial list for good; closed, it reconnects and starts over.
-    /// Returns how many frames were queued.
+    /// Has one frame of a snapshot that continues (a page) sent to each of `sockets`, after
+    /// dropping from the list the sockets that are gone. Returns how many frames were handed
+    /// to the shards.
     pub fn page(
         &self,
         sockets: &mut Vec<SocketRef<A>>,
         event: &'static str,
         payload: &RawValue,
     ) -> u32 {
-        let mut frames = 0;
-        sockets.retain(|socket| match socket.emit(event, payload) {
-            Ok(()) => {
-                self.metrics.emitted(event);
-                frames += 1;
-                true
+        sockets.retain(|s| s.connected());
+        let payload: Arc<RawValue> = payload.to_owned().into();
+        for (k, part) in self.split(sockets.iter().cloned()).into_iter().enumerate() {
+            if !part.is_empty() {
+                self.to_shard(
+                    k,
+                    Job::Page {
+                        sockets: part,
+                        event,
+                        payload: payload.clone(),
+                    },
+                );
             }
-            Err(SendError::Socket(SocketError::Closed)) => false,
-            Err(e) => {
-                tracing::warn!(error = %e, sid = %socket.id, "socket too slow for its snapshot; closing it");
-                let _ = socket.clone().disconnect();
-                false
+        }
+        u32::try_from(sockets.len()).unwrap_or(u32::MAX)
+    }
+}
+
+/// A shard: sends its jobs in order, each through the sockets' own queues.
+async fn run_shard<A: Adapter>(
+    room: Room,
+    mut jobs: mpsc::UnboundedReceiver<Job<A>>,
+    metrics: Metrics,
+) {
+    while let Some(job) = jobs.recv().await {
+        match job {
+            Job::Snapshot { sockets, payload } => {
+                for socket in sockets {
+                    if let Err(e) = socket.emit("online_users", &*payload) {
+                        tracing::debug!(error = %e, sid = %socket.id, "snapshot not sent (socket gone?)");
+                        continue;
+                    }
+                    metrics.emitted("online_users");
+                    // Live only now: no change can reach it before its list.
+                    socket.join(vec![Room::from(LIVE_ROOM), room.clone()]);
+                }
             }
-        });
-        frames
+            Job::Page {
+                sockets,
+                event,
+                payload,
+            } => {
+                for socket in sockets {
+                    match socket.emit(event, &*payload) {
+                        Ok(()) => metrics.emitted(event),
+                        Err(SendError::Socket(SocketError::Closed)) => {}
+                        // A page lost would leave it a partial list for good; closed, it
+                        // reconnects and gets a fresh snapshot.
+                        Err(e) => {
+                            tracing::warn!(error = %e, sid = %socket.id, "socket too slow for its snapshot; closing it");
+                            let _ = socket.disconnect();
+                        }
+                    }
+                }
+            }
+            Job::Broadcast { ns, event, payload } => {
+                if let Err(e) = ns.local().to(room.clone()).emit(event, &*payload).await {
+                    tracing::debug!(event, error = %e, "not sent to some local sockets");
+                }
+            }
+        }
     }
 }
 
@@ -185,6 +317,7 @@ mod tests {
     fn fanout(io: &SocketIo<LocalAdapter>) -> Fanout<LocalAdapter> {
         Fanout::new(
             io.clone(),
+            false,
             Duration::from_secs(1),
             Metrics::new().expect("metrics"),
         )

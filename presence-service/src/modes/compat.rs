@@ -119,3 +119,53 @@ impl<A: Adapter> Announce<A> for Compat {
         self.held_over = None;
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use socketioxide::adapter::LocalAdapter;
+
+    use super::*;
+
+    fn user(id: &str) -> User {
+        User {
+            id: id.into(),
+            name: id.to_uppercase(),
+        }
+    }
+
+    fn announce(c: &mut Compat) -> &mut dyn Announce<LocalAdapter> {
+        c
+    }
+
+    /// The list clients were told survives a store outage until the refresh after it.
+    #[test]
+    fn the_last_list_is_held_over_an_outage_until_the_refresh() {
+        let mut c = Compat::default();
+        assert!(!announce(&mut c).heartbeat(vec![user("a"), user("b")], true));
+        assert!(
+            announce(&mut c).store_lost(),
+            "a lost store asks for a refresh"
+        );
+        assert!(!announce(&mut c).store_lost(), "once");
+        assert_eq!(
+            c.held_over.as_deref(),
+            Some(&[user("a"), user("b")][..]),
+            "what clients were last told"
+        );
+        // A read during the outage does not replace it; once healthy, a refresh is due.
+        assert!(!announce(&mut c).heartbeat(vec![user("a")], false));
+        assert!(announce(&mut c).heartbeat(vec![user("a")], true));
+        announce(&mut c).refreshing();
+        assert!(c.held_over.is_none());
+        assert!(!announce(&mut c).heartbeat(vec![user("a")], true));
+        assert_eq!(c.last_list, vec![user("a")]);
+    }
+
+    #[test]
+    fn an_unreachable_store_holds_the_list_it_last_read() {
+        let mut c = Compat::default();
+        assert!(!announce(&mut c).heartbeat(vec![user("a")], false));
+        assert_eq!(c.held_over.as_deref(), Some(&[user("a")][..]));
+        assert!(announce(&mut c).heartbeat(vec![], true), "back: refresh");
+    }
+}

@@ -73,3 +73,41 @@ impl<A: Adapter> Announce<A> for Diff {
 
     fn refreshing(&mut self) {}
 }
+
+#[cfg(test)]
+mod tests {
+    use socketioxide::adapter::LocalAdapter;
+
+    use super::*;
+
+    fn announce(d: &Diff) -> &dyn Announce<LocalAdapter> {
+        d
+    }
+
+    #[test]
+    fn a_flush_is_due_only_with_changes_held_back() {
+        let window = Duration::from_millis(50);
+        let mut d = Diff::new(window, 2);
+        assert_eq!(announce(&d).flush_due(), None);
+        d.batch.join(User {
+            id: "a".into(),
+            name: "A".into(),
+        });
+        assert_eq!(announce(&d).flush_due(), Some(d.last_flush + window));
+    }
+
+    #[test]
+    fn long_lists_are_paged() {
+        let d = Diff::new(Duration::from_millis(50), 2);
+        let users: Vec<User> = ["a", "b", "c"]
+            .iter()
+            .map(|id| User {
+                id: (*id).into(),
+                name: id.to_uppercase(),
+            })
+            .collect();
+        let (first, rest) = announce(&d).first_page(users);
+        assert_eq!(first.len(), 2);
+        assert!(rest.is_some());
+    }
+}
