@@ -167,7 +167,15 @@ export class Tab {
     this.waiters = [];
     this.socket = io(url, { extraHeaders, transports, reconnection: false, forceNew: true, timeout: 5000, ...opts });
     this.socket.onAny((event, data) => { this.events.push({ event, data, at: Date.now() }); this.check(); });
-    this.socket.on('connect_error', (err) => { this.events.push({ event: 'connect_error', data: err.message, at: Date.now() }); this.check(); });
+    this.socket.on('connect_error', (err) => {
+      // A transport error says little by itself: keep what the transport knew (HTTP status,
+      // socket error) so a failure can be told apart from a refusal.
+      const detail = err.description !== undefined
+        ? ` (${err.description?.message ?? err.description}${err.context?.status ? `, HTTP ${err.context.status}` : ''}${err.context?.responseText ? `: ${String(err.context.responseText).slice(0, 200)}` : ''})`
+        : '';
+      this.events.push({ event: 'connect_error', data: err.message + detail, at: Date.now() });
+      this.check();
+    });
     this.socket.on('disconnect', (reason) => { this.events.push({ event: 'disconnect', data: reason, at: Date.now() }); this.check(); });
   }
   check() {
@@ -189,10 +197,21 @@ export class Tab {
   mark() { return this.events.length; }
   named(event) { return this.events.filter((e) => e.event === event).map((e) => e.data); }
   async connected() {
-    await Promise.race([
-      this.waitFor('online_users'),
-      this.waitFor('connect_error').then((m) => { throw new Error('connect_error: ' + m); }),
+    const attempt = (from) => Promise.race([
+      this.waitFor('online_users', () => true, 5000, from).then(() => null),
+      this.waitFor('connect_error', () => true, 5000, from),
     ]);
+    let error = await attempt(0);
+    // A transport error (the HTTP request or the socket failed, not a refusal by the service) is
+    // what a real tab retries: once, here, and said out loud so it can be looked into. A refusal
+    // fails at once.
+    if (error !== null && /^(xhr poll error|xhr post error|websocket error)/.test(error)) {
+      console.log(`# transport error while connecting, retried once: ${error}`);
+      const from = this.mark();
+      this.socket.connect();
+      error = await attempt(from);
+    }
+    if (error !== null) throw new Error('connect_error: ' + error);
     return this;
   }
   /** The `connect_error` message; fails if the socket connects instead. */
