@@ -318,6 +318,32 @@ op_timeout_ms = 500
   return { child, addr, log: () => fs.readFileSync(path.join(dir, 'presence.log'), 'utf8') };
 }
 
+/**
+ * A logged-in WebSocket client through the gateway that reconnects quickly and records what it
+ * saw: connects, refused attempts, disconnects (with when), who it was told left, its last list.
+ */
+async function watchingClient(url, sessionId, user) {
+  await storeExpressSession(redis, sessionId, user);
+  const socket = io(url, {
+    transports: ['websocket'], extraHeaders: { cookie: expressCookie(sessionId, SECRET) },
+    reconnectionDelay: 100, reconnectionDelayMax: 300, timeout: 5000,
+  });
+  const c = { socket, user, connects: 0, errors: [], disconnects: [], leaves: [] };
+  socket.on('connect', () => { c.connects++; });
+  socket.on('connect_error', e => c.errors.push(String(e?.message ?? e)));
+  socket.on('disconnect', reason => c.disconnects.push({ reason, at: Date.now() }));
+  socket.on('presence_diff', d => { for (const id of d.leaves ?? []) c.leaves.push(id); });
+  socket.on('online_users', l => { c.lastList = (l.onlineUsers ?? []).map(u => u.id ?? u.userId ?? u.sub); });
+  cleanups.push(() => socket.close());
+  return c;
+}
+
+/** Whether a client's last list holds every one of `clients`' users. */
+function everyoneSeen(clients) {
+  const everyone = clients.map(c => c.user);
+  return c => everyone.every(u => JSON.stringify(c.lastList ?? []).includes(u));
+}
+
 test('presence SIGTERM: clients move to the other node at the configured rate and nobody flaps offline', async () => {
   const USERS = 12, RATE = 4, DRAIN_MS = 3000;
   const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'presence-drain-'));
@@ -332,22 +358,8 @@ test('presence SIGTERM: clients move to the other node at the configured rate an
   const url = `http://127.0.0.1:${port}`;
 
   const clients = [];
-  for (let i = 0; i < USERS; i++) {
-    await storeExpressSession(redis, `drain-${i}`, `user-${i}`);
-    const socket = io(url, {
-      transports: ['websocket'], extraHeaders: { cookie: expressCookie(`drain-${i}`, SECRET) },
-      reconnectionDelay: 100, reconnectionDelayMax: 300, timeout: 5000,
-    });
-    const c = { socket, user: `user-${i}`, connects: 0, disconnects: [], leaves: [], missing: [] };
-    socket.on('connect', () => { c.connects++; });
-    socket.on('disconnect', reason => c.disconnects.push({ reason, at: Date.now() }));
-    socket.on('presence_diff', d => { for (const id of d.leaves ?? []) c.leaves.push(id); });
-    socket.on('online_users', l => { c.lastList = (l.onlineUsers ?? []).map(u => u.id ?? u.userId ?? u.sub); });
-    cleanups.push(() => socket.close());
-    clients.push(c);
-  }
-  const everyone = clients.map(c => c.user).sort();
-  const seesEveryone = c => everyone.every(u => JSON.stringify(c.lastList ?? []).includes(u));
+  for (let i = 0; i < USERS; i++) clients.push(await watchingClient(url, `drain-${i}`, `user-${i}`));
+  const seesEveryone = everyoneSeen(clients);
   await until('every client connected and sees everyone', () => clients.every(c => c.connects === 1 && seesEveryone(c)), 20000);
 
   const termAt = Date.now();
@@ -387,23 +399,8 @@ test('gateway binary upgrade with WebSocket clients: old tunnels drained in a tr
   const url = `http://127.0.0.1:${port}`;
 
   const clients = [];
-  for (let i = 0; i < USERS; i++) {
-    await storeExpressSession(redis, `upgrade-${i}`, `up-${i}`);
-    const socket = io(url, {
-      transports: ['websocket'], extraHeaders: { cookie: expressCookie(`upgrade-${i}`, SECRET) },
-      reconnectionDelay: 100, reconnectionDelayMax: 300, timeout: 5000,
-    });
-    const c = { socket, user: `up-${i}`, connects: 0, errors: [], disconnects: [], leaves: [] };
-    socket.on('connect', () => { c.connects++; });
-    socket.on('connect_error', e => c.errors.push(String(e?.message ?? e)));
-    socket.on('disconnect', reason => c.disconnects.push({ reason, at: Date.now() }));
-    socket.on('presence_diff', d => { for (const id of d.leaves ?? []) c.leaves.push(id); });
-    socket.on('online_users', l => { c.lastList = (l.onlineUsers ?? []).map(u => u.id ?? u.userId ?? u.sub); });
-    cleanups.push(() => socket.close());
-    clients.push(c);
-  }
-  const everyone = clients.map(c => c.user).sort();
-  const seesEveryone = c => everyone.every(u => JSON.stringify(c.lastList ?? []).includes(u));
+  for (let i = 0; i < USERS; i++) clients.push(await watchingClient(url, `upgrade-${i}`, `up-${i}`));
+  const seesEveryone = everyoneSeen(clients);
   await until('every client connected and sees everyone', () => clients.every(c => c.connects === 1 && seesEveryone(c)), 20000);
 
   const next = await startGatewayProcess(path.join(dir, 'g'), config, { upgrade: true, name: 'new' });
