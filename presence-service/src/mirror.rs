@@ -14,9 +14,11 @@
 //!   caller loads the new view (once every node had a heartbeat to store its users again), the
 //!   copy holds over: entries of the new epoch are applied on top, nobody else is dropped.
 //! - This node's own users are online whatever the log says (the node owns its sockets): a
-//!   leave for one of them is not applied, and a load keeps them.
+//!   leave for one of them is not applied, and a load keeps them. Such a user is *kept*: in the
+//!   copy only because this node holds them, so when the node lets go of them
+//!   ([`Mirror::let_go`]) and the store has them offline, they leave the copy too.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use crate::backend::{Change, Position, View, What};
 use crate::model::User;
@@ -41,6 +43,8 @@ pub struct Mirror {
     /// Set while holding over another epoch: entries are applied whatever their position.
     holding_over: bool,
     users: BTreeMap<String, User>,
+    /// Users in the copy only because this node holds them (the store has them offline).
+    kept: BTreeSet<String>,
 }
 
 impl Mirror {
@@ -101,15 +105,33 @@ impl Mirror {
         }
     }
 
-    /// A change this node made while the store could not record it (an outage): its own
-    /// sockets still hear about it. The copy's position does not move.
-    pub fn apply_unlogged(&mut self, what: What, own: impl Fn(&str) -> bool) -> Applied {
-        self.change(what, own)
+    /// A user this node holds came online while the store could not record it (an outage):
+    /// its own sockets still hear about it. The copy's position does not move.
+    pub fn join_unlogged(&mut self, user: User) -> Applied {
+        let known = self.users.contains_key(&user.id);
+        let applied = self.change(What::Join(user.clone()), |_| true);
+        if !known {
+            self.kept.insert(user.id);
+        }
+        applied
+    }
+
+    /// This node no longer holds the user, and the store logged no leave for it: if the user
+    /// was in the copy only because of this node, they leave it.
+    pub fn let_go(&mut self, id: &str) -> Applied {
+        if !self.kept.remove(id) {
+            return Applied::Nothing;
+        }
+        match self.users.remove(id) {
+            Some(_) => Applied::Changed(What::Leave(id.to_string())),
+            None => Applied::Nothing,
+        }
     }
 
     fn change(&mut self, what: What, own: impl Fn(&str) -> bool) -> Applied {
         match what {
             What::Join(user) => {
+                self.kept.remove(&user.id);
                 if self.users.get(&user.id) == Some(&user) {
                     return Applied::Nothing;
                 }
@@ -117,9 +139,14 @@ impl Mirror {
                 Applied::Changed(What::Join(user))
             }
             What::Leave(id) => {
-                if own(&id) || self.users.remove(&id).is_none() {
+                if !self.users.contains_key(&id) {
                     return Applied::Nothing;
                 }
+                if own(&id) {
+                    self.kept.insert(id);
+                    return Applied::Nothing;
+                }
+                self.users.remove(&id);
                 Applied::Changed(What::Leave(id))
             }
         }
@@ -135,6 +162,11 @@ impl Mirror {
     pub fn load(&mut self, view: View, own: &[User]) -> Vec<What> {
         let mut users: BTreeMap<String, User> =
             view.users.into_iter().map(|u| (u.id.clone(), u)).collect();
+        self.kept = own
+            .iter()
+            .filter(|u| !users.contains_key(&u.id))
+            .map(|u| u.id.clone())
+            .collect();
         for user in own {
             users.insert(user.id.clone(), user.clone());
         }
@@ -269,6 +301,37 @@ mod tests {
         );
         assert!(changes.is_empty(), "{changes:?}");
         assert_eq!(m.users(), vec![user("b"), user("me")]);
+    }
+
+    /// The node was reaped while paused (its users' leaves logged, kept here because it still
+    /// held them), then let one go before storing it again: nobody logs that user's leave, so
+    /// the copy must drop them itself, or they stay a ghost.
+    #[test]
+    fn a_kept_user_leaves_when_this_node_lets_go() {
+        let mut m = loaded(&["me", "b"], 1);
+        let own = |id: &str| id == "me";
+        assert_eq!(m.apply(leave("e1", 2, "me"), own), Applied::Nothing);
+        assert_eq!(m.let_go("b"), Applied::Nothing, "not kept: the log decides");
+        assert_eq!(m.let_go("me"), Applied::Changed(What::Leave("me".into())));
+        assert_eq!(m.users(), vec![user("b")]);
+        // A join in the log means the store has them again: no longer kept.
+        let mut m = loaded(&["me"], 1);
+        m.apply(leave("e1", 2, "me"), own);
+        m.apply(join("e1", 3, "me"), own);
+        assert_eq!(m.let_go("me"), Applied::Nothing);
+    }
+
+    #[test]
+    fn an_unlogged_join_is_kept_until_the_store_has_it() {
+        let mut m = loaded(&[], 1);
+        assert_eq!(
+            m.join_unlogged(user("a")),
+            Applied::Changed(What::Join(user("a")))
+        );
+        assert_eq!(m.let_go("a"), Applied::Changed(What::Leave("a".into())));
+        let mut m = loaded(&["a"], 1);
+        assert_eq!(m.join_unlogged(user("a")), Applied::Nothing);
+        assert_eq!(m.let_go("a"), Applied::Nothing, "the store has them");
     }
 
     #[test]

@@ -5,7 +5,9 @@
 //! - `p:count`        hash user id -> number of nodes holding the user.
 //! - `p:users`        hash user id -> User JSON: everyone online.
 //! - `p:pending`      sorted set user id -> when: users whose last holder let go during a
-//!   re-sync; still online until a later heartbeat confirms nobody took them.
+//!   re-sync or while the store settles after being away; still online until a heartbeat
+//!   after that finds nobody took them.
+//! - `p:alive`, `p:settle_until`  when any script last ran, and until when the store settles.
 //! - `p:nodes`        sorted set node -> last heartbeat (Redis clock, ms).
 //! - `p:since`        hash node -> start of its current run of heartbeats without a gap.
 //! - `p:epoch`, `p:seq`  the change log's position; `p:changes` the channel it is published on.
@@ -34,12 +36,25 @@ use redis::Script;
 use super::{BackendError, Change, Position, PresenceBackend, View, What};
 use crate::model::User;
 
-/// Shared by every script. `ARGV[1]` is the key prefix, `ARGV[2]` this node's id.
+/// Shared by every script. `ARGV[1]` is the key prefix, `ARGV[2]` this node's id, `ARGV[3]`
+/// how long Redis may go without any script before it counts as having been away (paused,
+/// restarted), `ARGV[4]` how long a user nobody holds stays pending after that (ms).
 const PRELUDE: &str = r#"
 local P = ARGV[1]
 local function now_ms()
   local t = redis.call('TIME')
   return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+end
+-- Whether the store is settling: it was away (no node reached it for a while: paused,
+-- restarted, or every node cut off) less than ARGV[4] ago. Until then some nodes have not
+-- stored their holds again, so a user nobody seems to hold goes pending instead of offline.
+local function settling(now)
+  local last = tonumber(redis.call('GET', P .. ':alive') or 0)
+  redis.call('SET', P .. ':alive', now)
+  if now - last > tonumber(ARGV[3]) then
+    redis.call('SET', P .. ':settle_until', now + tonumber(ARGV[4]))
+  end
+  return now < tonumber(redis.call('GET', P .. ':settle_until') or 0)
 end
 local function epoch()
   local e = redis.call('GET', P .. ':epoch')
@@ -62,12 +77,22 @@ local function went_offline(u)
   redis.call('HDEL', P .. ':users', u)
   return log('"l":' .. cjson.encode(u))
 end
+-- The last holder let go: offline now, or pending while the store settles (or for a re-sync).
+local function let_go(u, now, wait)
+  if wait then
+    redis.call('HDEL', P .. ':count', u)
+    redis.call('ZADD', P .. ':pending', now, u)
+    return false
+  end
+  return went_offline(u)
+end
 "#;
 
-/// `ARGV[3]` user id, `ARGV[4]` User JSON. Logs a join if the user came online (unless a
-/// re-sync had them pending: they never went) or their stored entry changed.
+/// `ARGV[5]` user id, `ARGV[6]` User JSON. Logs a join if the user came online (unless they were
+/// pending: they never went) or their stored entry changed.
 const HOLD: &str = r#"
-local id, json = ARGV[3], ARGV[4]
+settling(now_ms())
+local id, json = ARGV[5], ARGV[6]
 local old = redis.call('HGET', P .. ':users', id)
 redis.call('HSET', P .. ':users', id, json)
 local came = false
@@ -80,32 +105,31 @@ if came or old ~= json then return log('"j":' .. json) end
 return false
 "#;
 
-/// `ARGV[3]` user id, `ARGV[4]` '1' for a re-sync's release: a user nobody holds any more is
+/// `ARGV[5]` user id, `ARGV[6]` '1' for a re-sync's release: a user nobody holds any more is
 /// then left pending (see `p:pending`) instead of leaving at once, because after an outage the
-/// other nodes may not have stored their own holds again yet.
+/// other nodes may not have stored their own holds again yet; so is any release while the
+/// store settles.
 const RELEASE: &str = r#"
-local id = ARGV[3]
+local now = now_ms()
+local settle = settling(now)
+local id = ARGV[5]
 if redis.call('HDEL', P .. ':node:' .. ARGV[2], id) == 1 then
   if redis.call('HINCRBY', P .. ':count', id, -1) <= 0 then
-    if ARGV[4] == '1' then
-      redis.call('HDEL', P .. ':count', id)
-      redis.call('ZADD', P .. ':pending', now_ms(), id)
-      return false
-    end
-    return went_offline(id)
+    return let_go(id, now, settle or ARGV[6] == '1')
   end
 end
 return false
 "#;
 
-/// Heartbeat (`ARGV[3]` TTL ms, `ARGV[4]` how long a pending user waits, ms), then reap every
-/// node silent for longer than the TTL once this node has itself heartbeaten without a gap for a
-/// TTL (`p:since`), and let go of the pending users nobody took. Returns
+/// Heartbeat (`ARGV[5]` TTL ms), then reap every node silent for longer than the TTL once this
+/// node has itself heartbeaten without a gap for a TTL (`p:since`), and let go of the pending
+/// users nobody took. Returns
 /// `[self_was_registered, users_stored_for_self, epoch, seq]`; 0 in the first slot means this
 /// node had been reaped (or never registered) and must re-sync what it holds.
 const HEARTBEAT: &str = r#"
-local me, ttl = ARGV[2], tonumber(ARGV[3])
+local me, ttl = ARGV[2], tonumber(ARGV[5])
 local now = now_ms()
+local settle = settling(now)
 local known = redis.call('ZSCORE', P .. ':nodes', me)
 redis.call('ZADD', P .. ':nodes', now, me)
 local registered = known and 1 or 0
@@ -119,12 +143,14 @@ if now - since >= ttl then
   for _, node in ipairs(redis.call('ZRANGEBYSCORE', P .. ':nodes', '-inf', now - ttl)) do
     local nk = P .. ':node:' .. node
     for _, u in ipairs(redis.call('HKEYS', nk)) do
-      if redis.call('HINCRBY', P .. ':count', u, -1) <= 0 then went_offline(u) end
+      if redis.call('HINCRBY', P .. ':count', u, -1) <= 0 then let_go(u, now, settle) end
     end
     redis.call('DEL', nk)
     redis.call('ZREM', P .. ':nodes', node)
     redis.call('HDEL', since_key, node)
   end
+end
+if not settle then
   for _, u in ipairs(redis.call('ZRANGEBYSCORE', P .. ':pending', '-inf', now - tonumber(ARGV[4]))) do
     redis.call('ZREM', P .. ':pending', u)
     if redis.call('HEXISTS', P .. ':count', u) == 0 then went_offline(u) end
@@ -136,9 +162,11 @@ return { registered, stored, e, tonumber(redis.call('GET', P .. ':seq') or 0) }
 
 /// A stopping node: its users leave unless another node holds them, then the node is gone.
 const LEAVE: &str = r#"
+local now = now_ms()
+local settle = settling(now)
 local nk = P .. ':node:' .. ARGV[2]
 for _, u in ipairs(redis.call('HKEYS', nk)) do
-  if redis.call('HINCRBY', P .. ':count', u, -1) <= 0 then went_offline(u) end
+  if redis.call('HINCRBY', P .. ':count', u, -1) <= 0 then let_go(u, now, settle) end
 end
 redis.call('DEL', nk)
 redis.call('ZREM', P .. ':nodes', ARGV[2])
@@ -161,8 +189,11 @@ pub struct RedisBackend {
     node_id: String,
     prefix: String,
     node_ttl: Duration,
-    /// How long a user a re-sync let go stays pending (see `p:pending`).
+    /// How long a user a re-sync let go stays pending (see `p:pending`), and how long the
+    /// store settles after being away.
     pending_for: Duration,
+    /// How long Redis may see no script at all before it counts as having been away.
+    away_after: Duration,
     op_timeout: Duration,
     hold: Script,
     release: Script,
@@ -201,6 +232,9 @@ impl RedisBackend {
             // Every node re-stores its holds at its first heartbeat after an outage: two
             // intervals cover every node's next one.
             pending_for: heartbeat_interval * 2,
+            // Every node heartbeats once per interval: twice that with no script from anyone
+            // means Redis was paused, restarted or cut off.
+            away_after: heartbeat_interval * 2,
             op_timeout,
             hold: script(HOLD),
             release: script(RELEASE),
@@ -221,7 +255,10 @@ impl RedisBackend {
 
     fn invocation<'a>(&self, script: &'a Script) -> redis::ScriptInvocation<'a> {
         let mut inv = script.prepare_invoke();
-        inv.arg(&self.prefix).arg(&self.node_id);
+        inv.arg(&self.prefix)
+            .arg(&self.node_id)
+            .arg(self.away_after.as_millis() as u64)
+            .arg(self.pending_for.as_millis() as u64);
         inv
     }
 
@@ -329,8 +366,7 @@ impl PresenceBackend for RedisBackend {
     async fn maintain(&self, held: Option<&[User]>) -> Result<Position, BackendError> {
         let mut conn = self.conn.clone();
         let mut inv = self.invocation(&self.heartbeat);
-        inv.arg(self.node_ttl.as_millis() as u64)
-            .arg(self.pending_for.as_millis() as u64);
+        inv.arg(self.node_ttl.as_millis() as u64);
         let (registered, stored, epoch, seq): (i64, i64, String, u64) =
             self.bounded(true, inv.invoke_async(&mut conn)).await?;
         if !self.healthy.swap(true, Ordering::Relaxed) {
