@@ -132,6 +132,10 @@ impl<A: Adapter> Presence<A> {
         self.model().held()
     }
 
+    fn socket_count(&self) -> usize {
+        self.model().socket_count()
+    }
+
     fn holds(&self, user_id: &str) -> bool {
         self.model().holds(user_id)
     }
@@ -148,6 +152,8 @@ impl<A: Adapter> Presence<A> {
 pub struct AnnouncerConfig {
     pub mode: EventMode,
     pub diff_window: Duration,
+    /// Diff mode: frames per second broadcasts may cost (see `modes::Diff`).
+    pub diff_budget_per_sec: u64,
     pub heartbeat_interval: Duration,
     /// The store's operation timeout: part of how long a hold-over lasts.
     pub op_timeout: Duration,
@@ -173,7 +179,12 @@ pub fn start<A: Adapter>(
         metrics: metrics.clone(),
     });
     let announcer = Announcer {
-        mode: modes::for_mode(cfg.mode, cfg.diff_window, cfg.snapshot_page_size),
+        mode: modes::for_mode(
+            cfg.mode,
+            cfg.diff_window,
+            cfg.diff_budget_per_sec,
+            cfg.snapshot_page_size,
+        ),
         paging: Paging::default(),
         fanout: Fanout::new(io, metrics.clone()),
         mirror: Mirror::default(),
@@ -186,6 +197,7 @@ pub fn start<A: Adapter>(
         waiting_ack: Vec::new(),
         stopping: None,
         reload_at: None,
+        hold_over_until: None,
         last_beat: None,
     };
     tokio::spawn(announcer.run(presence.clone(), rx));
@@ -213,6 +225,9 @@ struct Announcer<A: Adapter> {
     stopping: Option<(Instant, oneshot::Sender<()>)>,
     /// When the copy is read again from the store: the end of a hold-over, or a retry.
     reload_at: Option<Instant>,
+    /// While holding over: until when no read of the store may replace the copy (before then
+    /// some nodes may not have stored their users again).
+    hold_over_until: Option<Instant>,
     /// The log's position at the last heartbeat: whatever was published before it has had a
     /// heartbeat interval to arrive.
     last_beat: Option<Position>,
@@ -238,6 +253,7 @@ impl<A: Adapter> Announcer<A> {
                 break;
             }
             let stop_at = self.stopping.as_ref().map(|(at, _)| *at);
+            self.mode.set_audience(presence.socket_count());
             let idle = Instant::now() + far;
             let release_at = next_release.unwrap_or(idle);
             let flush_at = self.mode.flush_due();
@@ -343,18 +359,22 @@ impl<A: Adapter> Announcer<A> {
                     // Redis outage: this node's sockets still hear about it now; the cluster
                     // hears when the re-sync after the outage stores it.
                     tracing::warn!(error = %e, user = %user.id, "hold not stored; re-synced when the backend is back");
-                    let applied = self
-                        .mirror
-                        .apply_unlogged(What::Join(user), |id| presence.holds(id));
+                    let applied = self.mirror.join_unlogged(user);
                     self.announce(applied);
                 }
             },
             Effect::Release(id) => match self.backend.release(&id).await {
                 Ok(Some(change)) => self.follow_own(change, presence),
-                Ok(None) => {}
+                // Nothing logged: another node holds them, the store has them pending, or it
+                // had them offline already (this node was reaped) while they were in the copy
+                // only because of this node.
+                Ok(None) => {
+                    let applied = self.mirror.let_go(&id);
+                    self.announce(applied);
+                }
                 // Not announced: during an outage this node cannot tell whether the user is
                 // still connected to another node, and a leave for a user who is would make them
-                // flap. The re-sync after the outage releases them and logs what is true.
+                // flap. The re-sync after the outage releases them, and the copy is read again.
                 Err(e) => {
                     tracing::warn!(error = %e, user = %id, "release not stored; re-synced when the backend is back");
                 }
@@ -434,12 +454,20 @@ impl<A: Adapter> Announcer<A> {
         }
         tracing::info!("the presence store lost its data; holding the list over until every node stored its users again");
         self.mirror.hold_over();
-        self.reload_at = Some(Instant::now() + self.heartbeat_interval * 2 + self.op_timeout);
+        let until = Instant::now() + self.heartbeat_interval * 2 + self.op_timeout;
+        self.hold_over_until = Some(until);
+        self.reload_at = Some(until);
     }
 
     /// Reads the view and makes it the copy (plus this node's own users), announcing what that
     /// changed. A view of another epoch starts a hold-over instead; a failed read is retried.
     async fn reload(&mut self, presence: &Presence<A>) {
+        if let Some(until) = self.hold_over_until {
+            if Instant::now() < until {
+                // Asked early (the link came back, a heartbeat): the hold-over's end reads it.
+                return;
+            }
+        }
         self.reload_at = None;
         let view = match self.backend.view().await {
             Ok(view) => view,
@@ -460,6 +488,7 @@ impl<A: Adapter> Announcer<A> {
         if self.mode.snapshots_before_changes() {
             self.send_snapshots();
         }
+        self.hold_over_until = None;
         let changes = self.mirror.load(view, &presence.held());
         if !changes.is_empty() {
             tracing::info!(
@@ -482,6 +511,7 @@ impl<A: Adapter> Announcer<A> {
         // Whatever arrived before the heartbeat is in the copy before positions are compared.
         self.drain_changes(presence).await;
         let held = presence.held();
+        let was_healthy = self.backend.is_healthy();
         let beat = self
             .backend
             .maintain(settled.then_some(held.as_slice()))
@@ -490,6 +520,12 @@ impl<A: Adapter> Announcer<A> {
             .backend_healthy
             .set(self.backend.is_healthy() as i64);
         match beat {
+            // Back after an outage: what this node changed meanwhile is in the store now (the
+            // heartbeat re-synced it), and the copy may hold what only this node thought.
+            Ok(at) if !was_healthy => {
+                self.last_beat = Some(at);
+                self.reload(presence).await;
+            }
             Ok(at) => self.check_position(at, presence).await,
             Err(e) => tracing::warn!(error = %e, "presence heartbeat failed"),
         }

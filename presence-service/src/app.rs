@@ -207,6 +207,7 @@ fn assemble<A: Adapter + DefinedAdapter>(
         AnnouncerConfig {
             mode: p.mode,
             diff_window: ms(p.diff_window_ms.max(1)),
+            diff_budget_per_sec: p.diff_budget_per_sec,
             snapshot_page_size: p.snapshot_page_size,
             heartbeat_interval: ms(cfg.backend.heartbeat_interval_ms),
             op_timeout: ms(cfg.backend.op_timeout_ms),

@@ -136,13 +136,17 @@ pub struct PresenceConfig {
     pub grace_ms: u64,
     /// Diff mode: changes within this window go out as one `presence_diff`.
     pub diff_window_ms: u64,
+    /// Diff mode: how many frames per second (one per socket per `presence_diff`) the node's
+    /// broadcasts may cost. With many sockets the window grows so that a burst of changes (a
+    /// reconnect storm) costs this, however fast users join; a lone change still goes out at
+    /// once. 0: no budget, the window alone.
+    pub diff_budget_per_sec: u64,
     /// Sockets one user may hold on one node.
     pub max_sockets_per_user: usize,
     /// Diff mode: users per frame of the connect snapshot, and changes per `presence_diff`. A
     /// longer list goes out as `online_users` with the first page, then `presence_diff` joins
-    /// one page at a time; a larger batch of changes as several `presence_diff`s. Each socket's
-    /// websocket writer keeps the capacity of the largest frame it sent, so this bounds what an
-    /// idle socket costs (~40 bytes per user in a page).
+    /// one page at a time; a larger batch of changes as several `presence_diff`s. Bounds the
+    /// largest frame (~40 bytes per user); a socket gives the buffer back once it is written.
     pub snapshot_page_size: usize,
 }
 
@@ -152,8 +156,9 @@ impl Default for PresenceConfig {
             mode: EventMode::Compat,
             grace_ms: 3_000,
             diff_window_ms: 50,
+            diff_budget_per_sec: 40_000,
             max_sockets_per_user: 64,
-            snapshot_page_size: 50,
+            snapshot_page_size: 1000,
         }
     }
 }

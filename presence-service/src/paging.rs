@@ -9,14 +9,16 @@ use crate::diff::{PagedSnapshot, PresenceDiff};
 use crate::model::User;
 use crate::modes::Env;
 
-/// Pause between two rounds of pages: at least this, plus [`PAGE_PAUSE_PER_FRAME`] per frame the
-/// round queued. The point is that each socket's writer has put the previous page on the wire
+/// Pause between two rounds of pages: at least this, plus [`PAGE_PAUSE_PER_FRAME`] per frame and
+/// [`PAGE_PAUSE_PER_KIB`] per KiB the round queued. The point is that each socket's writer has put the previous page on the wire
 /// (and its client has read it) before the next is queued: pages queued together would sit in
 /// the socket's queue together, and a ramp of thousands of late joiners would hold them all.
 const PAGE_PAUSE: Duration = Duration::from_millis(1);
 /// Roughly what one small frame costs to write and read on this machine's loopback (a send
 /// and a receive syscall, the client's frame parsing), measured with `examples/presence_bench`.
 const PAGE_PAUSE_PER_FRAME: Duration = Duration::from_micros(10);
+/// Roughly what copying one more KiB costs there (kernel copies, the client's parsing).
+const PAGE_PAUSE_PER_KIB: Duration = Duration::from_micros(2);
 
 /// The snapshots under way. Every page is checked against the node's copy just before it goes
 /// out, in the announcer's order with the diffs, so a user who left after the list was taken is
@@ -55,6 +57,7 @@ impl<A: Adapter> Paging<A> {
     /// page); users who joined since reach the sockets as diffs.
     pub fn send_round(&mut self, env: &Env<'_, A>) {
         let mut frames = 0u32;
+        let mut kib = 0u32;
         for (pages, sockets) in &mut self.under_way {
             let Some(page) = pages.next_page() else {
                 continue;
@@ -71,12 +74,18 @@ impl<A: Adapter> Paging<A> {
                 leaves: Vec::new(),
             };
             match serde_json::value::to_raw_value(&diff) {
-                Ok(payload) => frames += env.fanout.page(sockets, "presence_diff", &payload),
+                Ok(payload) => {
+                    let sent = env.fanout.page(sockets, "presence_diff", &payload);
+                    frames += sent;
+                    let size = u32::try_from(payload.get().len() / 1024).unwrap_or(u32::MAX);
+                    kib = kib.saturating_add(sent.saturating_mul(size));
+                }
                 Err(e) => tracing::error!(error = %e, "cannot serialize a snapshot page"),
             }
         }
         self.under_way
             .retain(|(pages, sockets)| !pages.is_done() && !sockets.is_empty());
-        self.next_round_at = Instant::now() + PAGE_PAUSE + PAGE_PAUSE_PER_FRAME * frames;
+        self.next_round_at =
+            Instant::now() + PAGE_PAUSE + PAGE_PAUSE_PER_FRAME * frames + PAGE_PAUSE_PER_KIB * kib;
     }
 }

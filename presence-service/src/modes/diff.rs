@@ -12,6 +12,10 @@ use crate::model::User;
 pub struct Diff {
     batch: DiffBatch,
     window: Duration,
+    /// Frames per second broadcasts may cost (0: no budget): see `flush_due`.
+    budget_per_sec: u64,
+    /// Live sockets on this node: what one broadcast costs, in frames.
+    audience: usize,
     page_size: usize,
     /// When the last `presence_diff` went out: the next one goes out at once if a window has
     /// passed since (a lone change is not delayed), else at the end of that window (a burst of
@@ -20,13 +24,28 @@ pub struct Diff {
 }
 
 impl Diff {
-    pub fn new(window: Duration, page_size: usize) -> Self {
+    pub fn new(window: Duration, budget_per_sec: u64, page_size: usize) -> Self {
         Self {
             batch: DiffBatch::default(),
             window,
+            budget_per_sec,
+            audience: 0,
             page_size,
             last_flush: Instant::now(),
         }
+    }
+
+    /// The least time between two broadcasts: the window, or longer when one broadcast to
+    /// every socket would cost more than the budget allows in a window. So the frames sent
+    /// per second stay bounded however fast users join; in a quiet period the first change
+    /// still goes out at once.
+    fn interval(&self) -> Duration {
+        if self.budget_per_sec == 0 {
+            return self.window;
+        }
+        let per_broadcast =
+            Duration::from_secs_f64(self.audience as f64 / self.budget_per_sec as f64);
+        self.window.max(per_broadcast)
     }
 }
 
@@ -51,7 +70,11 @@ impl<A: Adapter> Announce<A> for Diff {
     }
 
     fn flush_due(&self) -> Option<Instant> {
-        (!self.batch.is_empty()).then(|| self.last_flush + self.window)
+        (!self.batch.is_empty()).then(|| self.last_flush + self.interval())
+    }
+
+    fn set_audience(&mut self, sockets: usize) {
+        self.audience = sockets;
     }
 
     fn flush(&mut self, env: &Env<'_, A>) {
@@ -85,7 +108,7 @@ mod tests {
     #[test]
     fn a_flush_is_due_only_with_changes_held_back() {
         let window = Duration::from_millis(50);
-        let mut d = Diff::new(window, 2);
+        let mut d = Diff::new(window, 0, 2);
         assert_eq!(announce(&d).flush_due(), None);
         d.batch.join(User {
             id: "a".into(),
@@ -95,8 +118,29 @@ mod tests {
     }
 
     #[test]
+    fn many_sockets_stretch_the_window_to_the_budget() {
+        let window = Duration::from_millis(50);
+        let mut d = Diff::new(window, 40_000, 2);
+        d.batch.join(User {
+            id: "a".into(),
+            name: "A".into(),
+        });
+        announce_mut(&mut d).set_audience(1_000);
+        assert_eq!(announce(&d).flush_due(), Some(d.last_flush + window));
+        announce_mut(&mut d).set_audience(9_000);
+        assert_eq!(
+            announce(&d).flush_due(),
+            Some(d.last_flush + Duration::from_millis(225))
+        );
+    }
+
+    fn announce_mut(d: &mut Diff) -> &mut dyn Announce<LocalAdapter> {
+        d
+    }
+
+    #[test]
     fn long_lists_are_paged() {
-        let d = Diff::new(Duration::from_millis(50), 2);
+        let d = Diff::new(Duration::from_millis(50), 0, 2);
         let users: Vec<User> = ["a", "b", "c"]
             .iter()
             .map(|id| User {

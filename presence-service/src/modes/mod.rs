@@ -35,6 +35,8 @@ pub trait Announce<A: Adapter>: Send {
     fn reloaded(&mut self, env: &Env<'_, A>, changes: Vec<What>);
     /// When changes held back for batching must go out, if any are.
     fn flush_due(&self) -> Option<Instant>;
+    /// How many sockets this node has live: what a broadcast costs.
+    fn set_audience(&mut self, _sockets: usize) {}
     /// Sends the changes held back, if any.
     fn flush(&mut self, env: &Env<'_, A>);
     /// Splits a snapshot's list into the `online_users` frame and the pages still to send.
@@ -47,10 +49,11 @@ pub trait Announce<A: Adapter>: Send {
 pub fn for_mode<A: Adapter>(
     mode: EventMode,
     diff_window: std::time::Duration,
+    diff_budget_per_sec: u64,
     page_size: usize,
 ) -> Box<dyn Announce<A>> {
     match mode {
         EventMode::Compat => Box::new(Compat),
-        EventMode::Diff => Box::new(Diff::new(diff_window, page_size)),
+        EventMode::Diff => Box::new(Diff::new(diff_window, diff_budget_per_sec, page_size)),
     }
 }
