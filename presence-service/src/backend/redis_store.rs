@@ -402,3 +402,247 @@ impl PresenceBackend for RedisBackend {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    //! The scripts against a real redis-server (on PATH, as for the gateway's tests), with
+    //! several nodes writing at once and a subscriber reading the log as a node does.
+
+    use std::collections::{BTreeMap, BTreeSet};
+    use std::process::{Child, Command, Stdio};
+
+    use futures_util::StreamExt;
+    use rand::{Rng, SeedableRng};
+
+    use super::*;
+
+    struct Redis {
+        port: u16,
+        child: Child,
+    }
+
+    impl Drop for Redis {
+        fn drop(&mut self) {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+
+    async fn redis() -> Redis {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .expect("free port")
+            .port();
+        let child = Command::new("redis-server")
+            .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
+            .args(["--save", "", "--appendonly", "no"])
+            .stdout(Stdio::null())
+            .spawn()
+            .expect("redis-server on PATH (apt-get install redis-server)");
+        let r = Redis { port, child };
+        for _ in 0..200 {
+            if let Ok(mut c) = client(&r).get_multiplexed_async_connection().await {
+                if redis::cmd("PING")
+                    .query_async::<String>(&mut c)
+                    .await
+                    .is_ok()
+                {
+                    return r;
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+        panic!("redis-server did not start");
+    }
+
+    fn client(r: &Redis) -> redis::Client {
+        redis::Client::open(format!("redis://127.0.0.1:{}/", r.port)).expect("url")
+    }
+
+    async fn node(r: &Redis, id: &str, heartbeat: Duration) -> RedisBackend {
+        RedisBackend::connect(
+            client(r),
+            id.into(),
+            "t".into(),
+            heartbeat * 6,
+            heartbeat,
+            Duration::from_secs(2),
+        )
+        .await
+        .expect("node")
+    }
+
+    /// The log as published, read the way a node reads it.
+    async fn subscribe(r: &Redis) -> tokio::sync::mpsc::UnboundedReceiver<Change> {
+        let mut pubsub = client(r).get_async_pubsub().await.expect("pubsub");
+        pubsub.subscribe("t:changes").await.expect("subscribe");
+        let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+        tokio::spawn(async move {
+            let mut messages = pubsub.into_on_message();
+            while let Some(msg) = messages.next().await {
+                let change = Change::parse(msg.get_payload_bytes()).expect("a valid entry");
+                if tx.send(change).is_err() {
+                    break;
+                }
+            }
+        });
+        rx
+    }
+
+    fn user(id: &str) -> User {
+        User {
+            id: id.into(),
+            name: id.to_uppercase(),
+        }
+    }
+
+    /// Heartbeats as a live node does (twice per interval) for `intervals` intervals: the store
+    /// settles, and pending users older than that are decided.
+    async fn heartbeats(node: &RedisBackend, heartbeat: Duration, intervals: u32) {
+        for _ in 0..intervals * 2 {
+            node.maintain(None).await.expect("heartbeat");
+            tokio::time::sleep(heartbeat / 2).await;
+        }
+    }
+
+    /// Three nodes hold and release users at once (a seeded schedule); whatever the
+    /// interleaving, the log has no gap and no repeat, and replaying it from empty gives the
+    /// view, which is everyone some node holds.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn the_log_is_gapless_and_replays_to_the_view() {
+        let seed: u64 = std::env::var("LOG_SEED")
+            .ok()
+            .and_then(|s| s.parse().ok())
+            .unwrap_or_else(rand::random);
+        println!("seed {seed} (replay: LOG_SEED={seed})");
+        let r = redis().await;
+        let mut log = subscribe(&r).await;
+        let heartbeat = Duration::from_millis(50);
+        let mut tasks = Vec::new();
+        for (k, id) in ["n1", "n2", "n3"].into_iter().enumerate() {
+            let backend = node(&r, id, heartbeat).await;
+            let mut rng = rand::rngs::StdRng::seed_from_u64(seed + k as u64);
+            tasks.push(tokio::spawn(async move {
+                let mut held = BTreeSet::new();
+                for _ in 0..300 {
+                    let u = format!("u{:02}", rng.gen_range(0..24));
+                    if held.contains(&u) && rng.gen_bool(0.6) {
+                        backend.release(&u).await.expect("release");
+                        held.remove(&u);
+                    } else {
+                        backend.hold(&user(&u)).await.expect("hold");
+                        held.insert(u);
+                    }
+                }
+                (backend, held)
+            }));
+        }
+        let mut nodes = Vec::new();
+        let mut truth = BTreeSet::new();
+        for t in tasks {
+            let (backend, held) = t.await.expect("node task");
+            truth.extend(held);
+            nodes.push(backend);
+        }
+        // Users let go while the store was settling (its first moments count as after an
+        // absence) are pending: heartbeats after the pending time decide them.
+        heartbeats(&nodes[0], heartbeat, 4).await;
+        let view = nodes[0].view().await.expect("view");
+        let mut replayed = BTreeMap::new();
+        let mut expect = 1;
+        while expect <= view.at.seq {
+            let change = tokio::time::timeout(Duration::from_secs(10), log.recv())
+                .await
+                .expect("every entry arrives")
+                .expect("log open");
+            assert_eq!(change.at.epoch, view.at.epoch);
+            assert_eq!(change.at.seq, expect, "entries in order, none missing");
+            expect += 1;
+            match change.what {
+                What::Join(u) => {
+                    assert!(
+                        replayed.insert(u.id.clone(), u).is_none(),
+                        "a join of someone online"
+                    );
+                }
+                What::Leave(id) => {
+                    assert!(replayed.remove(&id).is_some(), "a leave of someone offline")
+                }
+            }
+        }
+        assert_eq!(
+            replayed.into_values().collect::<Vec<_>>(),
+            view.users,
+            "the log replays to the view"
+        );
+        let online: BTreeSet<String> = view.users.iter().map(|u| u.id.clone()).collect();
+        assert_eq!(online, truth, "online = held by some node");
+    }
+
+    /// After Redis was away (no script for a while), a user whose last holder lets go is not
+    /// logged as gone until the store settled: another node may store them again meanwhile
+    /// (then nothing is logged at all); if nobody does, a later heartbeat logs the leave.
+    #[tokio::test]
+    async fn a_store_that_was_away_settles_before_anyone_goes_offline() {
+        let r = redis().await;
+        let heartbeat = Duration::from_millis(100);
+        let mut log = subscribe(&r).await;
+        let (n1, n2) = (
+            node(&r, "n1", heartbeat).await,
+            node(&r, "n2", heartbeat).await,
+        );
+        n1.hold(&user("a")).await.expect("hold");
+        n1.hold(&user("b")).await.expect("hold");
+        // Away: no script runs for longer than two heartbeat intervals.
+        tokio::time::sleep(heartbeat * 3).await;
+        assert_eq!(n1.release("a").await.expect("release"), None, "pending");
+        assert_eq!(n1.release("b").await.expect("release"), None, "pending");
+        assert_eq!(n2.hold(&user("a")).await.expect("hold"), None, "never went");
+        let ids = |v: View| v.users.into_iter().map(|u| u.id).collect::<Vec<_>>();
+        assert_eq!(ids(n1.view().await.expect("view")), ["a", "b"]);
+        let mut logged = Vec::new();
+        while let Ok(c) = log.try_recv() {
+            logged.push(c.what);
+        }
+        // Settled: `b` was taken by nobody and leaves; `a` stays.
+        heartbeats(&n2, heartbeat, 4).await;
+        assert_eq!(ids(n1.view().await.expect("view")), ["a"]);
+        let leave = tokio::time::timeout(Duration::from_secs(5), async {
+            loop {
+                match log.recv().await.map(|c| c.what) {
+                    Some(What::Leave(id)) => return id,
+                    Some(other) => logged.push(other),
+                    None => panic!("log closed"),
+                }
+            }
+        })
+        .await
+        .expect("the leave is logged once settled");
+        assert_eq!(leave, "b");
+        assert!(
+            logged.iter().all(|w| matches!(w, What::Join(_))),
+            "nothing left before the store settled: {logged:?}"
+        );
+    }
+
+    /// Redis lost its data: the next change starts a new epoch, numbered from 1, so every node
+    /// can tell its copy is of an older life of the store.
+    #[tokio::test]
+    async fn losing_the_data_starts_a_new_epoch() {
+        let r = redis().await;
+        let n1 = node(&r, "n1", Duration::from_millis(100)).await;
+        let first = n1.hold(&user("a")).await.expect("hold").expect("logged");
+        let mut c = client(&r)
+            .get_multiplexed_async_connection()
+            .await
+            .expect("conn");
+        let _: () = redis::cmd("FLUSHALL")
+            .query_async(&mut c)
+            .await
+            .expect("flush");
+        let again = n1.hold(&user("a")).await.expect("hold").expect("logged");
+        assert_ne!(again.at.epoch, first.at.epoch);
+        assert_eq!(again.at.seq, 1);
+        assert_eq!(n1.maintain(None).await.expect("heartbeat"), again.at);
+    }
+}
