@@ -284,6 +284,12 @@ class Cluster:
                 break
         return out
 
+    def contract(self):
+        """Every break of the wire numbering a tab saw (seq_gap: a jump, or another epoch without
+        a new online_users; list_regressed: a list older than the one held), with the fault near."""
+        return [(inv, f"{tab}@{node} at {t - self.t0:.2f}s: {detail}; {self.context(t)}")
+                for (t, tab, node, inv, detail) in self.rec.contract]
+
     def order(self):
         out = []
         for s in self.rec.sockets:
@@ -339,11 +345,12 @@ async def scenario(mode):
                     await c.reset()
     finally:
         await c.stop()
-    for inv, detail in c.flaps() + (c.order() if mode == "diff" else []):
+    for inv, detail in c.flaps() + c.order() + c.contract():
         violations.append((inv, None, None, detail))
-    if mode == "compat":
-        for inv, detail in c.order():
-            c.log(f"(info, not checked in compat mode) {detail}")
+    stale = sum(s["follower"].stale for s in c.rec.sockets)
+    waited = sum(s["follower"].ignored_while_resyncing for s in c.rec.sockets)
+    c.log(f"wire contract: {len(c.rec.contract)} breaks (seq_gap, list_regressed); {stale} stale diffs "
+          f"ignored; {waited} diffs ignored while waiting for a get_online_users ack")
     for n in c.rec.notes:
         c.log(f"note: {n}")
     c.log(f"{len(c.rec.sockets)} socket connections, {c.flash_count} close-right-after-connect, "
@@ -358,28 +365,25 @@ async def scenario(mode):
     return violations
 
 
-# A known gap, stated in docs/design.md ("Known gaps") and open in the issue tracker: while Redis
-# is paused or restarted, and until every node has stored its users again, a user can be dropped
-# from lists for a moment although a socket of theirs stayed connected. Those flaps are printed
-# (and counted below) but fail the run only with FAULT_STRICT_REDIS_FLAPS=1. Every other
-# invariant, and every flap with no Redis fault near, fails it.
-STRICT_REDIS_FLAPS = os.environ.get("FAULT_STRICT_REDIS_FLAPS") == "1"
+# Every invariant fails the run, flaps around Redis faults included. FAULT_STRICT_REDIS_FLAPS=0
+# relaxes those flaps to a printed report (to look at other failures while one is being fixed).
+STRICT_REDIS_FLAPS = os.environ.get("FAULT_STRICT_REDIS_FLAPS", "1") != "0"
 
 
-def known_gap(inv):
+def relaxed(inv):
     return inv.startswith("flap[") and "redis_" in inv and not STRICT_REDIS_FLAPS
 
 
 @pytest.mark.parametrize("mode", ["diff", "compat"])
 def test_presence_under_faults(mode):
     violations = asyncio.run(scenario(mode))
-    gaps = [v for v in violations if known_gap(v[0])]
-    if gaps:
-        print(f"\nKNOWN GAP ({mode}), reported, not failing: {len(gaps)} momentary removals around Redis "
-              f"faults: " + ", ".join(sorted({v[0] for v in gaps})) + f" (seed {SEED})")
-        for inv, _, _, detail in gaps[:3]:
+    waived = [v for v in violations if relaxed(v[0])]
+    if waived:
+        print(f"\nFAULT_STRICT_REDIS_FLAPS=0 ({mode}), reported, not failing: {len(waived)} removals around "
+              f"Redis faults: " + ", ".join(sorted({v[0] for v in waived})) + f" (seed {SEED})")
+        for inv, _, _, detail in waived[:3]:
             print(f"    {inv}: {detail}")
-    violations = [v for v in violations if not known_gap(v[0])]
+    violations = [v for v in violations if not relaxed(v[0])]
     if violations:
         by_inv = {}
         for inv, r, what, detail in violations:
