@@ -1,33 +1,37 @@
-//! The announcer: applies the model's effects to the shared backend, in order, and has the
-//! resulting changes announced (by the mode's strategy, `modes`) and sent (`fanout`). One task
-//! per node, so effects for one user can never overtake each other, and every frame to a socket
-//! leaves from here in order. Payloads are in `payloads`, snapshot paging in `paging`.
+//! The announcer: one task per node that applies the model's effects to the shared backend,
+//! follows the backend's change log into the node's copy of who is online (`mirror`), and has
+//! every change announced (by the mode's strategy, `modes`) and sent (`fanout`), in log order.
+//! Every frame to a socket leaves from here, so snapshots, acks and changes keep their order.
 
-use std::sync::{Arc, Mutex, MutexGuard, Weak};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use socketioxide::adapter::Adapter;
-use socketioxide::extract::SocketRef;
+use socketioxide::extract::{AckSender, SocketRef};
 use socketioxide::SocketIo;
 use tokio::sync::{mpsc, oneshot, Notify};
 
-use crate::backend::{Changes, PresenceBackend};
+use crate::backend::{Change, Position, PresenceBackend, What};
 use crate::config::EventMode;
 use crate::fanout::Fanout;
 use crate::metrics::Metrics;
+use crate::mirror::{Applied, Mirror};
 use crate::model::{Effect, PresenceModel, TooManySockets, User};
 use crate::modes::{self, Announce, Env};
-use crate::paging::{PageRecipients, Paging};
+use crate::paging::Paging;
 use crate::payloads::OnlineUsers;
 
 pub enum Command<A: Adapter> {
     Apply(Effect),
     /// Send `online_users` to a socket that just connected (after its own `Hold`).
     Snapshot(SocketRef<A>),
-    /// Send `online_users` to every socket on every node, once every node had a heartbeat to
-    /// store its users again: the cluster link is back, and changes broadcast while it was down
-    /// never reached the other nodes.
-    Refresh,
+    /// Answer a socket's `get_online_users`.
+    Ack(SocketRef<A>, AckSender<A>),
+    /// Who is online, for `GET /presence`.
+    Online(oneshot::Sender<Vec<User>>),
+    /// The link the change log arrives on is back: entries published while it was down never
+    /// arrived, so the copy is read again.
+    Reload,
     /// The node is stopping: see [`Presence::stop`].
     Stop {
         deadline: Instant,
@@ -73,16 +77,26 @@ impl<A: Adapter> Presence<A> {
         self.send(Command::Snapshot(socket));
     }
 
-    pub fn refresh_cluster(&self) {
-        self.send(Command::Refresh);
+    pub fn ack(&self, socket: SocketRef<A>, ack: AckSender<A>) {
+        self.send(Command::Ack(socket, ack));
+    }
+
+    /// Everyone online, as this node's sockets are told (empty if the node is stopping).
+    pub async fn online(&self) -> Vec<User> {
+        let (tx, rx) = oneshot::channel();
+        self.send(Command::Online(tx));
+        rx.await.unwrap_or_default()
+    }
+
+    pub fn reload(&self) {
+        self.send(Command::Reload);
     }
 
     /// Starts a clean stop. Resolves once the announcer is ready for the sockets to be closed
     /// (it no longer needs the namespace, which closing the server removes), with a receiver that
     /// fires when this node has left the cluster: every user released after their grace period
     /// (so that users reconnecting to another node meanwhile never flap offline), their leaves
-    /// announced, the node deregistered. Past `deadline`, whoever is still held is released
-    /// at once.
+    /// logged, the node deregistered. Past `deadline`, whoever is still held is released at once.
     pub async fn stop(&self, deadline: Instant) -> oneshot::Receiver<()> {
         let (ready, ready_rx) = oneshot::channel();
         let (done, done_rx) = oneshot::channel();
@@ -118,6 +132,10 @@ impl<A: Adapter> Presence<A> {
         self.model().held()
     }
 
+    fn holds(&self, user_id: &str) -> bool {
+        self.model().holds(user_id)
+    }
+
     fn disconnect_all(&self, now: Instant) {
         let mut model = self.model();
         model.disconnect_all(now);
@@ -131,17 +149,18 @@ pub struct AnnouncerConfig {
     pub mode: EventMode,
     pub diff_window: Duration,
     pub heartbeat_interval: Duration,
-    pub emit_timeout: Duration,
-    /// Other nodes share the namespace (the Redis adapter).
-    pub clustered: bool,
+    /// The store's operation timeout: part of how long a hold-over lasts.
+    pub op_timeout: Duration,
     /// Diff mode: users per snapshot frame (see [`crate::diff::PagedSnapshot`]).
     pub snapshot_page_size: usize,
 }
 
-/// Creates the node's presence and spawns its announcer task.
+/// Creates the node's presence and spawns its announcer task. `changes` is the backend's change
+/// log as published (`None`: nobody else writes to it, the entries the backend returns are all).
 pub fn start<A: Adapter>(
     io: SocketIo<A>,
     backend: Arc<dyn PresenceBackend>,
+    changes: Option<mpsc::UnboundedReceiver<Change>>,
     model: PresenceModel,
     metrics: Metrics,
     cfg: AnnouncerConfig,
@@ -156,62 +175,51 @@ pub fn start<A: Adapter>(
     let announcer = Announcer {
         mode: modes::for_mode(cfg.mode, cfg.diff_window, cfg.snapshot_page_size),
         paging: Paging::default(),
-        core: Core {
-            presence: Arc::downgrade(&presence),
-            fanout: Fanout::new(io, cfg.clustered, cfg.emit_timeout, metrics.clone()),
-            backend,
-            metrics,
-        },
+        fanout: Fanout::new(io, metrics.clone()),
+        mirror: Mirror::default(),
+        backend,
+        changes,
+        metrics,
         heartbeat_interval: cfg.heartbeat_interval,
-        emit_timeout: cfg.emit_timeout,
+        op_timeout: cfg.op_timeout,
         waiting_snapshot: Vec::new(),
+        waiting_ack: Vec::new(),
         stopping: None,
-        refresh_at: None,
-        unconfirmed_leaves: Vec::new(),
+        reload_at: None,
+        last_beat: None,
     };
     tokio::spawn(announcer.run(presence.clone(), rx));
     presence
-}
-
-/// What the announcer hands its strategy and its paging (see [`Env`]).
-struct Core<A: Adapter> {
-    presence: Weak<Presence<A>>,
-    fanout: Fanout<A>,
-    backend: Arc<dyn PresenceBackend>,
-    metrics: Metrics,
-}
-
-impl<A: Adapter> Core<A> {
-    fn env(&self) -> Env<'_, A> {
-        Env {
-            fanout: &self.fanout,
-            backend: &*self.backend,
-            metrics: &self.metrics,
-            presence: &self.presence,
-        }
-    }
 }
 
 struct Announcer<A: Adapter> {
     /// Compat or diff.
     mode: Box<dyn Announce<A>>,
     paging: Paging<A>,
-    core: Core<A>,
+    fanout: Fanout<A>,
+    /// Who is online, as this node's sockets are told.
+    mirror: Mirror,
+    backend: Arc<dyn PresenceBackend>,
+    changes: Option<mpsc::UnboundedReceiver<Change>>,
+    metrics: Metrics,
     heartbeat_interval: Duration,
-    emit_timeout: Duration,
-    /// Sockets whose snapshot is due, served together after the queue is drained (one read
+    op_timeout: Duration,
+    /// Sockets whose snapshot is due, served together after the queue is drained (one copy
     /// and one serialization of the list for all of them, however many connected at once).
     waiting_snapshot: Vec<SocketRef<A>>,
+    /// `get_online_users` waiting for an answer, served the same way.
+    waiting_ack: Vec<(SocketRef<A>, AckSender<A>)>,
     /// Set by [`Command::Stop`]: when to give up waiting, and whom to tell that we are done.
     stopping: Option<(Instant, oneshot::Sender<()>)>,
-    /// When the refresh asked for by [`Command::Refresh`] goes out.
-    refresh_at: Option<Instant>,
-    /// Re-sync leaves waiting for the next heartbeat's check (see [`Changes`]).
-    unconfirmed_leaves: Vec<String>,
+    /// When the copy is read again from the store: the end of a hold-over, or a retry.
+    reload_at: Option<Instant>,
+    /// The log's position at the last heartbeat: whatever was published before it has had a
+    /// heartbeat interval to arrive.
+    last_beat: Option<Position>,
 }
 
 /// Commands handled per turn of the loop before the waiting snapshots are sent: large enough
-/// that a connect burst shares one list read, small enough that timers still run in a flood.
+/// that a connect burst shares one list copy, small enough that timers still run in a flood.
 const DRAIN_PER_TURN: usize = 1024;
 
 impl<A: Adapter> Announcer<A> {
@@ -220,6 +228,7 @@ impl<A: Adapter> Announcer<A> {
         presence: Arc<Presence<A>>,
         mut rx: mpsc::UnboundedReceiver<Command<A>>,
     ) {
+        self.reload(&presence).await;
         let mut heartbeat = tokio::time::interval(self.heartbeat_interval);
         heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let far = Duration::from_secs(3600);
@@ -229,19 +238,31 @@ impl<A: Adapter> Announcer<A> {
                 break;
             }
             let stop_at = self.stopping.as_ref().map(|(at, _)| *at);
-            let release_at = next_release.unwrap_or_else(|| Instant::now() + far);
+            let idle = Instant::now() + far;
+            let release_at = next_release.unwrap_or(idle);
             let flush_at = self.mode.flush_due();
             let page_at = self.paging.due();
+            let reload_at = self.reload_at;
             tokio::select! {
                 biased;
                 // Before the queue, so that a flood of connects cannot hold a diff back.
-                _ = tokio::time::sleep_until(flush_at.unwrap_or(release_at).into()), if flush_at.is_some() => {
-                    self.mode.flush(&self.core.env()).await;
+                _ = tokio::time::sleep_until(flush_at.unwrap_or(idle).into()), if flush_at.is_some() => {
+                    self.flush();
                 }
                 // Also before the queue: a connect flood must not stall the snapshots under way.
-                _ = tokio::time::sleep_until(page_at.unwrap_or(release_at).into()), if page_at.is_some() => {
-                    self.paging.send_round(&self.core.env()).await;
+                _ = tokio::time::sleep_until(page_at.unwrap_or(idle).into()), if page_at.is_some() => {
+                    self.paging.send_round(&Env { fanout: &self.fanout, mirror: &self.mirror });
                 }
+                change = next_change(&mut self.changes) => match change {
+                    Some(change) => {
+                        self.follow(change, &presence).await;
+                        self.drain_changes(&presence).await;
+                    }
+                    None => {
+                        tracing::error!("the change log stream ended; following the store by heartbeat only");
+                        self.changes = None;
+                    }
+                },
                 cmd = rx.recv() => {
                     let Some(cmd) = cmd else { break };
                     self.handle(cmd, &presence).await;
@@ -251,7 +272,8 @@ impl<A: Adapter> Announcer<A> {
                             Err(_) => break,
                         }
                     }
-                    self.send_snapshots().await;
+                    self.send_snapshots();
+                    self.send_acks();
                 },
                 _ = tokio::time::sleep_until(release_at.into()) => {
                     next_release = presence.expire(Instant::now());
@@ -260,10 +282,10 @@ impl<A: Adapter> Announcer<A> {
                     next_release = presence.expire(Instant::now());
                 }
                 _ = heartbeat.tick() => self.maintain(&presence, rx.is_empty()).await,
-                _ = tokio::time::sleep_until(self.refresh_at.unwrap_or(release_at).into()), if self.refresh_at.is_some() => {
-                    self.refresh().await;
+                _ = tokio::time::sleep_until(reload_at.unwrap_or(idle).into()), if reload_at.is_some() => {
+                    self.reload(&presence).await;
                 }
-                _ = tokio::time::sleep_until(stop_at.unwrap_or(release_at).into()), if stop_at.is_some() => {
+                _ = tokio::time::sleep_until(stop_at.unwrap_or(idle).into()), if stop_at.is_some() => {
                     tracing::warn!("stop deadline passed; releasing the users still held");
                     break;
                 }
@@ -275,103 +297,64 @@ impl<A: Adapter> Announcer<A> {
         }
     }
 
-    /// The node's last act: whatever it still holds is released, the leaves announced, the node
-    /// removed from the cluster (other nodes need not wait for its heartbeat to expire).
+    /// The node's last act: whatever it still holds is released (the leaves go into the log,
+    /// for the other nodes), the node removed from the cluster.
     async fn leave_cluster(&mut self) {
-        match self.core.backend.leave().await {
-            Ok(leaves) => {
-                for id in leaves {
-                    self.left(id).await;
-                }
-                tracing::info!("left the cluster");
-            }
+        match self.backend.leave().await {
+            Ok(()) => tracing::info!("left the cluster"),
             Err(e) => {
                 tracing::warn!(error = %e, "could not leave the cluster; the other nodes will reap this one")
             }
         }
-        self.mode.flush(&self.core.env()).await;
     }
 
     async fn handle(&mut self, cmd: Command<A>, presence: &Presence<A>) {
         match cmd {
-            Command::Apply(effect) => {
-                if self.mode.snapshots_before_changes() {
-                    self.send_snapshots().await;
-                }
-                self.apply(effect).await
-            }
-            // A socket's `Hold` was queued before its `Snapshot`, so the list read after the
-            // drain includes it; changes applied meanwhile are in the list too, and in diff mode
-            // also reach the socket again as a diff, which clients apply idempotently.
+            Command::Apply(effect) => self.apply(effect, presence).await,
+            // A socket's `Hold` was queued before its `Snapshot`, so the copy taken after the
+            // drain includes it.
             Command::Snapshot(socket) => self.waiting_snapshot.push(socket),
+            Command::Ack(socket, ack) => self.waiting_ack.push((socket, ack)),
+            Command::Online(reply) => {
+                let _ = reply.send(self.mirror.users());
+            }
+            Command::Reload => self.reload(presence).await,
             Command::Stop {
                 deadline,
                 ready,
                 done,
             } => {
-                self.core.fanout.keep_namespace();
+                self.fanout.keep_namespace();
                 self.stopping = Some((deadline, done));
                 // Closing the server drops the sockets without their disconnect handlers (the
                 // namespace is gone by then): they count as disconnected from now on.
                 presence.disconnect_all(Instant::now());
                 let _ = ready.send(());
             }
-            Command::Refresh => {
-                // Not at once: after Redis lost its data or was paused, every node re-stores
-                // its users at its next heartbeat; a list read before they all did would drop
-                // users whose sockets never left. Two intervals cover every node's next one.
-                self.schedule_refresh();
-            }
         }
     }
 
-    fn schedule_refresh(&mut self) {
-        let at = Instant::now() + self.heartbeat_interval * 2 + self.emit_timeout;
-        self.refresh_at = Some(self.refresh_at.map_or(at, |t| t.max(at)));
-    }
-
-    /// `online_users` to every socket on every node: the cross-node link is back, and changes
-    /// broadcast while it was down never reached the other nodes.
-    async fn refresh(&mut self) {
-        self.refresh_at = None;
-        self.mode.refreshing();
-        // After the changes queued before it, so the list read here includes them.
-        self.mode.flush(&self.core.env()).await;
-        let online = self.core.env().online().await;
-        let (first, rest) = self.mode.first_page(online);
-        self.core
-            .fanout
-            .broadcast(
-                "online_users",
-                &OnlineUsers {
-                    online_users: &first,
-                },
-            )
-            .await;
-        if let Some(rest) = rest {
-            self.paging.start(rest, PageRecipients::Everyone);
-        }
-    }
-
-    async fn apply(&mut self, effect: Effect) {
-        let backend = &self.core.backend;
+    async fn apply(&mut self, effect: Effect, presence: &Presence<A>) {
         match effect {
-            Effect::Hold(user) => match backend.hold(&user).await {
-                Ok(true) => self.joined(user).await,
-                Ok(false) => {}
+            Effect::Hold(user) => match self.backend.hold(&user).await {
+                Ok(Some(change)) => self.follow_own(change, presence),
+                Ok(None) => {}
                 Err(e) => {
-                    // Redis outage: this node's sockets still hear about it now; the cluster hears
-                    // when the re-sync after the outage stores it.
+                    // Redis outage: this node's sockets still hear about it now; the cluster
+                    // hears when the re-sync after the outage stores it.
                     tracing::warn!(error = %e, user = %user.id, "hold not stored; re-synced when the backend is back");
-                    self.joined(user).await;
+                    let applied = self
+                        .mirror
+                        .apply_unlogged(What::Join(user), |id| presence.holds(id));
+                    self.announce(applied);
                 }
             },
-            Effect::Release(id) => match backend.release(&id).await {
-                Ok(true) => self.left(id).await,
-                Ok(false) => {}
+            Effect::Release(id) => match self.backend.release(&id).await {
+                Ok(Some(change)) => self.follow_own(change, presence),
+                Ok(None) => {}
                 // Not announced: during an outage this node cannot tell whether the user is
                 // still connected to another node, and a leave for a user who is would make them
-                // flap. The re-sync after the outage releases them and announces what is true.
+                // flap. The re-sync after the outage releases them and logs what is true.
                 Err(e) => {
                     tracing::warn!(error = %e, user = %id, "release not stored; re-synced when the backend is back");
                 }
@@ -379,76 +362,172 @@ impl<A: Adapter> Announcer<A> {
         }
     }
 
-    /// `settled`: no effect is queued, so the model's users are exactly what should be stored.
-    async fn maintain(&mut self, presence: &Presence<A>, settled: bool) {
-        let held = presence.held();
-        let backend = self.core.backend.clone();
-        match backend.maintain(settled.then_some(held.as_slice())).await {
-            Ok(Changes {
-                joins,
-                leaves,
-                store_lost,
-                unconfirmed_leaves,
-            }) => {
-                // Last heartbeat's re-sync leaves: every node has had a heartbeat since to store
-                // its own holds again, so whoever still looks offline is.
-                let to_check = std::mem::replace(&mut self.unconfirmed_leaves, unconfirmed_leaves);
-                if !to_check.is_empty() {
-                    let ids: Vec<&str> = to_check.iter().map(String::as_str).collect();
-                    match backend.lookup(&ids).await {
-                        Ok(found) => {
-                            for (id, user) in to_check.iter().zip(found) {
-                                if user.is_none() {
-                                    self.left(id.clone()).await;
-                                }
-                            }
-                        }
-                        // Checked again at the next heartbeat.
-                        Err(_) => self.unconfirmed_leaves.extend(to_check),
-                    }
-                }
-                if store_lost && self.mode.store_lost() {
-                    self.schedule_refresh();
-                }
-                for id in leaves {
-                    tracing::info!(user = %id, "user removed (its node stopped heartbeating, or re-sync)");
-                    self.left(id).await;
-                }
-                for user in joins {
-                    self.joined(user).await;
+    /// An entry of the log, as published.
+    async fn follow(&mut self, change: Change, presence: &Presence<A>) {
+        let applied = self.mirror.apply(change, |id| presence.holds(id));
+        match applied {
+            Applied::Gap => {
+                // A reload that failed is retried at `reload_at`, not at every later entry.
+                if self.reload_at.is_none() {
+                    tracing::info!("entries of the change log were lost; reading the view again");
+                    self.reload(presence).await;
                 }
             }
+            Applied::NewEpoch => self.hold_over(),
+            other => self.announce(other),
+        }
+    }
+
+    /// Whatever the link has already delivered.
+    async fn drain_changes(&mut self, presence: &Presence<A>) {
+        for _ in 0..DRAIN_PER_TURN {
+            let Some(change) = self.changes.as_mut().and_then(|rx| rx.try_recv().ok()) else {
+                break;
+            };
+            self.follow(change, presence).await;
+        }
+    }
+
+    /// The entry this node just wrote: announced now if it is next in the log, else when it
+    /// arrives with the entries before it.
+    fn follow_own(&mut self, change: Change, presence: &Presence<A>) {
+        let applied = self.mirror.apply_own(change, |id| presence.holds(id));
+        self.announce(applied);
+    }
+
+    fn announce(&mut self, applied: Applied) {
+        let Applied::Changed(what) = applied else {
+            return;
+        };
+        if self.mode.snapshots_before_changes() {
+            self.send_snapshots();
+        }
+        let env = Env {
+            fanout: &self.fanout,
+            mirror: &self.mirror,
+        };
+        match what {
+            What::Join(user) => {
+                tracing::debug!(user = %user.id, "online");
+                self.mode.joined(&env, user);
+            }
+            What::Leave(id) => {
+                tracing::debug!(user = %id, "offline");
+                self.mode.left(&env, id);
+            }
+        }
+        self.metrics.online_users.set(self.mirror.len() as i64);
+    }
+
+    fn flush(&mut self) {
+        self.mode.flush(&Env {
+            fanout: &self.fanout,
+            mirror: &self.mirror,
+        });
+    }
+
+    /// The store lost its data (another epoch): every node stores its users again at its next
+    /// heartbeat; until then the copy holds over, and is then read again.
+    fn hold_over(&mut self) {
+        if self.mirror.is_holding_over() {
+            return;
+        }
+        tracing::info!("the presence store lost its data; holding the list over until every node stored its users again");
+        self.mirror.hold_over();
+        self.reload_at = Some(Instant::now() + self.heartbeat_interval * 2 + self.op_timeout);
+    }
+
+    /// Reads the view and makes it the copy (plus this node's own users), announcing what that
+    /// changed. A view of another epoch starts a hold-over instead; a failed read is retried.
+    async fn reload(&mut self, presence: &Presence<A>) {
+        self.reload_at = None;
+        let view = match self.backend.view().await {
+            Ok(view) => view,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot read who is online; retrying");
+                self.reload_at = Some(Instant::now() + self.heartbeat_interval);
+                return;
+            }
+        };
+        let same_epoch = self
+            .mirror
+            .position()
+            .is_none_or(|at| at.epoch == view.at.epoch);
+        if !same_epoch && !self.mirror.is_holding_over() {
+            self.hold_over();
+            return;
+        }
+        if self.mode.snapshots_before_changes() {
+            self.send_snapshots();
+        }
+        let changes = self.mirror.load(view, &presence.held());
+        if !changes.is_empty() {
+            tracing::info!(
+                changes = changes.len(),
+                "list read again from the store; announcing what changed"
+            );
+        }
+        self.mode.reloaded(
+            &Env {
+                fanout: &self.fanout,
+                mirror: &self.mirror,
+            },
+            changes,
+        );
+        self.metrics.online_users.set(self.mirror.len() as i64);
+    }
+
+    /// `settled`: no effect is queued, so the model's users are exactly what should be stored.
+    async fn maintain(&mut self, presence: &Presence<A>, settled: bool) {
+        // Whatever arrived before the heartbeat is in the copy before positions are compared.
+        self.drain_changes(presence).await;
+        let held = presence.held();
+        let beat = self
+            .backend
+            .maintain(settled.then_some(held.as_slice()))
+            .await;
+        self.metrics
+            .backend_healthy
+            .set(self.backend.is_healthy() as i64);
+        match beat {
+            Ok(at) => self.check_position(at, presence).await,
             Err(e) => tracing::warn!(error = %e, "presence heartbeat failed"),
         }
-        let healthy = backend.is_healthy();
-        self.core.metrics.backend_healthy.set(healthy as i64);
-        // Refreshes the gauge and the backend's last known view (what an outage serves).
-        let online = self.core.env().online().await;
-        if self.mode.heartbeat(online, healthy) && self.refresh_at.is_none() {
-            self.schedule_refresh();
+    }
+
+    /// Compares the copy with the log's position: another epoch, or a position behind the
+    /// copy's (the store went back to older data), means the store lost data; a copy still
+    /// behind where the log was a whole heartbeat ago means entries were lost on the way.
+    async fn check_position(&mut self, at: Position, presence: &Presence<A>) {
+        let previous = self.last_beat.replace(at.clone());
+        if self.mirror.is_holding_over() || self.reload_at.is_some() {
+            return;
+        }
+        let Some(mine) = self.mirror.position().cloned() else {
+            self.reload(presence).await;
+            return;
+        };
+        if at.epoch != mine.epoch || at.seq < mine.seq {
+            self.hold_over();
+        } else if previous.is_some_and(|p| p.epoch == mine.epoch && mine.seq < p.seq) {
+            tracing::info!(
+                have = mine.seq,
+                logged = at.seq,
+                "change log entries did not arrive; reading the view again"
+            );
+            self.reload(presence).await;
         }
     }
 
-    async fn joined(&mut self, user: User) {
-        tracing::debug!(user = %user.id, "online");
-        self.mode.joined(&self.core.env(), user).await;
-    }
-
-    async fn left(&mut self, user_id: String) {
-        tracing::debug!(user = %user_id, "offline");
-        self.mode.left(&self.core.env(), user_id).await;
-    }
-
-    /// `online_users` to every waiting socket: the list is read and serialized once; each
+    /// `online_users` to every waiting socket: the list is copied and serialized once; each
     /// socket then only copies the bytes. In diff mode a long list is paged: the rest follows
     /// from [`Paging::send_round`].
-    async fn send_snapshots(&mut self) {
+    fn send_snapshots(&mut self) {
         if self.waiting_snapshot.is_empty() {
             return;
         }
-        let online = self.core.env().online().await;
-        let (first, rest) = self.mode.first_page(online);
-        let payload = match serde_json::value::to_raw_value(&OnlineUsers {
+        let (first, rest) = self.mode.first_page(self.mirror.users());
+        let payload = match self.fanout.as_of_now(&OnlineUsers {
             online_users: &first,
         }) {
             Ok(p) => p,
@@ -459,13 +538,36 @@ impl<A: Adapter> Announcer<A> {
             }
         };
         let sent = self
-            .core
             .fanout
             .snapshot(self.waiting_snapshot.drain(..), &payload);
         if let Some(rest) = rest {
             if !sent.is_empty() {
-                self.paging.start(rest, PageRecipients::Sockets(sent));
+                self.paging.start(rest, sent);
             }
         }
+    }
+
+    /// The whole list to every waiting `get_online_users`, numbered like a snapshot.
+    fn send_acks(&mut self) {
+        if self.waiting_ack.is_empty() {
+            return;
+        }
+        let online = self.mirror.users();
+        match self.fanout.as_of_now(&OnlineUsers {
+            online_users: &online,
+        }) {
+            Ok(payload) => self.fanout.ack(self.waiting_ack.drain(..), &payload),
+            Err(e) => {
+                tracing::error!(error = %e, "cannot serialize the online list");
+                self.waiting_ack.clear();
+            }
+        }
+    }
+}
+
+async fn next_change(changes: &mut Option<mpsc::UnboundedReceiver<Change>>) -> Option<Change> {
+    match changes {
+        Some(rx) => rx.recv().await,
+        None => std::future::pending().await,
     }
 }

@@ -4,14 +4,17 @@
 use std::future::Future;
 use std::sync::Arc;
 
+use futures_util::StreamExt;
 use socketioxide::adapter::Adapter;
 use socketioxide::{SocketIo, SocketIoBuilder};
 use socketioxide_core::adapter::DefinedAdapter;
+use socketioxide_redis::drivers::Driver;
 use socketioxide_redis::{CustomRedisAdapter, RedisAdapterConfig, RedisAdapterCtr};
 use tokio::net::TcpListener;
+use tokio::sync::mpsc;
 
 use crate::announcer::{self, AnnouncerConfig, Presence};
-use crate::backend::{MemoryBackend, PresenceBackend, RedisBackend};
+use crate::backend::{Change, MemoryBackend, PresenceBackend, RedisBackend};
 use crate::cluster_link::{self, ClusterLink, LinkStatus};
 use crate::config::{ms, BackendKind, Config};
 use crate::http_api::{self, HttpContext};
@@ -76,6 +79,7 @@ pub async fn run(
                 &cfg,
                 io.clone(),
                 backend,
+                None,
                 trust.clone(),
                 metrics.clone(),
                 None,
@@ -98,6 +102,7 @@ pub async fn run(
                 node_id.clone(),
                 b.key_prefix.clone(),
                 ms(b.node_ttl_ms),
+                ms(b.heartbeat_interval_ms),
                 ms(b.op_timeout_ms),
             )
             .await?;
@@ -124,22 +129,24 @@ pub async fn run(
             let (layer, io) = socketio_builder(&cfg)
                 .with_adapter::<CustomRedisAdapter<_, ClusterLink>>(adapter)
                 .build_layer();
+            let changes = follow_change_log(&link, backend.changes_channel()).await?;
             let backend: Arc<dyn PresenceBackend> = Arc::new(backend);
             let (router, init, presence) = assemble(
                 &cfg,
                 io.clone(),
                 backend,
+                Some(changes),
                 trust.clone(),
                 metrics.clone(),
                 Some(link.status()),
             );
             init.await.map_err(|e| StartError::Adapter(e.to_string()))?;
-            let refresh = presence.clone();
+            let reload = presence.clone();
             link.watch(
                 ms(b.heartbeat_interval_ms),
                 op_timeout,
                 metrics.clone(),
-                move || refresh.refresh_cluster(),
+                move || reload.reload(),
             );
             tracing::info!(node = %node_id, "redis backend and adapter ready");
             serve(listener, router.layer(layer), trust, shutdown).await?;
@@ -149,10 +156,43 @@ pub async fn run(
     }
 }
 
+/// Entries of the change log published on this channel can be dropped only if the announcer
+/// falls this far behind; a dropped one is a gap, which makes it read the view again.
+const CHANGE_LOG_BUFFER: usize = 1 << 16;
+
+/// Subscribes to the store's change log on the cluster link (which re-subscribes by itself after
+/// a Redis restart) and hands the parsed entries to the announcer, in the order published.
+async fn follow_change_log(
+    link: &ClusterLink,
+    channel: String,
+) -> Result<mpsc::UnboundedReceiver<Change>, StartError> {
+    let mut published = link
+        .subscribe(channel, CHANGE_LOG_BUFFER)
+        .await
+        .map_err(StartError::Redis)?;
+    let (tx, rx) = mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        while let Some((_, payload)) = published.next().await {
+            match Change::parse(&payload) {
+                Ok(change) => {
+                    if tx.send(change).is_err() {
+                        break;
+                    }
+                }
+                // The next entry shows the gap; the copy is then read again.
+                Err(e) => tracing::warn!(error = %e, "unreadable change log entry dropped"),
+            }
+        }
+    });
+    Ok(rx)
+}
+
+#[allow(clippy::too_many_arguments)]
 fn assemble<A: Adapter + DefinedAdapter>(
     cfg: &Config,
     io: SocketIo<A>,
     backend: Arc<dyn PresenceBackend>,
+    changes: Option<mpsc::UnboundedReceiver<Change>>,
     trust: Trust,
     metrics: Metrics,
     link: Option<LinkStatus>,
@@ -161,6 +201,7 @@ fn assemble<A: Adapter + DefinedAdapter>(
     let presence = announcer::start(
         io.clone(),
         backend.clone(),
+        changes,
         PresenceModel::new(ms(p.grace_ms), p.max_sockets_per_user),
         metrics.clone(),
         AnnouncerConfig {
@@ -168,8 +209,7 @@ fn assemble<A: Adapter + DefinedAdapter>(
             diff_window: ms(p.diff_window_ms.max(1)),
             snapshot_page_size: p.snapshot_page_size,
             heartbeat_interval: ms(cfg.backend.heartbeat_interval_ms),
-            emit_timeout: ms(cfg.backend.op_timeout_ms),
-            clustered: link.is_some(),
+            op_timeout: ms(cfg.backend.op_timeout_ms),
         },
     );
     let init = sockets::register(
@@ -177,13 +217,13 @@ fn assemble<A: Adapter + DefinedAdapter>(
         Arc::new(SocketContext {
             trust: trust.clone(),
             presence: presence.clone(),
-            backend: backend.clone(),
             metrics: metrics.clone(),
         }),
     );
     let router = http_api::router(Arc::new(HttpContext {
         trust,
         backend,
+        presence: presence.clone(),
         metrics,
         io,
         link,

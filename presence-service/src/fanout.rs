@@ -9,39 +9,39 @@
 //!   socket's own queue and writer task, which writes it through the WebSocket codec (the same
 //!   codec that answers the client's pings and writes the close frame). So a socket reads this
 //!   node's frames whole and in the order they were made.
-//! - **Snapshot first.** Broadcasts go to [`LIVE_ROOM`] only; a socket joins it right after its
-//!   snapshot is queued, so it never gets a change before the list the change applies to.
+//! - **Snapshot first.** Broadcasts go to the shards' rooms only; a socket joins its shard's room
+//!   right after its snapshot is queued, so it never gets a change before the list the change
+//!   applies to.
+//! - **Numbered.** Every broadcast frame carries this run's `epoch` and a `seq` one higher than
+//!   the last; a snapshot or an ack carries the `seq` it is as of. A client that sees a jump
+//!   knows it missed a frame (one dropped for a full queue) and asks for the list again.
 //! - **Bounded memory per socket.** A socket holds at most its queue (`max_buffer_size`
 //!   entries); a slow reader fills its own queue and kernel buffer and delays no one else.
 //!   A snapshot page that does not fit closes the socket: it reconnects and starts over.
 //! - **Bounded work per broadcast.** The announcer serializes a payload once and hands each
 //!   shard a reference to it (a job per shard, whatever the number of sockets); a shard encodes
-//!   the packet once for its room and each socket gets a reference-counted copy. Other nodes
-//!   get the broadcast through the Redis adapter, published to the live room minus this node's
-//!   shard rooms, and send it to their own sockets.
+//!   the packet once for its room and each socket gets a reference-counted copy. Nothing is
+//!   published to other nodes: each node makes its own frames from the change log.
 //! - Safe Rust only: nothing here or below writes around the codec.
 
 use std::hash::BuildHasher;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
 
 use serde::Serialize;
 use serde_json::value::RawValue;
 use socketioxide::adapter::Adapter;
-use socketioxide::extract::SocketRef;
+use socketioxide::extract::{AckSender, SocketRef};
 use socketioxide::operators::BroadcastOperators;
-use socketioxide::{BroadcastError, SendError, SocketError, SocketIo};
+use socketioxide::{SendError, SocketError, SocketIo};
 use socketioxide_core::adapter::Room;
 use tokio::sync::mpsc;
 
 use crate::metrics::Metrics;
 
-/// The room of sockets that have been sent their snapshot (see the module doc).
-pub const LIVE_ROOM: &str = "presence:live";
-
 /// Work for a shard, in the order the announcer made it.
 enum Job<A: Adapter> {
-    /// `online_users` to each socket, which then joins the live rooms.
+    /// `online_users` to each socket, which then joins its shard's room.
     Snapshot {
         sockets: Vec<SocketRef<A>>,
         payload: Arc<RawValue>,
@@ -58,51 +58,60 @@ enum Job<A: Adapter> {
         event: &'static str,
         payload: Arc<RawValue>,
     },
+    /// The answer to `get_online_users`, in order with the frames before and after it.
+    Ack {
+        acks: Vec<AckSender<A>>,
+        payload: Arc<RawValue>,
+    },
+}
+
+/// A broadcast frame's numbering (docs/design.md, "Presence events"): `epoch` names this run of
+/// the node, `seq` grows by one per broadcast frame, so a client can tell it missed one.
+#[derive(Serialize)]
+struct Stamped<'a, T: Serialize + ?Sized> {
+    #[serde(flatten)]
+    body: &'a T,
+    epoch: &'a str,
+    seq: u64,
 }
 
 pub struct Fanout<A: Adapter> {
     io: SocketIo<A>,
     /// The default namespace, kept once the node starts stopping: closing the server removes
-    /// it from `io`, and the leaves still have to be broadcast after that.
+    /// it from `io`, and the leaves still have to be sent after that.
     kept: Option<BroadcastOperators<A>>,
-    /// Whether other nodes share the namespace (the Redis adapter): broadcasts are then
-    /// published to them too.
-    clustered: bool,
-    /// Each shard's room (named after this node), joined by its live sockets. The published
-    /// broadcast leaves them out: this node's shards deliver it to them.
-    shard_rooms: Vec<Room>,
     /// One task per core; a socket belongs to the shard its id hashes to.
     shards: Vec<mpsc::UnboundedSender<Job<A>>>,
     hasher: std::collections::hash_map::RandomState,
-    /// How long a cluster-wide broadcast may take before this node gives up publishing it.
-    emit_timeout: Duration,
+    /// This run's name in every numbered frame.
+    epoch: String,
+    /// The last broadcast frame's number. Only the announcer sends; atomic so that its helpers
+    /// can share `&Fanout`.
+    seq: AtomicU64,
     metrics: Metrics,
 }
 
 impl<A: Adapter> Fanout<A> {
     /// Spawns the shard tasks (call within the runtime).
-    pub fn new(io: SocketIo<A>, clustered: bool, emit_timeout: Duration, metrics: Metrics) -> Self {
+    pub fn new(io: SocketIo<A>, metrics: Metrics) -> Self {
         let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
-        let node = uuid::Uuid::new_v4().simple();
-        let shard_rooms: Vec<Room> = (0..cores)
-            .map(|k| format!("presence:{node}:shard:{k}").into())
-            .collect();
-        let shards = shard_rooms
-            .iter()
-            .map(|room| {
+        let run = uuid::Uuid::new_v4().simple().to_string();
+        // Each shard's room is joined by its live sockets.
+        let shards = (0..cores)
+            .map(|k| {
                 let (tx, rx) = mpsc::unbounded_channel();
-                tokio::spawn(run_shard(room.clone(), rx, metrics.clone()));
+                let room = Room::from(format!("presence:shard:{k}"));
+                tokio::spawn(run_shard(room, rx, metrics.clone()));
                 tx
             })
             .collect();
         Self {
             io,
             kept: None,
-            clustered,
-            shard_rooms,
             shards,
             hasher: Default::default(),
-            emit_timeout,
+            epoch: run,
+            seq: AtomicU64::new(0),
             metrics,
         }
     }
@@ -120,13 +129,20 @@ impl<A: Adapter> Fanout<A> {
         self.hasher.hash_one(socket.id) as usize % self.shards.len()
     }
 
-    /// Hands each shard its part of `sockets`.
-    fn split(&self, sockets: impl IntoIterator<Item = SocketRef<A>>) -> Vec<Vec<SocketRef<A>>> {
-        let mut parts: Vec<Vec<SocketRef<A>>> = self.shards.iter().map(|_| Vec::new()).collect();
-        for socket in sockets {
-            parts[self.shard_of(&socket)].push(socket);
+    /// Hands each shard its part of `items`.
+    fn split<T>(&self, items: impl IntoIterator<Item = (SocketRef<A>, T)>) -> Vec<Vec<T>> {
+        let mut parts: Vec<Vec<T>> = self.shards.iter().map(|_| Vec::new()).collect();
+        for (socket, item) in items {
+            parts[self.shard_of(&socket)].push(item);
         }
         parts
+    }
+
+    fn split_sockets(
+        &self,
+        sockets: impl IntoIterator<Item = SocketRef<A>>,
+    ) -> Vec<Vec<SocketRef<A>>> {
+        self.split(sockets.into_iter().map(|s| (s.clone(), s)))
     }
 
     fn to_shard(&self, k: usize, job: Job<A>) {
@@ -134,38 +150,41 @@ impl<A: Adapter> Fanout<A> {
         let _ = self.shards[k].send(job);
     }
 
-    /// To every live socket on every node. The encoding is made once; this node's shards send
-    /// it to its sockets, whether or not the other nodes could be reached.
-    pub async fn broadcast<T: Serialize + ?Sized>(&self, event: &'static str, payload: &T) {
+    /// `body` (a list) numbered as of now, for a snapshot or an ack: the last broadcast frame
+    /// is already in it; the next one applies to it.
+    pub fn as_of_now<T: Serialize + ?Sized>(
+        &self,
+        body: &T,
+    ) -> Result<Box<RawValue>, serde_json::Error> {
+        serde_json::value::to_raw_value(&Stamped {
+            body,
+            epoch: &self.epoch,
+            seq: self.seq.load(Ordering::Relaxed),
+        })
+    }
+
+    /// To every live socket of this node, numbered (see [`Stamped`]). The encoding is made
+    /// once; each shard sends it to its sockets. Other nodes make their own frames from the
+    /// change log.
+    pub fn broadcast<T: Serialize + ?Sized>(&self, event: &'static str, payload: &T) {
         let Some(ns) = self.namespace() else {
             tracing::warn!(event, "no default namespace (server closed?); not sent");
             return;
         };
-        let payload: Arc<RawValue> = match serde_json::value::to_raw_value(payload) {
+        let seq = self.seq.load(Ordering::Relaxed) + 1;
+        let stamped = Stamped {
+            body: payload,
+            epoch: &self.epoch,
+            seq,
+        };
+        let payload: Arc<RawValue> = match serde_json::value::to_raw_value(&stamped) {
             Ok(p) => p.into(),
             Err(e) => {
                 tracing::error!(event, error = %e, "cannot serialize a broadcast");
                 return;
             }
         };
-        if self.clustered {
-            let to_others = ns
-                .clone()
-                .to(LIVE_ROOM)
-                .except(self.shard_rooms.clone())
-                .emit(event, &*payload);
-            match tokio::time::timeout(self.emit_timeout, to_others).await {
-                // Nothing of this node's is in it: socket errors are another node's.
-                Ok(Ok(())) | Ok(Err(BroadcastError::Socket(_))) => {}
-                Ok(Err(e)) => {
-                    tracing::warn!(event, error = %e, "not published to the other nodes; this node's sockets are still told")
-                }
-                Err(_) => tracing::warn!(
-                    event,
-                    "publishing to the other nodes timed out; this node's sockets are still told"
-                ),
-            }
-        }
+        self.seq.store(seq, Ordering::Relaxed);
         for k in 0..self.shards.len() {
             self.to_shard(
                 k,
@@ -179,15 +198,16 @@ impl<A: Adapter> Fanout<A> {
         self.metrics.emitted(event);
     }
 
-    /// Has each socket sent its `online_users` (serialized once by the caller) and made live,
-    /// by its shard. Returns the sockets, for the pages that may follow.
+    /// Has each socket sent its `online_users` (serialized once by the caller, numbered with
+    /// [`Self::as_of_now`]) and made live, by its shard. Returns the sockets, for the pages that
+    /// may follow.
     pub fn snapshot(
         &self,
         sockets: impl IntoIterator<Item = SocketRef<A>>,
         online_users: &RawValue,
     ) -> Vec<SocketRef<A>> {
         let payload: Arc<RawValue> = online_users.to_owned().into();
-        let parts = self.split(sockets);
+        let parts = self.split_sockets(sockets);
         let all = parts.iter().flatten().cloned().collect();
         for (k, sockets) in parts.into_iter().enumerate() {
             if !sockets.is_empty() {
@@ -203,6 +223,27 @@ impl<A: Adapter> Fanout<A> {
         all
     }
 
+    /// Answers `get_online_users` (the list serialized once by the caller), each through its
+    /// socket's shard, so the answer keeps its place among the frames around it.
+    pub fn ack(
+        &self,
+        acks: impl IntoIterator<Item = (SocketRef<A>, AckSender<A>)>,
+        online_users: &RawValue,
+    ) {
+        let payload: Arc<RawValue> = online_users.to_owned().into();
+        for (k, acks) in self.split(acks).into_iter().enumerate() {
+            if !acks.is_empty() {
+                self.to_shard(
+                    k,
+                    Job::Ack {
+                        acks,
+                        payload: payload.clone(),
+                    },
+                );
+            }
+        }
+    }
+
     /// Has one frame of a snapshot that continues (a page) sent to each of `sockets`, after
     /// dropping from the list the sockets that are gone. Returns how many frames were handed
     /// to the shards.
@@ -214,7 +255,11 @@ impl<A: Adapter> Fanout<A> {
     ) -> u32 {
         sockets.retain(|s| s.connected());
         let payload: Arc<RawValue> = payload.to_owned().into();
-        for (k, part) in self.split(sockets.iter().cloned()).into_iter().enumerate() {
+        for (k, part) in self
+            .split_sockets(sockets.iter().cloned())
+            .into_iter()
+            .enumerate()
+        {
             if !part.is_empty() {
                 self.to_shard(
                     k,
@@ -246,7 +291,7 @@ async fn run_shard<A: Adapter>(
                     }
                     metrics.emitted("online_users");
                     // Live only now: no change can reach it before its list.
-                    socket.join(vec![Room::from(LIVE_ROOM), room.clone()]);
+                    socket.join(room.clone());
                 }
             }
             Job::Page {
@@ -264,6 +309,13 @@ async fn run_shard<A: Adapter>(
                             tracing::warn!(error = %e, sid = %socket.id, "socket too slow for its snapshot; closing it");
                             let _ = socket.disconnect();
                         }
+                    }
+                }
+            }
+            Job::Ack { acks, payload } => {
+                for ack in acks {
+                    if ack.send(&*payload).is_ok() {
+                        metrics.emitted("get_online_users_ack");
                     }
                 }
             }
@@ -315,12 +367,7 @@ mod tests {
     }
 
     fn fanout(io: &SocketIo<LocalAdapter>) -> Fanout<LocalAdapter> {
-        Fanout::new(
-            io.clone(),
-            false,
-            Duration::from_secs(1),
-            Metrics::new().expect("metrics"),
-        )
+        Fanout::new(io.clone(), Metrics::new().expect("metrics"))
     }
 
     /// A websocket client on a bare TCP socket, with a strict frame parser.
@@ -462,15 +509,15 @@ mod tests {
             while let Ok(socket) = joined.try_recv() {
                 live += fanout.snapshot([socket], &raw(&tick)).len();
             }
-            fanout.broadcast("tick", &tick).await;
+            fanout.broadcast("tick", &serde_json::json!({ "tick": tick }));
             tick += 1;
             tokio::time::sleep(Duration::from_millis(1)).await;
         }
         for _ in 0..50 {
-            fanout.broadcast("tick", &tick).await;
+            fanout.broadcast("tick", &serde_json::json!({ "tick": tick }));
             tick += 1;
         }
-        fanout.broadcast("done", &()).await;
+        fanout.broadcast("done", &serde_json::json!({}));
         for reader in readers {
             let seen = tokio::time::timeout(WAIT, reader)
                 .await
@@ -478,16 +525,21 @@ mod tests {
                 .expect("reader ok");
             let (first, snapshot_at) = &seen[0];
             assert_eq!(first, "online_users", "snapshot first: {seen:?}");
-            let ticks: Vec<u64> = seen[1..]
+            let (ticks, seqs): (Vec<u64>, Vec<u64>) = seen[1..]
                 .iter()
                 .map(|(name, arg)| {
                     assert_eq!(name, "tick");
-                    arg.as_u64().expect("tick")
+                    (
+                        arg["tick"].as_u64().expect("tick"),
+                        arg["seq"].as_u64().expect("seq"),
+                    )
                 })
-                .collect();
-            // Every broadcast after the snapshot, in order, none missing.
+                .unzip();
+            // Every broadcast after the snapshot, in order, none missing, numbered one by one
+            // from the position the snapshot was made at.
             let from = snapshot_at.as_u64().expect("snapshot tick");
             assert_eq!(ticks, (from..tick).collect::<Vec<_>>());
+            assert_eq!(seqs, (from + 1..tick + 1).collect::<Vec<_>>());
         }
     }
 
@@ -520,7 +572,7 @@ mod tests {
         let started = std::time::Instant::now();
         for n in 0..400u64 {
             let payload = serde_json::json!({ "n": n, "filler": filler });
-            fanout.broadcast("frame", &payload).await;
+            fanout.broadcast("frame", &payload);
             tokio::task::yield_now().await;
         }
         let broadcasting = started.elapsed();
@@ -572,13 +624,13 @@ mod tests {
             assert_eq!(c.event().await.0, "online_users");
         }
         let before = allocated();
-        let big = "y".repeat(1 << 20);
-        fanout.broadcast("big", &big).await;
+        let big = serde_json::json!({ "big": "y".repeat(1 << 20) });
+        fanout.broadcast("big", &big);
         drop(big);
         for c in &mut clients {
             let (name, arg) = c.event().await;
             assert_eq!(name, "big");
-            assert_eq!(arg.as_str().map(str::len), Some(1 << 20));
+            assert_eq!(arg["big"].as_str().map(str::len), Some(1 << 20));
         }
         // Every client has read the whole frame, so every server socket has written it.
         let after = allocated();

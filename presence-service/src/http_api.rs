@@ -11,6 +11,7 @@ use axum::{Json, Router};
 use socketioxide::adapter::Adapter;
 use socketioxide::SocketIo;
 
+use crate::announcer::Presence;
 use crate::backend::PresenceBackend;
 use crate::cluster_link::LinkStatus;
 use crate::metrics::Metrics;
@@ -21,9 +22,11 @@ use crate::trust::Trust;
 pub struct HttpContext<A: Adapter> {
     pub trust: Trust,
     pub backend: Arc<dyn PresenceBackend>,
+    pub presence: Arc<Presence<A>>,
     pub metrics: Metrics,
     pub io: SocketIo<A>,
-    /// Several nodes: whether broadcasts reach the others. `None` on a single node.
+    /// Several nodes: whether the change log (and logouts) reach this node. `None` on a single
+    /// node.
     pub link: Option<LinkStatus>,
 }
 
@@ -60,20 +63,12 @@ async fn presence<A: Adapter>(
     if let Err(r) = authorize(&ctx, &headers, "/presence").await {
         return r;
     }
-    match ctx.backend.online().await {
-        Ok(users) => Json(OnlineUsers {
-            online_users: &users,
-        })
-        .into_response(),
-        Err(e) => {
-            tracing::warn!(error = %e, "GET /presence: backend error");
-            (
-                StatusCode::SERVICE_UNAVAILABLE,
-                "presence store unavailable\n",
-            )
-                .into_response()
-        }
-    }
+    // The node's copy: the list its own sockets were last told.
+    let users = ctx.presence.online().await;
+    Json(OnlineUsers {
+        online_users: &users,
+    })
+    .into_response()
 }
 
 /// Not ready while it would refuse every socket (no key to verify assertions with yet), or while
@@ -85,7 +80,7 @@ async fn readyz<A: Adapter>(State(ctx): State<Arc<HttpContext<A>>>) -> Response 
     } else if !ctx.backend.is_healthy() {
         "presence store unreachable\n"
     } else if ctx.link.as_ref().is_some_and(|l| !l.is_up()) {
-        "cross-node broadcast unavailable\n"
+        "cross-node link unavailable (change log, logouts)\n"
     } else {
         return "ready".into_response();
     };

@@ -18,6 +18,7 @@ mod handshake_memory;
 mod http_api;
 mod listener;
 mod metrics;
+mod mirror;
 mod model;
 mod modes;
 mod paging;

@@ -132,6 +132,11 @@ impl PresenceModel {
         self.users.values().filter_map(|e| e.release_at).min()
     }
 
+    /// Whether this node holds the user (connected or in grace).
+    pub fn holds(&self, user_id: &str) -> bool {
+        self.users.contains_key(user_id)
+    }
+
     /// Every user this node holds (connected or in grace), for re-syncing the backend.
     pub fn held(&self) -> Vec<User> {
         let mut v: Vec<User> = self.users.values().map(|e| e.user.clone()).collect();

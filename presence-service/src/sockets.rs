@@ -10,18 +10,15 @@ use socketioxide::SocketIo;
 use socketioxide_core::adapter::DefinedAdapter;
 
 use crate::announcer::Presence;
-use crate::backend::PresenceBackend;
 use crate::handshake_check::CheckedAssertion;
 use crate::metrics::Metrics;
 use crate::model::User;
-use crate::payloads::OnlineUsers;
 use crate::trust::Trust;
 
 /// Shared by every handler.
 pub struct SocketContext<A: Adapter> {
     pub trust: Trust,
     pub presence: Arc<Presence<A>>,
-    pub backend: Arc<dyn PresenceBackend>,
     pub metrics: Metrics,
 }
 
@@ -131,23 +128,16 @@ async fn admit<A: Adapter>(ctx: &SocketContext<A>, socket: &SocketRef<A>) -> Res
 /// was registered would be dropped unanswered.
 fn prepare<A: Adapter>(ctx: &SocketContext<A>, socket: &SocketRef<A>, session: &str) {
     socket.join(session_room(session));
-    let backend = ctx.backend.clone();
-    let metrics = ctx.metrics.clone();
-    socket.on("get_online_users", move |ack: AckSender<A>| {
-        let backend = backend.clone();
-        let metrics = metrics.clone();
-        async move {
-            let users = backend.online().await.unwrap_or_default();
-            if ack
-                .send(&OnlineUsers {
-                    online_users: &users,
-                })
-                .is_ok()
-            {
-                metrics.emitted("get_online_users_ack");
-            }
-        }
-    });
+    let presence = ctx.presence.clone();
+    // Answered by the announcer, in order with the frames the socket is sent, numbered like
+    // a snapshot.
+    socket.on(
+        "get_online_users",
+        move |socket: SocketRef<A>, ack: AckSender<A>| {
+            let presence = presence.clone();
+            async move { presence.ack(socket, ack) }
+        },
+    );
 }
 
 fn connected<A: Adapter>(ctx: Arc<SocketContext<A>>, socket: SocketRef<A>) {

@@ -2,10 +2,10 @@
 
 use std::time::{Duration, Instant};
 
-use async_trait::async_trait;
 use socketioxide::adapter::Adapter;
 
 use super::{Announce, Env};
+use crate::backend::What;
 use crate::diff::{DiffBatch, PagedSnapshot};
 use crate::model::User;
 
@@ -30,27 +30,35 @@ impl Diff {
     }
 }
 
-#[async_trait]
 impl<A: Adapter> Announce<A> for Diff {
-    async fn joined(&mut self, _env: &Env<'_, A>, user: User) {
+    fn joined(&mut self, _env: &Env<'_, A>, user: User) {
         self.batch.join(user);
     }
 
-    async fn left(&mut self, _env: &Env<'_, A>, user_id: String) {
+    fn left(&mut self, _env: &Env<'_, A>, user_id: String) {
         self.batch.leave(user_id);
+    }
+
+    /// What the re-read changed goes out as diffs like any other change: every client's list
+    /// is this node's copy as of its last frame, so that is exactly what it lacks.
+    fn reloaded(&mut self, _env: &Env<'_, A>, changes: Vec<What>) {
+        for change in changes {
+            match change {
+                What::Join(user) => self.batch.join(user),
+                What::Leave(id) => self.batch.leave(id),
+            }
+        }
     }
 
     fn flush_due(&self) -> Option<Instant> {
         (!self.batch.is_empty()).then(|| self.last_flush + self.window)
     }
 
-    async fn flush(&mut self, env: &Env<'_, A>) {
+    fn flush(&mut self, env: &Env<'_, A>) {
         self.last_flush = Instant::now();
         if let Some(diff) = self.batch.take() {
-            // The online gauge is refreshed by the heartbeat: reading the whole list here would
-            // make every diff O(N).
             for page in diff.into_pages(self.page_size) {
-                env.fanout.broadcast("presence_diff", &page).await;
+                env.fanout.broadcast("presence_diff", &page);
             }
         }
     }
@@ -62,16 +70,6 @@ impl<A: Adapter> Announce<A> for Diff {
     fn snapshots_before_changes(&self) -> bool {
         false
     }
-
-    fn store_lost(&mut self) -> bool {
-        false
-    }
-
-    fn heartbeat(&mut self, _online: Vec<User>, _healthy: bool) -> bool {
-        false
-    }
-
-    fn refreshing(&mut self) {}
 }
 
 #[cfg(test)]
