@@ -11,6 +11,7 @@ race may need a few runs). FAULT_SECS (per mode) and FAULT_ROUNDS bound the run.
 import asyncio
 import os
 import random
+import re
 import signal
 import statistics
 import tempfile
@@ -252,6 +253,21 @@ class Cluster:
                 return None, last
             await asyncio.sleep(0.1)
 
+    def timeline(self, users, since, limit=30):
+        """What happened to `users` from `since` on: tab operations, close-right-after-connect
+        sockets, drops, and the faults, in order, so a failure can be read without the node logs."""
+        pat = re.compile(r"\b(" + "|".join(map(re.escape, sorted(users))) + r")(#\d)?\b")
+        rows = [(t, f"{n}: {w}") for (t, n, w) in self.oplog + self.rec.drops if t >= since and pat.search(w)]
+        rows += [(t, f"{n}: close-right-after-connect {u} ({v})") for (t, n, u, v) in self.flashes
+                 if t >= since and u in users]
+        for f in self.faults:
+            if f["start"] >= since:
+                rows.append((f["start"], f"{f['target']}: fault {f['kind']} starts"))
+            if f["heal"] and f["heal"] >= since:
+                rows.append((f["heal"], f"{f['target']}: fault {f['kind']} healed"))
+        rows.sort()
+        return [f"{t - self.t0:7.2f}s {w}" for (t, w) in rows[-limit:]]
+
     # ---- checks over the whole history ----
     def faulted(self, node_name, a, b):
         return any(f["target"] == node_name and f["start"] <= b and (f["heal"] or now()) >= a for f in self.faults)
@@ -327,7 +343,7 @@ async def scenario(mode):
                     kinds = FAULT_KINDS[:]
                     rng.shuffle(kinds)
                 kind = kinds.pop()
-                c.round_t = now()
+                prev_round_t, c.round_t = c.round_t, now()
                 await c.ops(rng.randint(4, 10))
                 f = await c.fault(kind)
                 conv, probs = await c.converge(probe, f["heal"])
@@ -341,6 +357,12 @@ async def scenario(mode):
                     for p in probs:
                         c.log(f"    {p[0]}: {p[1]}")
                         violations.append((p[0], r, what, p[1]))
+                    named = {u for p in probs if p[0] != "metrics_sockets"
+                             for u in re.findall(r"'(u\d\d)'", p[1])}
+                    if named:
+                        c.log(f"    timeline of {sorted(named)} this round (and the round before):")
+                        for line in c.timeline(named, prev_round_t):
+                            c.log(f"      {line}")
                     c.log("resetting the cluster (tabs closed, nodes and redis restarted empty)")
                     await c.reset()
     finally:
