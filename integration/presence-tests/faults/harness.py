@@ -17,6 +17,7 @@ import aiohttp
 import socketio
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from presence_wire import Follower
 
 ROOT = pathlib.Path(__file__).resolve().parents[3]
 BIN = os.environ.get("PRESENCE_BIN", str(ROOT / "target" / "debug" / "presence-service"))
@@ -172,6 +173,7 @@ class Recorder:
         self.removals = []  # (t, observer tab, observer node, user, kind, event)
         self.notes = []
         self.drops = []  # (t, node, what): sockets the server or the network closed
+        self.contract = []  # (t, tab, node, invariant, detail): seq_gap, list_regressed
 
 
 class Tab:
@@ -184,8 +186,8 @@ class Tab:
         self.sio = None
         self.node = None
         self.live = False
-        self.list = {}
         self.conn = None  # this connection's record in rec.sockets
+        self.follower = Follower()  # this connection's list, by the wire contract
         self.busy = False  # an operation is under way on this tab
 
     def _removed(self, before, after, explicit, event):
@@ -193,33 +195,45 @@ class Tab:
         for u in set(before) - set(after):
             self.rec.removals.append((t, self.name, self.node.name, u, "leave" if u in explicit else "replace", event))
 
+    @property
+    def list(self):
+        return self.follower.users
+
     def _on(self, conn, event, data):
         if conn is not self.conn:
             return  # an event of an earlier connection of this tab
         if conn["first_event"] is None:
             conn["first_event"] = event
             conn["first_t"] = now()
-        before = dict(self.list)
         explicit = set()
-        if event == "online_users":
-            self.list = {u["id"]: u for u in data["onlineUsers"]}
-        elif event in ("user_connected", "user_disconnected"):
-            self.list = {u["id"]: u for u in data["onlineUsers"]}
-            if event == "user_disconnected":
-                explicit.add(data["userId"])
+        if event == "user_disconnected":
+            explicit.add(data.get("userId"))
         elif event == "presence_diff":
-            for u in data.get("joins", []):
-                self.list[u["id"]] = u
-            for uid in data.get("leaves", []):
-                self.list.pop(uid, None)
-                explicit.add(uid)
-        self._removed(before, self.list, explicit, event)
+            explicit.update(data.get("leaves", []))
+        self._follow(event, data, explicit, lambda f: f.on(event, data))
+
+    def _follow(self, event, data, explicit, step):
+        """Applies one step to the follower; records removals and any break of the numbering,
+        and on a gap asks for the list as a real client does (the ack continues the numbering)."""
+        f = self.follower
+        before, breaks = dict(f.users), len(f.problems())
+        resync = step(f)
+        self._removed(before, f.users, explicit, event)
+        for inv, detail in f.problems()[breaks:]:
+            self.rec.contract.append((now(), self.name, self.node.name, inv, detail))
+        if resync:
+            conn = self.conn
+            asyncio.ensure_future(_quiet(self.sio.emit(
+                "get_online_users",
+                callback=lambda data=None: conn is self.conn and self._follow(
+                    "get_online_users ack", data, set(), lambda f: f.ack(data)))))
 
     async def connect(self, node, timeout=4):
         sio = socketio.AsyncClient(reconnection=False)
         conn = {"user": self.user, "node": node.name, "tab": self.name, "open_t": None, "close_t": None,
                 "first_event": None, "first_t": None, "start_t": now()}
-        self.conn, self.node, self.sio, self.list = conn, node, sio, {}
+        self.conn, self.node, self.sio, self.follower = conn, node, sio, Follower()
+        conn["follower"] = self.follower
         for ev in ("online_users", "user_connected", "user_disconnected", "presence_diff"):
             sio.on(ev, (lambda ev: lambda data: self._on(conn, ev, data))(ev))
 

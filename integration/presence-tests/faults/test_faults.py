@@ -11,6 +11,7 @@ race may need a few runs). FAULT_SECS (per mode) and FAULT_ROUNDS bound the run.
 import asyncio
 import os
 import random
+import re
 import signal
 import statistics
 import tempfile
@@ -252,6 +253,21 @@ class Cluster:
                 return None, last
             await asyncio.sleep(0.1)
 
+    def timeline(self, users, since, limit=30):
+        """What happened to `users` from `since` on: tab operations, close-right-after-connect
+        sockets, drops, and the faults, in order, so a failure can be read without the node logs."""
+        pat = re.compile(r"\b(" + "|".join(map(re.escape, sorted(users))) + r")(#\d)?\b")
+        rows = [(t, f"{n}: {w}") for (t, n, w) in self.oplog + self.rec.drops if t >= since and pat.search(w)]
+        rows += [(t, f"{n}: close-right-after-connect {u} ({v})") for (t, n, u, v) in self.flashes
+                 if t >= since and u in users]
+        for f in self.faults:
+            if f["start"] >= since:
+                rows.append((f["start"], f"{f['target']}: fault {f['kind']} starts"))
+            if f["heal"] and f["heal"] >= since:
+                rows.append((f["heal"], f"{f['target']}: fault {f['kind']} healed"))
+        rows.sort()
+        return [f"{t - self.t0:7.2f}s {w}" for (t, w) in rows[-limit:]]
+
     # ---- checks over the whole history ----
     def faulted(self, node_name, a, b):
         return any(f["target"] == node_name and f["start"] <= b and (f["heal"] or now()) >= a for f in self.faults)
@@ -283,6 +299,12 @@ class Cluster:
                                     f"(open since {s['open_t'] - self.t0:.2f}s); {self.context(t)}"))
                 break
         return out
+
+    def contract(self):
+        """Every break of the wire numbering a tab saw (seq_gap: a jump, or another epoch without
+        a new online_users; list_regressed: a list older than the one held), with the fault near."""
+        return [(inv, f"{tab}@{node} at {t - self.t0:.2f}s: {detail}; {self.context(t)}")
+                for (t, tab, node, inv, detail) in self.rec.contract]
 
     def order(self):
         out = []
@@ -321,7 +343,7 @@ async def scenario(mode):
                     kinds = FAULT_KINDS[:]
                     rng.shuffle(kinds)
                 kind = kinds.pop()
-                c.round_t = now()
+                prev_round_t, c.round_t = c.round_t, now()
                 await c.ops(rng.randint(4, 10))
                 f = await c.fault(kind)
                 conv, probs = await c.converge(probe, f["heal"])
@@ -335,15 +357,22 @@ async def scenario(mode):
                     for p in probs:
                         c.log(f"    {p[0]}: {p[1]}")
                         violations.append((p[0], r, what, p[1]))
+                    named = {u for p in probs if p[0] != "metrics_sockets"
+                             for u in re.findall(r"'(u\d\d)'", p[1])}
+                    if named:
+                        c.log(f"    timeline of {sorted(named)} this round (and the round before):")
+                        for line in c.timeline(named, prev_round_t):
+                            c.log(f"      {line}")
                     c.log("resetting the cluster (tabs closed, nodes and redis restarted empty)")
                     await c.reset()
     finally:
         await c.stop()
-    for inv, detail in c.flaps() + (c.order() if mode == "diff" else []):
+    for inv, detail in c.flaps() + c.order() + c.contract():
         violations.append((inv, None, None, detail))
-    if mode == "compat":
-        for inv, detail in c.order():
-            c.log(f"(info, not checked in compat mode) {detail}")
+    stale = sum(s["follower"].stale for s in c.rec.sockets)
+    waited = sum(s["follower"].ignored_while_resyncing for s in c.rec.sockets)
+    c.log(f"wire contract: {len(c.rec.contract)} breaks (seq_gap, list_regressed); {stale} stale diffs "
+          f"ignored; {waited} diffs ignored while waiting for a get_online_users ack")
     for n in c.rec.notes:
         c.log(f"note: {n}")
     c.log(f"{len(c.rec.sockets)} socket connections, {c.flash_count} close-right-after-connect, "
@@ -358,28 +387,25 @@ async def scenario(mode):
     return violations
 
 
-# A known gap, stated in docs/design.md ("Known gaps") and open in the issue tracker: while Redis
-# is paused or restarted, and until every node has stored its users again, a user can be dropped
-# from lists for a moment although a socket of theirs stayed connected. Those flaps are printed
-# (and counted below) but fail the run only with FAULT_STRICT_REDIS_FLAPS=1. Every other
-# invariant, and every flap with no Redis fault near, fails it.
-STRICT_REDIS_FLAPS = os.environ.get("FAULT_STRICT_REDIS_FLAPS") == "1"
+# Every invariant fails the run, flaps around Redis faults included. FAULT_STRICT_REDIS_FLAPS=0
+# relaxes those flaps to a printed report (to look at other failures while one is being fixed).
+STRICT_REDIS_FLAPS = os.environ.get("FAULT_STRICT_REDIS_FLAPS", "1") != "0"
 
 
-def known_gap(inv):
+def relaxed(inv):
     return inv.startswith("flap[") and "redis_" in inv and not STRICT_REDIS_FLAPS
 
 
 @pytest.mark.parametrize("mode", ["diff", "compat"])
 def test_presence_under_faults(mode):
     violations = asyncio.run(scenario(mode))
-    gaps = [v for v in violations if known_gap(v[0])]
-    if gaps:
-        print(f"\nKNOWN GAP ({mode}), reported, not failing: {len(gaps)} momentary removals around Redis "
-              f"faults: " + ", ".join(sorted({v[0] for v in gaps})) + f" (seed {SEED})")
-        for inv, _, _, detail in gaps[:3]:
+    waived = [v for v in violations if relaxed(v[0])]
+    if waived:
+        print(f"\nFAULT_STRICT_REDIS_FLAPS=0 ({mode}), reported, not failing: {len(waived)} removals around "
+              f"Redis faults: " + ", ".join(sorted({v[0] for v in waived})) + f" (seed {SEED})")
+        for inv, _, _, detail in waived[:3]:
             print(f"    {inv}: {detail}")
-    violations = [v for v in violations if not known_gap(v[0])]
+    violations = [v for v in violations if not relaxed(v[0])]
     if violations:
         by_inv = {}
         for inv, r, what, detail in violations:

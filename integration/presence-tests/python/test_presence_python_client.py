@@ -6,20 +6,32 @@ import requests
 import socketio
 
 from conftest import Key
+from presence_wire import Follower
 
 
 class Tab:
-    """One python-socketio client that queues every presence event."""
+    """One python-socketio client that queues every presence event and follows the wire
+    contract's numbering (presence_wire.Follower), asking for the list on a gap as a client must."""
 
     def __init__(self, url, token, transports=("polling", "websocket")):
         self.sio = socketio.Client(reconnection=False)
         self.q = queue.Queue()
         self.refusal = None
+        self.follower = Follower()
         self.sio.on("connect_error", lambda data: setattr(self, "refusal", data))
         for ev in ("online_users", "user_connected", "user_disconnected", "presence_diff"):
-            self.sio.on(ev, (lambda name: lambda data: self.q.put((name, data)))(ev))
+            self.sio.on(ev, (lambda name: lambda data: self._on(name, data))(ev))
         headers = {"x-identity-assertion": token} if token else {}
         self.sio.connect(url, headers=headers, transports=list(transports), wait_timeout=5)
+
+    def _on(self, name, data):
+        if self.follower.on(name, data):
+            self.sio.emit("get_online_users", callback=self.follower.ack)
+        self.q.put((name, data))
+
+    def contract_breaks(self):
+        """seq_gap / list_regressed seen on this connection (none while it stays connected)."""
+        return self.follower.problems()
 
     def wait(self, event, pred=lambda d: True, timeout=5):
         while True:
@@ -70,6 +82,8 @@ def test_two_users_see_each_other_and_ack(node, key):
         assert ids(gone["onlineUsers"]) == ["alice"]
     else:
         alice.wait("presence_diff", lambda d: "bob" in d["leaves"])
+    assert sorted(alice.follower.users) == ["alice"]
+    assert alice.contract_breaks() == [] and bob.contract_breaks() == []
     alice.close()
 
 
@@ -101,5 +115,9 @@ def test_diff_snapshot_in_pages_adds_up_to_the_whole_list(paged_diff_node, key):
     assert sorted(shown) == sorted(others + ["late"])
     assert shown["q3"] == {"id": "q3", "name": "Q3"}
     assert ids(late.sio.call("get_online_users", timeout=5)["onlineUsers"]) == sorted(shown)
+    # The pages carry no seq: the follower added them to the snapshot without a gap.
+    assert sorted(late.follower.users) == sorted(shown)
+    for t in tabs + [late]:
+        assert t.contract_breaks() == [], t.contract_breaks()
     for t in tabs + [late]:
         t.close()

@@ -1,10 +1,13 @@
 // Presence under churn and faults: sockets that close at once leave no ghosts, an oversized
 // websocket message closes its session, a new socket's first presence event is its snapshot,
 // and a node whose users were reaped during a long Redis pause stores them again.
-import { test, describe, before, after } from 'node:test';
+import { test, describe, before, after, afterEach } from 'node:test';
 import assert from 'node:assert/strict';
 import WebSocket from 'ws';
-import { Presence, Redis, Tab, makeKey, mint, ids, eventually } from './harness.mjs';
+import { Presence, Redis, Tab, makeKey, mint, ids, eventually, assertNumbering } from './harness.mjs';
+
+// Every socket these tests open stays on one connection: none may see the numbering break.
+afterEach(assertNumbering);
 
 const key = makeKey('gw-1');
 const token = (sub, extra = {}) => mint(key, { sub, name: sub.toUpperCase(), ...extra });

@@ -1,8 +1,11 @@
 // Several presence-service processes sharing one real Redis: one view across nodes, crashed nodes
 // reaped within the stated bound, logout reaching every node, and a Redis outage survived.
-import { test, describe, before, after } from 'node:test';
+import { test, describe, before, after, afterEach } from 'node:test';
 import assert from 'node:assert/strict';
-import { Presence, Redis, Tab, makeKey, mint, ids, eventually } from './harness.mjs';
+import { Presence, Redis, Tab, makeKey, mint, ids, eventually, assertNumbering } from './harness.mjs';
+
+// Every socket these tests open stays on one connection: none may see the numbering break.
+afterEach(assertNumbering);
 
 const key = makeKey('gw-1');
 const token = (sub, extra = {}) => mint(key, { sub, name: sub.toUpperCase(), ...extra });
@@ -80,6 +83,51 @@ for (const mode of ['compat', 'diff']) {
       assert.ok(took <= CRASH_BOUND_MS, `took ${took} ms`);
       assert.ok(!ids((await watcher.ask()).onlineUsers).includes('victim'));
       victim.close(); watcher.close();
+    });
+  });
+}
+
+// Issue 11, case 4: joins at nearly the same moment on different nodes. Each list a node sends
+// is numbered, so a client can tell (and a node must never send) an older view after a newer one.
+for (const mode of ['compat', 'diff']) {
+  describe(`near-simultaneous joins over three nodes (${mode} mode)`, () => {
+    let redis, nodes;
+    before(async () => {
+      redis = await Redis.start();
+      nodes = await Promise.all([0, 1, 2].map(() => Presence.start({ keys: [key], presence: { mode }, backend: { kind: 'redis', redis_url: redis.url } })));
+    });
+    after(async () => {
+      for (const n of nodes) await n.stop();
+      await redis.stop();
+    });
+
+    /** What a seed-style compat client shows: the last list it was sent, whatever its number. */
+    const lastList = (tab) => {
+      const last = tab.events.findLast((e) => ['online_users', 'user_connected', 'user_disconnected'].includes(e.event));
+      return last ? ids(last.data.onlineUsers) : [];
+    };
+
+    test('bursts of 9 connects spread over the nodes: every list equals the truth, no gap, no older list', { timeout: 60_000 }, async () => {
+      const watchers = await Promise.all(nodes.map((n, i) => new Tab(n.url, token(`watch${i}`), { transports: ['websocket'] }).connected()));
+      const tabs = [...watchers];
+      for (let round = 0; round < 3; round++) {
+        const burst = Array.from({ length: 9 }, (_, i) => new Tab(nodes[i % 3].url, token(`b${round}-${i}`), { transports: ['websocket'] }));
+        tabs.push(...burst);
+        await Promise.all(burst.map((t) => t.connected()));
+        const truth = tabs.map((t) => t.who.split('@')[0]).sort();
+        // Lists converge (there is no one event that says "all joins are out" on every node).
+        await eventually(() => tabs.every((t) => t.list().join() === truth.join()), 5000, `round ${round}: every tab's list is the truth`)
+          .catch((e) => { throw new Error(`${e.message}: ${tabs.filter((t) => t.list().join() !== truth.join()).map((t) => `${t.who} ${t.list()}`).join('; ')}`); });
+        if (mode === 'compat') {
+          const behind = tabs.filter((t) => lastList(t).join() !== truth.join()).map((t) => `${t.who} ${lastList(t)}`);
+          assert.deepEqual(behind, [], `round ${round}: a seed-style client shows an older list`);
+        }
+        for (const t of tabs) {
+          assert.deepEqual(t.seqGaps(), [], `${t.who} saw a gap`);
+          assert.deepEqual(t.regressions(), [], `${t.who} was sent an older list`);
+        }
+      }
+      for (const t of tabs) t.close();
     });
   });
 }

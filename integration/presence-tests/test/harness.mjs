@@ -7,6 +7,7 @@ import net from 'node:net';
 import os from 'node:os';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
+import assert from 'node:assert/strict';
 import { io } from 'socket.io-client';
 
 const here = path.dirname(fileURLToPath(import.meta.url));
@@ -159,14 +160,111 @@ export async function eventually(pred, ms = 5000, what = 'condition') {
   }
 }
 
+/**
+ * A client's side of the versioned wire contract (docs/design.md): the list one connection's
+ * presence events describe, and every break of the numbering seen. `online_users` (and the
+ * `get_online_users` ack) replaces the list and sets epoch/seq. A numbered `presence_diff`
+ * applies iff same epoch and seq === last + 1; seq <= last is stale (ignored); anything else
+ * is a gap: `on` returns true (ask for the list) and numbered diffs are ignored until the ack.
+ * A `presence_diff` without seq is a snapshot page: applied, `last` untouched. compat
+ * `user_connected` / `user_disconnected` replace the list and follow the same numbering; an
+ * older list is refused and recorded as a regression. Frames without numbers (a seed-style
+ * server) are applied as they are.
+ */
+export class Follower {
+  constructor() {
+    this.users = new Map();
+    this.epoch = null;
+    this.seq = null;
+    this.resyncing = false;
+    this.gaps = []; // { event, expected, got }
+    this.regressions = []; // { event, epoch, last, seq }
+    this.stale = 0;
+  }
+  set(users = []) { this.users = new Map(users.map((u) => [u.id, u])); }
+  replace(event, data) {
+    const { epoch, seq } = data ?? {};
+    if (seq != null && epoch === this.epoch && this.seq !== null && seq < this.seq) {
+      this.regressions.push({ event, epoch, last: this.seq, seq });
+      return;
+    }
+    this.set(data?.onlineUsers);
+    if (seq != null) { this.epoch = epoch; this.seq = seq; }
+  }
+  ack(data) { this.resyncing = false; this.replace('get_online_users ack', data); }
+  gap(event, data) {
+    this.gaps.push({ event, expected: `epoch ${this.epoch} seq ${this.seq === null ? null : this.seq + 1}`, got: `epoch ${data.epoch} seq ${data.seq}` });
+  }
+  apply({ joins = [], leaves = [] }) {
+    for (const u of joins) this.users.set(u.id, u);
+    for (const id of leaves) this.users.delete(id);
+  }
+  /** Any presence event; true when the client must ask for `get_online_users` now. */
+  on(event, data) {
+    if (event === 'online_users') this.replace(event, data);
+    else if (event === 'presence_diff') {
+      if (data.seq == null) { this.apply(data); return false; }
+      if (this.resyncing) return false;
+      if (this.seq !== null && data.epoch === this.epoch) {
+        if (data.seq <= this.seq) { this.stale += 1; return false; }
+        if (data.seq === this.seq + 1) { this.seq = data.seq; this.apply(data); return false; }
+      }
+      this.gap(event, data);
+      this.resyncing = true;
+      return true;
+    } else if (event === 'user_connected' || event === 'user_disconnected') {
+      if (data.seq != null && this.seq !== null) {
+        if (data.epoch !== this.epoch) this.gap(event, data);
+        else if (data.seq <= this.seq) { this.regressions.push({ event, epoch: data.epoch, last: this.seq, seq: data.seq }); return false; }
+        else if (data.seq !== this.seq + 1) this.gap(event, data);
+      }
+      this.set(data.onlineUsers); // whole: the truth as of its seq, even after a gap
+      if (data.seq != null) { this.epoch = data.epoch; this.seq = data.seq; }
+    }
+    return false;
+  }
+  ids() { return [...this.users.keys()].sort(); }
+}
+
+/** The `sub` of an assertion, to name a tab in a failure (a token that does not parse: '?'). */
+function subOf(token) {
+  try { return JSON.parse(Buffer.from(token.split('.')[1], 'base64url').toString()).sub; } catch { return '?'; }
+}
+
+/** Every tab made since the last `assertNumbering()`. */
+const made = [];
+
+/**
+ * Asserts that no tab made since the last call saw a break of the wire numbering (a seq gap, or
+ * a list older than the one it held): every socket these tests open has one connection, and the
+ * contract promises it a gap-free sequence for as long as it lasts. Meant for `afterEach`.
+ */
+export function assertNumbering() {
+  const breaks = made.splice(0).flatMap((t) => [
+    ...t.seqGaps().map((g) => `${t.who}: seq_gap on ${g.event}: expected ${g.expected}, got ${g.got}`),
+    ...t.regressions().map((r) => `${t.who}: list_regressed on ${r.event}: epoch ${r.epoch} seq ${r.seq} after seq ${r.last}`),
+  ]);
+  assert.deepEqual(breaks, [], 'the wire numbering broke');
+}
+
+const PRESENCE_EVENTS = new Set(['online_users', 'user_connected', 'user_disconnected', 'presence_diff']);
+
 /** A browser tab: one socket.io-client connection that records every presence event. */
 export class Tab {
   constructor(url, token, { transports = ['polling', 'websocket'], ...opts } = {}) {
     const extraHeaders = token ? { 'x-identity-assertion': token } : {};
     this.events = [];
     this.waiters = [];
+    this.follower = new Follower();
+    this.who = `${subOf(token)}@${url}`;
+    made.push(this);
     this.socket = io(url, { extraHeaders, transports, reconnection: false, forceNew: true, timeout: 5000, ...opts });
-    this.socket.onAny((event, data) => { this.events.push({ event, data, at: Date.now() }); this.check(); });
+    this.socket.onAny((event, data) => {
+      // Follow before recording, so a test that awaited an event sees the list it produced.
+      if (PRESENCE_EVENTS.has(event) && this.follower.on(event, data)) this.resync();
+      this.events.push({ event, data, at: Date.now() });
+      this.check();
+    });
     this.socket.on('connect_error', (err) => {
       // A transport error says little by itself: keep what the transport knew (HTTP status,
       // socket error) so a failure can be told apart from a refusal.
@@ -221,7 +319,27 @@ export class Tab {
       new Promise((_, bad) => this.socket.once('connect', () => bad(new Error('connected but should be refused')))),
     ]);
   }
-  ask() { return this.socket.timeout(3000).emitWithAck('get_online_users'); }
+  /**
+   * `get_online_users` with an ack. The ack comes in order with the frames and is applied to
+   * the follower in its callback (not a later microtask), so the numbering continues from it.
+   */
+  ask() {
+    return new Promise((ok, bad) => {
+      this.socket.timeout(3000).emit('get_online_users', (err, data) => {
+        if (err) return bad(err);
+        this.follower.ack(data);
+        ok(data);
+      });
+    });
+  }
+  /** After a gap: what a real client does (diff mode ignores numbered diffs until the ack). */
+  resync() { this.ask().catch(() => { this.follower.resyncing = false; }); }
+  /** Breaks of the numbering seen on this connection: none while the socket stays connected. */
+  seqGaps() { return this.follower.gaps; }
+  /** Lists older than the one held (compat lists, or a snapshot going back). */
+  regressions() { return this.follower.regressions; }
+  /** The list as the contract says to keep it. */
+  list() { return this.follower.ids(); }
   close() { this.socket.close(); }
 }
 

@@ -1,8 +1,11 @@
 // The presence model as users see it, in both event modes, on one node (in memory).
-import { test, describe, before, after } from 'node:test';
+import { test, describe, before, after, afterEach } from 'node:test';
 import assert from 'node:assert/strict';
 import WebSocket from 'ws';
-import { Presence, Tab, makeKey, mint, ids } from './harness.mjs';
+import { Presence, Tab, makeKey, mint, ids, assertNumbering } from './harness.mjs';
+
+// Every socket these tests open stays on one connection: none may see the numbering break.
+afterEach(assertNumbering);
 
 const key = makeKey('gw-1');
 const token = (sub, extra = {}) => mint(key, { sub, name: sub.toUpperCase(), ...extra });
@@ -228,6 +231,8 @@ describe('diff mode, snapshot in pages', () => {
     await late.waitFor('presence_diff', () => view(late).size === everyone.length);
     assert.deepEqual([...view(late).keys()].sort(), everyone);
     assert.deepEqual(view(late).get('p5'), { id: 'p5', name: 'P5' });
+    // A client of the wire contract applies the pages (they carry no seq) without a gap.
+    assert.deepEqual(late.list(), everyone);
     const first = late.named('online_users');
     assert.equal(first.length, 1);
     assert.ok(first[0].onlineUsers.length <= 3, `first page has ${first[0].onlineUsers.length} users`);

@@ -2,9 +2,12 @@
 // subscriptions included) and a new process starts on the same port, with its data or without.
 // Two presence nodes, real socket.io-client users on each. Cross-node broadcasts must come back by
 // themselves, and /readyz must say "not ready" while they cannot work.
-import { test, describe, before, after } from 'node:test';
+import { test, describe, before, after, afterEach } from 'node:test';
 import assert from 'node:assert/strict';
-import { Presence, Redis, Tab, makeKey, mint, ids, eventually } from './harness.mjs';
+import { Presence, Redis, Tab, makeKey, mint, ids, eventually, assertNumbering } from './harness.mjs';
+
+// The sockets stay connected while Redis goes away and comes back: their numbering must not break.
+afterEach(assertNumbering);
 
 const key = makeKey('gw-1');
 const token = (sub) => mint(key, { sub, name: sub.toUpperCase() });

@@ -8,7 +8,7 @@
 // is gone signs the page out. Raw error texts go to the console, never to the screen.
 import { create } from 'zustand';
 import { io } from 'socket.io-client';
-import { snapshot, applyDiff, applyUserConnected, applyUserDisconnected } from './presence.js';
+import { follow, freshWire } from './presence.js';
 import { backoffMs, connectErrorPlan, SOCKET_RECONNECTION, spreadDelay, throttleOf } from './connection.js';
 
 async function readUser(response) {
@@ -30,6 +30,9 @@ export function createSessionStore({ baseUrl = '', socketOptions = {}, backoff =
   let retryTimer = null;
   let attempt = 0; // failed attempts since the last successful connect (for the backoff)
   let checking = null; // the session check in flight, if any
+  // The wire numbers of the list shown (presence.js); a new connection starts over from its
+  // snapshot, so they are reset whenever a connection ends.
+  let wire = freshWire();
 
   const clearRetry = () => {
     clearTimeout(retryTimer);
@@ -102,13 +105,16 @@ export function createSessionStore({ baseUrl = '', socketOptions = {}, backoff =
       if (!socket) return;
       socket.removeAllListeners();
       socket.disconnect();
+      wire = freshWire();
       set({ socket: null });
     };
 
     const openSocket = () => {
       const socket = io(baseUrl || undefined, { withCredentials: true, ...SOCKET_RECONNECTION, ...socketOptions });
       const current = () => get().socket === socket;
+      let connection = 0; // which connection of this socket an answer to a question belongs to
       socket.on('connect', () => {
+        connection += 1;
         attempt = 0;
         clearRetry();
         set({ connection: 'online', connectionError: null });
@@ -155,10 +161,29 @@ export function createSessionStore({ baseUrl = '', socketOptions = {}, backoff =
           set({ connection: 'reconnecting', connectionError: reason });
         }
       });
-      socket.on('online_users', (data) => set({ onlineUsers: snapshot(data?.onlineUsers) }));
-      socket.on('user_connected', (data) => set((s) => ({ onlineUsers: applyUserConnected(s.onlineUsers, data) })));
-      socket.on('user_disconnected', (data) => set((s) => ({ onlineUsers: applyUserDisconnected(s.onlineUsers, data) })));
-      socket.on('presence_diff', (diff) => set((s) => ({ onlineUsers: applyDiff(s.onlineUsers, diff) })));
+      const receive = (event, data) => {
+        const next = follow({ onlineUsers: get().onlineUsers, wire }, event, data);
+        wire = next.wire;
+        if (next.onlineUsers !== get().onlineUsers) set({ onlineUsers: next.onlineUsers });
+        if (next.resync) {
+          // A missed frame: ask for the whole list. The answer comes in order with the frames,
+          // so numbered diffs after it continue from its seq. If it never comes, the next
+          // numbered diff finds the numbers still behind and asks again.
+          const asked = connection;
+          log.info(`[presence] missed an update (seq ${data?.seq}, epoch ${data?.epoch}): asking for the list`);
+          socket.timeout(5000).emit('get_online_users', (err, list) => {
+            if (!current() || asked !== connection) return;
+            if (err) wire = { ...wire, waiting: false };
+            else receive('ack', list);
+          });
+        }
+      };
+      for (const event of ['online_users', 'user_connected', 'user_disconnected', 'presence_diff']) {
+        socket.on(event, (data) => receive(event, data));
+      }
+      socket.on('disconnect', () => {
+        if (current()) wire = freshWire();
+      });
       return socket;
     };
 

@@ -145,6 +145,62 @@ describe.each([['polling', 'websocket'], ['websocket']])('session store over %s'
   });
 });
 
+describe.each([['polling', 'websocket'], ['websocket']])('the wire numbering over %s', (...transports) => {
+  const carol = { id: 'carol', name: 'Carol Cooper' };
+  const dave = { id: 'dave', name: 'Dave Dunn' };
+  const eve = { id: 'eve', name: 'Eve Evans' };
+
+  it('stale diffs are ignored; a gap asks get_online_users once, ignores diffs until the answer, then continues', async () => {
+    const store = await signedInStore(transports);
+    const asked = [];
+    // Like the presence service, the answer is the list as of the last frame sent before it.
+    sockets[0].on('get_online_users', (ack) => {
+      asked.push(Date.now());
+      ack({ onlineUsers: [alice, bob, carol, dave], epoch: 'e1', seq: 5 });
+    });
+    const seen = [];
+    store.subscribe((s) => seen.push(ids(s)));
+    sockets[0].emit('online_users', { onlineUsers: [alice], epoch: 'e1', seq: 1 });
+    sockets[0].emit('presence_diff', { joins: [bob], leaves: [], epoch: 'e1', seq: 2 });
+    sockets[0].emit('presence_diff', { joins: [], leaves: ['bob'], epoch: 'e1', seq: 2 }); // a repeat: stale
+    await until(store, (s) => ids(s) === 'alice,bob', 'bob joins');
+    sockets[0].emit('presence_diff', { joins: [carol], leaves: [], epoch: 'e1', seq: 4 }); // 3 was lost
+    sockets[0].emit('presence_diff', { joins: [dave], leaves: [], epoch: 'e1', seq: 5 }); // before the answer
+    await until(store, (s) => ids(s) === 'alice,bob,carol,dave', 'the answer to the question');
+    sockets[0].emit('presence_diff', { joins: [], leaves: ['alice'], epoch: 'e1', seq: 6 });
+    sockets[0].emit('presence_diff', { joins: [eve], leaves: [] }); // a page: no numbers
+    await until(store, (s) => ids(s) === 'bob,carol,dave,eve', 'diffs continue from the answer');
+    expect(asked).toHaveLength(1);
+    // Neither the stale leave nor a diff on top of the list with the hole was ever shown.
+    expect(seen.slice(seen.indexOf('alice,bob'))).not.toContain('alice');
+    expect(seen.filter((l) => l.includes('dave') && !l.includes('carol'))).toEqual([]);
+    await store.getState().logout();
+  });
+
+  it('a node that restarted (another epoch) is asked; a reconnect starts over from its snapshot', async () => {
+    const store = await signedInStore(transports);
+    let answers = 0;
+    sockets[0].on('get_online_users', (ack) => {
+      answers += 1;
+      ack({ onlineUsers: [bob], epoch: 'e2', seq: 3 });
+    });
+    sockets[0].emit('online_users', { onlineUsers: [alice], epoch: 'e1', seq: 40 });
+    await until(store, (s) => ids(s) === 'alice', 'snapshot');
+    sockets[0].emit('presence_diff', { joins: [carol], leaves: [], epoch: 'e2', seq: 3 });
+    await until(store, (s) => ids(s) === 'bob', 'the answer of the new epoch');
+    sockets[0].emit('presence_diff', { joins: [carol], leaves: [], epoch: 'e2', seq: 4 });
+    await until(store, (s) => ids(s) === 'bob,carol', 'diffs of the new epoch');
+    // The connection drops (the client reconnects by itself); the new one numbers from 1.
+    sockets[0].conn.close();
+    await until(store, (s) => s.connection === 'online' && sockets.length === 2, 'reconnected');
+    sockets[1].emit('online_users', { onlineUsers: [alice, dave], epoch: 'e3', seq: 1 });
+    sockets[1].emit('presence_diff', { joins: [eve], leaves: [], epoch: 'e3', seq: 2 });
+    await until(store, (s) => ids(s) === 'alice,dave,eve', 'the new connection');
+    expect(answers).toBe(1);
+    await store.getState().logout();
+  });
+});
+
 describe('session store lifecycle', () => {
   it('restores a login, and reports anonymous without one', async () => {
     const anonymous = createSessionStore({ baseUrl, ...FAST });
