@@ -243,7 +243,15 @@ impl<A: Adapter> Announcer<A> {
         presence: Arc<Presence<A>>,
         mut rx: mpsc::UnboundedReceiver<Command<A>>,
     ) {
-        self.reload(&presence).await;
+        // Nobody is connected yet: the first read is not announced.
+        match self.backend.view().await {
+            Ok(view) => {
+                self.mirror.load(view, &[]);
+                self.metrics.online_users.set(self.mirror.len() as i64);
+            }
+            // The first heartbeat finds the copy unloaded and reads it.
+            Err(e) => tracing::warn!(error = %e, "cannot read who is online yet"),
+        }
         let mut heartbeat = tokio::time::interval(self.heartbeat_interval);
         heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let far = Duration::from_secs(3600);
