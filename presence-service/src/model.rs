@@ -46,6 +46,8 @@ pub struct PresenceModel {
     grace: Duration,
     max_sockets_per_user: usize,
     users: HashMap<String, Entry>,
+    /// The sum of every entry's `sockets`, kept as they change (read on every connect).
+    sockets: usize,
 }
 
 impl PresenceModel {
@@ -54,6 +56,7 @@ impl PresenceModel {
             grace,
             max_sockets_per_user,
             users: HashMap::new(),
+            sockets: 0,
         }
     }
 
@@ -68,6 +71,7 @@ impl PresenceModel {
                     return Err(TooManySockets { limit });
                 }
                 entry.sockets += 1;
+                self.sockets += 1;
                 entry.release_at = None;
                 if entry.user.name != user.name {
                     entry.user.name = user.name.clone();
@@ -87,6 +91,7 @@ impl PresenceModel {
                         release_at: None,
                     },
                 );
+                self.sockets += 1;
                 Ok(Some(Effect::Hold(user)))
             }
         }
@@ -96,7 +101,10 @@ impl PresenceModel {
     /// until [`Self::expire`] runs past it.
     pub fn disconnect(&mut self, user_id: &str, now: Instant) {
         if let Some(entry) = self.users.get_mut(user_id) {
-            entry.sockets = entry.sockets.saturating_sub(1);
+            if entry.sockets > 0 {
+                entry.sockets -= 1;
+                self.sockets -= 1;
+            }
             if entry.sockets == 0 && entry.release_at.is_none() {
                 entry.release_at = Some(now + self.grace);
             }
@@ -110,6 +118,7 @@ impl PresenceModel {
             entry.sockets = 0;
             entry.release_at.get_or_insert(now + self.grace);
         }
+        self.sockets = 0;
     }
 
     /// Releases every user whose grace period ended at or before `now`.
@@ -146,7 +155,7 @@ impl PresenceModel {
 
     /// Connected sockets on this node (all users).
     pub fn socket_count(&self) -> usize {
-        self.users.values().map(|e| e.sockets).sum()
+        self.sockets
     }
 
     #[cfg(test)]
@@ -314,5 +323,34 @@ mod tests {
                 Effect::Release("c".into())
             ]
         );
+    }
+
+    /// The kept count equals the sum over users, whatever the sequence (refusals included).
+    #[test]
+    fn the_socket_count_follows_every_change() {
+        use rand::{Rng, SeedableRng};
+        let mut rng = rand::rngs::StdRng::seed_from_u64(7);
+        let mut m = PresenceModel::new(Duration::from_millis(10), 3);
+        let mut now = Instant::now();
+        for _ in 0..2_000 {
+            let id = format!("u{}", rng.gen_range(0..5));
+            match rng.gen_range(0..10) {
+                0..=4 => {
+                    let _ = m.connect(User {
+                        id: id.clone(),
+                        name: id,
+                    });
+                }
+                5..=8 => m.disconnect(&id, now),
+                _ => {
+                    now += Duration::from_millis(rng.gen_range(0..20));
+                    m.expire(now);
+                }
+            }
+            let sum: usize = m.users.values().map(|e| e.sockets).sum();
+            assert_eq!(m.socket_count(), sum);
+        }
+        m.disconnect_all(now);
+        assert_eq!(m.socket_count(), 0);
     }
 }
