@@ -13,6 +13,7 @@ use tokio::sync::{mpsc, oneshot, Notify};
 
 use crate::backend::{Change, Position, PresenceBackend, What};
 use crate::config::EventMode;
+use crate::diff::PageCursor;
 use crate::fanout::Fanout;
 use crate::metrics::Metrics;
 use crate::mirror::{Applied, Mirror};
@@ -563,14 +564,26 @@ impl<A: Adapter> Announcer<A> {
         }
     }
 
-    /// `online_users` to every waiting socket: the list is copied and serialized once; each
-    /// socket then only copies the bytes. In diff mode a long list is paged: the rest follows
-    /// from [`Paging::send_round`].
+    /// `online_users` to every waiting socket: the first page is serialized once, straight from
+    /// the copy; each socket then only copies the bytes. In diff mode a longer list follows page
+    /// by page from [`Paging::send_round`].
     fn send_snapshots(&mut self) {
         if self.waiting_snapshot.is_empty() {
             return;
         }
-        let (first, rest) = self.mode.first_page(self.mirror.users());
+        let page_size = self.mode.page_size();
+        let first = self
+            .mirror
+            .page_after(None, page_size.unwrap_or(usize::MAX));
+        let rest = match (page_size, first.last()) {
+            (Some(n), Some(last)) if first.len() == n && self.mirror.len() > n => {
+                Some(PageCursor {
+                    after: last.id.clone(),
+                    page_size: n,
+                })
+            }
+            _ => None,
+        };
         let payload = match self.fanout.as_of_now(&OnlineUsers {
             online_users: &first,
         }) {
@@ -596,7 +609,7 @@ impl<A: Adapter> Announcer<A> {
         if self.waiting_ack.is_empty() {
             return;
         }
-        let online = self.mirror.users();
+        let online = self.mirror.all();
         match self.fanout.as_of_now(&OnlineUsers {
             online_users: &online,
         }) {

@@ -91,52 +91,27 @@ impl DiffBatch {
     }
 }
 
-/// The rest of a snapshot after its first page, sent one page at a time.
+/// Where a paged snapshot is: the rest of the list goes out page by page, each page read from
+/// the node's copy at the time it is sent (the users after the last id sent, in id order).
 ///
-/// Why pages: the websocket writer (tungstenite, inside engineioxide) keeps the capacity of the
-/// largest frame it ever buffered for the socket's whole life, so one `online_users` of 9000 users
-/// (~350 KB) left every idle socket ~200 KB heavier. Pages bound that frame; the announcer
-/// spaces them out so that a socket's writer has sent one before the next is queued.
-#[derive(Debug)]
-pub struct PagedSnapshot {
-    /// The list as read when the snapshot started, sorted by id.
-    users: Vec<User>,
-    next: usize,
-    page_size: usize,
+/// Why pages: a snapshot of thousands of users in one frame would sit whole in every new
+/// socket's queue during a storm; pages, spaced out, bound that. Reading each page from the live
+/// copy (not from a list kept since the snapshot) costs no copy of the list per snapshot: users
+/// who left since are not in it, users who joined since may come twice (in a page and in a
+/// diff), which clients applying diffs idempotently absorb.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PageCursor {
+    /// The last user id sent.
+    pub after: String,
+    pub page_size: usize,
 }
 
-impl PagedSnapshot {
-    /// Splits `users` into the first page, for `online_users` now, and the pages still to send
-    /// (`None` if the list fits in one page: then the snapshot is one frame, as before paging).
-    pub fn start(mut users: Vec<User>, page_size: usize) -> (Vec<User>, Option<Self>) {
-        let page_size = page_size.max(1);
-        if users.len() <= page_size {
-            return (users, None);
-        }
-        let rest = users.split_off(page_size);
-        (
-            users,
-            Some(Self {
-                users: rest,
-                next: 0,
-                page_size,
-            }),
-        )
-    }
-
-    /// The next page as it was read (the caller drops who has left since), `None` when done.
-    pub fn next_page(&mut self) -> Option<&[User]> {
-        let start = self.next;
-        if start >= self.users.len() {
-            return None;
-        }
-        self.next = (start + self.page_size).min(self.users.len());
-        Some(&self.users[start..self.next])
-    }
-
-    pub fn is_done(&self) -> bool {
-        self.next >= self.users.len()
-    }
+/// The `presence_diff` a snapshot page goes out as: joins only, and no number (it is part of
+/// the snapshot, not a change).
+#[derive(Debug, Serialize)]
+pub struct SnapshotPage<'a> {
+    pub joins: Vec<&'a User>,
+    pub leaves: [&'a str; 0],
 }
 
 #[cfg(test)]
@@ -215,38 +190,5 @@ mod tests {
             serde_json::to_string(&d).unwrap(),
             r#"{"joins":[{"id":"a","name":"a"}],"leaves":["b"]}"#
         );
-    }
-
-    fn users(n: usize) -> Vec<User> {
-        (0..n).map(|i| user(&format!("u{i:03}"))).collect()
-    }
-
-    #[test]
-    fn a_list_that_fits_one_page_is_one_frame() {
-        let (first, rest) = PagedSnapshot::start(users(3), 3);
-        assert_eq!(first, users(3));
-        assert!(rest.is_none());
-    }
-
-    #[test]
-    fn pages_cover_the_list_once_in_order() {
-        let (first, rest) = PagedSnapshot::start(users(7), 3);
-        assert_eq!(first, users(3));
-        let mut rest = rest.unwrap();
-        let mut seen = first;
-        while let Some(page) = rest.next_page() {
-            assert!(page.len() <= 3);
-            seen.extend_from_slice(page);
-        }
-        assert!(rest.is_done());
-        assert_eq!(seen, users(7));
-        assert_eq!(rest.next_page(), None);
-    }
-
-    #[test]
-    fn page_size_zero_still_progresses() {
-        let (first, rest) = PagedSnapshot::start(users(2), 0);
-        assert_eq!(first.len(), 1);
-        assert_eq!(rest.unwrap().next_page().map(|p| p.len()), Some(1));
     }
 }

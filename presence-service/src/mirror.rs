@@ -60,13 +60,28 @@ impl Mirror {
         self.users.len()
     }
 
-    pub fn get(&self, id: &str) -> Option<&User> {
-        self.users.get(id)
-    }
-
     /// Everyone online, sorted by id.
     pub fn users(&self) -> Vec<User> {
         self.users.values().cloned().collect()
+    }
+
+    /// Everyone online, sorted by id, without copying them.
+    pub fn all(&self) -> Vec<&User> {
+        self.users.values().collect()
+    }
+
+    /// Up to `n` users after the id `after` (from the first without one), in id order.
+    pub fn page_after(&self, after: Option<&str>, n: usize) -> Vec<&User> {
+        use std::ops::Bound;
+        let from = match after {
+            Some(id) => Bound::Excluded(id),
+            None => Bound::Unbounded,
+        };
+        self.users
+            .range::<str, _>((from, Bound::Unbounded))
+            .take(n)
+            .map(|(_, u)| u)
+            .collect()
     }
 
     /// Applies a log entry if it is the next one. `own` tells whether this node holds a user.
@@ -372,6 +387,19 @@ mod tests {
                 What::Join(user("c"))
             ]
         );
+    }
+
+    #[test]
+    fn pages_follow_the_ids_from_where_the_last_one_ended() {
+        let mut m = loaded(&["a", "b", "c", "d", "e"], 1);
+        let ids = |p: Vec<&User>| p.into_iter().map(|u| u.id.clone()).collect::<Vec<_>>();
+        assert_eq!(ids(m.page_after(None, 2)), ["a", "b"]);
+        // `c` left and `bb` joined meanwhile: the next page reads the copy as it is now.
+        m.apply(leave("e1", 2, "c"), none);
+        m.apply(join("e1", 3, "bb"), none);
+        assert_eq!(ids(m.page_after(Some("b"), 2)), ["bb", "d"]);
+        assert_eq!(ids(m.page_after(Some("d"), 2)), ["e"]);
+        assert!(m.page_after(Some("e"), 2).is_empty());
     }
 
     #[test]

@@ -1,12 +1,11 @@
-//! Snapshots too long for one frame, sent page by page (diff mode; see [`PagedSnapshot`]).
+//! Snapshots too long for one frame, sent page by page (diff mode; see [`PageCursor`]).
 
 use std::time::{Duration, Instant};
 
 use socketioxide::adapter::Adapter;
 use socketioxide::extract::SocketRef;
 
-use crate::diff::{PagedSnapshot, PresenceDiff};
-use crate::model::User;
+use crate::diff::{PageCursor, SnapshotPage};
 use crate::modes::Env;
 
 /// Pause between two rounds of pages: at least this, plus [`PAGE_PAUSE_PER_FRAME`] per frame and
@@ -20,11 +19,11 @@ const PAGE_PAUSE_PER_FRAME: Duration = Duration::from_micros(10);
 /// Roughly what copying one more KiB costs there (kernel copies, the client's parsing).
 const PAGE_PAUSE_PER_KIB: Duration = Duration::from_micros(2);
 
-/// The snapshots under way. Every page is checked against the node's copy just before it goes
-/// out, in the announcer's order with the diffs, so a user who left after the list was taken is
-/// never announced after their leave.
+/// The snapshots under way. Every page is read from the node's copy just before it goes out, in
+/// the announcer's order with the diffs, so a user who left after the snapshot started is never
+/// announced after their leave.
 pub struct Paging<A: Adapter> {
-    under_way: Vec<(PagedSnapshot, Vec<SocketRef<A>>)>,
+    under_way: Vec<(PageCursor, Vec<SocketRef<A>>)>,
     /// When the next round may go out (one page per paged snapshot per round).
     next_round_at: Instant,
 }
@@ -39,7 +38,7 @@ impl<A: Adapter> Default for Paging<A> {
 }
 
 impl<A: Adapter> Paging<A> {
-    pub fn start(&mut self, rest: PagedSnapshot, to: Vec<SocketRef<A>>) {
+    pub fn start(&mut self, rest: PageCursor, to: Vec<SocketRef<A>>) {
         if self.under_way.is_empty() {
             self.next_round_at = Instant::now() + PAGE_PAUSE;
         }
@@ -51,29 +50,20 @@ impl<A: Adapter> Paging<A> {
         (!self.under_way.is_empty()).then_some(self.next_round_at)
     }
 
-    /// One round: the next page of every paged snapshot, as `presence_diff` joins without a
-    /// number (part of the snapshot, not a change). Users who left since the list was taken
-    /// are dropped (their leave went out already, or is in the batch and goes out after this
-    /// page); users who joined since reach the sockets as diffs.
+    /// One round: the next page of every paged snapshot, as a `presence_diff` of joins without
+    /// a number (part of the snapshot, not a change). Users who left since the snapshot started
+    /// are not in the copy any more; users who joined since reach the sockets as diffs.
     pub fn send_round(&mut self, env: &Env<'_, A>) {
         let mut frames = 0u32;
         let mut kib = 0u32;
-        for (pages, sockets) in &mut self.under_way {
-            let Some(page) = pages.next_page() else {
-                continue;
+        self.under_way.retain_mut(|(cursor, sockets)| {
+            let joins = env.mirror.page_after(Some(&cursor.after), cursor.page_size);
+            let Some(last) = joins.last() else {
+                return false;
             };
-            let joins: Vec<User> = page
-                .iter()
-                .filter_map(|u| env.mirror.get(&u.id).cloned())
-                .collect();
-            if joins.is_empty() {
-                continue;
-            }
-            let diff = PresenceDiff {
-                joins,
-                leaves: Vec::new(),
-            };
-            match serde_json::value::to_raw_value(&diff) {
+            let more = joins.len() == cursor.page_size;
+            cursor.after = last.id.clone();
+            match serde_json::value::to_raw_value(&SnapshotPage { joins, leaves: [] }) {
                 Ok(payload) => {
                     let sent = env.fanout.page(sockets, "presence_diff", &payload);
                     frames += sent;
@@ -82,9 +72,8 @@ impl<A: Adapter> Paging<A> {
                 }
                 Err(e) => tracing::error!(error = %e, "cannot serialize a snapshot page"),
             }
-        }
-        self.under_way
-            .retain(|(pages, sockets)| !pages.is_done() && !sockets.is_empty());
+            more && !sockets.is_empty()
+        });
         self.next_round_at =
             Instant::now() + PAGE_PAUSE + PAGE_PAUSE_PER_FRAME * frames + PAGE_PAUSE_PER_KIB * kib;
     }

@@ -8,22 +8,22 @@ use crate::model::User;
 /// `online_users`, and the ack of `get_online_users`.
 #[derive(Serialize)]
 #[serde(rename_all = "camelCase")]
-pub struct OnlineUsers<'a> {
-    pub online_users: &'a [User],
+pub struct OnlineUsers<'a, U: Serialize = User> {
+    pub online_users: &'a [U],
 }
 
 /// Compat mode's `user_connected`.
 #[derive(Serialize)]
 #[serde(rename_all = "camelCase")]
-pub struct UserConnected<'a> {
-    pub online_users: &'a [User],
+pub struct UserConnected<'a, U: Serialize = User> {
+    pub online_users: &'a [U],
     pub user: &'a User,
 }
 
 /// Compat mode's `user_disconnected`.
 #[derive(Serialize)]
 #[serde(rename_all = "camelCase")]
-pub struct UserDisconnected<'a> {
-    pub online_users: &'a [User],
+pub struct UserDisconnected<'a, U: Serialize = User> {
+    pub online_users: &'a [U],
     pub user_id: &'a str,
 }

@@ -7,7 +7,6 @@ use socketioxide::adapter::Adapter;
 
 use super::{Announce, Env};
 use crate::backend::What;
-use crate::diff::PagedSnapshot;
 use crate::model::User;
 use crate::payloads::{OnlineUsers, UserConnected, UserDisconnected};
 
@@ -15,7 +14,7 @@ pub struct Compat;
 
 impl<A: Adapter> Announce<A> for Compat {
     fn joined(&mut self, env: &Env<'_, A>, user: User) {
-        let online = env.mirror.users();
+        let online = env.mirror.all();
         let payload = UserConnected {
             online_users: &online,
             user: &user,
@@ -24,7 +23,7 @@ impl<A: Adapter> Announce<A> for Compat {
     }
 
     fn left(&mut self, env: &Env<'_, A>, user_id: String) {
-        let online = env.mirror.users();
+        let online = env.mirror.all();
         let payload = UserDisconnected {
             online_users: &online,
             user_id: &user_id,
@@ -37,7 +36,7 @@ impl<A: Adapter> Announce<A> for Compat {
         if changes.is_empty() {
             return;
         }
-        let online = env.mirror.users();
+        let online = env.mirror.all();
         env.fanout.broadcast(
             "online_users",
             &OnlineUsers {
@@ -53,8 +52,8 @@ impl<A: Adapter> Announce<A> for Compat {
     fn flush(&mut self, _env: &Env<'_, A>) {}
 
     /// The seed's single `online_users`, however long.
-    fn first_page(&self, online: Vec<User>) -> (Vec<User>, Option<PagedSnapshot>) {
-        (online, None)
+    fn page_size(&self) -> Option<usize> {
+        None
     }
 
     /// Each change carries the whole list: a burst of those could fill a waiting socket's

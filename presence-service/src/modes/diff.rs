@@ -6,7 +6,7 @@ use socketioxide::adapter::Adapter;
 
 use super::{Announce, Env};
 use crate::backend::What;
-use crate::diff::{DiffBatch, PagedSnapshot};
+use crate::diff::DiffBatch;
 use crate::model::User;
 
 pub struct Diff {
@@ -86,8 +86,8 @@ impl<A: Adapter> Announce<A> for Diff {
         }
     }
 
-    fn first_page(&self, online: Vec<User>) -> (Vec<User>, Option<PagedSnapshot>) {
-        PagedSnapshot::start(online, self.page_size)
+    fn page_size(&self) -> Option<usize> {
+        Some(self.page_size.max(1))
     }
 
     fn snapshots_before_changes(&self) -> bool {
@@ -136,20 +136,5 @@ mod tests {
 
     fn announce_mut(d: &mut Diff) -> &mut dyn Announce<LocalAdapter> {
         d
-    }
-
-    #[test]
-    fn long_lists_are_paged() {
-        let d = Diff::new(Duration::from_millis(50), 0, 2);
-        let users: Vec<User> = ["a", "b", "c"]
-            .iter()
-            .map(|id| User {
-                id: (*id).into(),
-                name: id.to_uppercase(),
-            })
-            .collect();
-        let (first, rest) = announce(&d).first_page(users);
-        assert_eq!(first.len(), 2);
-        assert!(rest.is_some());
     }
 }

@@ -7,7 +7,6 @@ use socketioxide::adapter::Adapter;
 
 use crate::backend::What;
 use crate::config::EventMode;
-use crate::diff::PagedSnapshot;
 use crate::fanout::Fanout;
 use crate::mirror::Mirror;
 use crate::model::User;
@@ -39,8 +38,9 @@ pub trait Announce<A: Adapter>: Send {
     fn set_audience(&mut self, _sockets: usize) {}
     /// Sends the changes held back, if any.
     fn flush(&mut self, env: &Env<'_, A>);
-    /// Splits a snapshot's list into the `online_users` frame and the pages still to send.
-    fn first_page(&self, online: Vec<User>) -> (Vec<User>, Option<PagedSnapshot>);
+    /// Users per snapshot frame: the `online_users` frame carries the first page, the rest
+    /// follow page by page (`paging`). `None`: the whole list in one frame.
+    fn page_size(&self) -> Option<usize>;
     /// Whether waiting snapshots must go out before a change is announced.
     fn snapshots_before_changes(&self) -> bool;
 }
