@@ -158,7 +158,7 @@ pub struct AnnouncerConfig {
     pub heartbeat_interval: Duration,
     /// The store's operation timeout: part of how long a hold-over lasts.
     pub op_timeout: Duration,
-    /// Diff mode: users per snapshot frame (see [`crate::diff::PagedSnapshot`]).
+    /// Diff mode: users per snapshot frame (see [`crate::diff::PageCursor`]).
     pub snapshot_page_size: usize,
 }
 

@@ -5,7 +5,7 @@
 //! a leave only. Clients apply diffs idempotently (add/replace on join, delete on leave), so the
 //! result is right whatever snapshot a client started from.
 //!
-//! A long snapshot goes out in pages (see [`PagedSnapshot`]): the `online_users` frame carries the
+//! A long snapshot goes out in pages (see [`PageCursor`]): the `online_users` frame carries the
 //! first page, the rest follow as `presence_diff` joins. The same idempotence makes that safe.
 
 use std::collections::HashMap;
