@@ -95,7 +95,9 @@ impl<A: Adapter> Fanout<A> {
     /// Spawns the shard tasks (call within the runtime).
     pub fn new(io: SocketIo<A>, metrics: Metrics) -> Self {
         let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
-        let run = uuid::Uuid::new_v4().simple().to_string();
+        // Short: it is in every frame. A client only compares it with the one before, from the
+        // same node, so 32 random bits tell two runs apart.
+        let run = format!("{:08x}", rand::random::<u32>());
         // Each shard's room is joined by its live sockets.
         let shards = (0..cores)
             .map(|k| {
