@@ -3,6 +3,9 @@
 //! every change announced (by the mode's strategy, `modes`) and sent (`fanout`), in log order.
 //! Every frame to a socket leaves from here, so snapshots, acks and changes keep their order.
 
+mod follow;
+mod replies;
+
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
@@ -13,14 +16,12 @@ use tokio::sync::{mpsc, oneshot, Notify};
 
 use crate::backend::{Change, Position, PresenceBackend, What};
 use crate::config::EventMode;
-use crate::diff::PageCursor;
 use crate::fanout::Fanout;
 use crate::metrics::Metrics;
 use crate::mirror::{Applied, Mirror};
 use crate::model::{Effect, PresenceModel, TooManySockets, User};
 use crate::modes::{self, Announce, Env};
 use crate::paging::Paging;
-use crate::payloads::OnlineUsers;
 
 pub enum Command<A: Adapter> {
     Apply(Effect),
@@ -391,39 +392,6 @@ impl<A: Adapter> Announcer<A> {
         }
     }
 
-    /// An entry of the log, as published.
-    async fn follow(&mut self, change: Change, presence: &Presence<A>) {
-        let applied = self.mirror.apply(change, |id| presence.holds(id));
-        match applied {
-            Applied::Gap => {
-                // A reload that failed is retried at `reload_at`, not at every later entry.
-                if self.reload_at.is_none() {
-                    tracing::info!("entries of the change log were lost; reading the view again");
-                    self.reload(presence).await;
-                }
-            }
-            Applied::NewEpoch => self.hold_over(),
-            other => self.announce(other),
-        }
-    }
-
-    /// Whatever the link has already delivered.
-    async fn drain_changes(&mut self, presence: &Presence<A>) {
-        for _ in 0..DRAIN_PER_TURN {
-            let Some(change) = self.changes.as_mut().and_then(|rx| rx.try_recv().ok()) else {
-                break;
-            };
-            self.follow(change, presence).await;
-        }
-    }
-
-    /// The entry this node just wrote: announced now if it is next in the log, else when it
-    /// arrives with the entries before it.
-    fn follow_own(&mut self, change: Change, presence: &Presence<A>) {
-        let applied = self.mirror.apply_own(change, |id| presence.holds(id));
-        self.announce(applied);
-    }
-
     fn announce(&mut self, applied: Applied) {
         let Applied::Changed(what) = applied else {
             return;
@@ -453,172 +421,6 @@ impl<A: Adapter> Announcer<A> {
             fanout: &self.fanout,
             mirror: &self.mirror,
         });
-    }
-
-    /// The store lost its data (another epoch): every node stores its users again at its next
-    /// heartbeat; until then the copy holds over, and is then read again.
-    fn hold_over(&mut self) {
-        if self.mirror.is_holding_over() {
-            return;
-        }
-        tracing::info!("the presence store lost its data; holding the list over until every node stored its users again");
-        self.mirror.hold_over();
-        let until = Instant::now() + self.heartbeat_interval * 2 + self.op_timeout;
-        self.hold_over_until = Some(until);
-        self.reload_at = Some(until);
-    }
-
-    /// Reads the view and makes it the copy (plus this node's own users), announcing what that
-    /// changed. A view of another epoch starts a hold-over instead; a failed read is retried.
-    async fn reload(&mut self, presence: &Presence<A>) {
-        if let Some(until) = self.hold_over_until {
-            if Instant::now() < until {
-                // Asked early (the link came back, a heartbeat): the hold-over's end reads it.
-                return;
-            }
-        }
-        self.reload_at = None;
-        let view = match self.backend.view().await {
-            Ok(view) => view,
-            Err(e) => {
-                tracing::warn!(error = %e, "cannot read who is online; retrying");
-                self.reload_at = Some(Instant::now() + self.heartbeat_interval);
-                return;
-            }
-        };
-        let same_epoch = self
-            .mirror
-            .position()
-            .is_none_or(|at| at.epoch == view.at.epoch);
-        if !same_epoch && !self.mirror.is_holding_over() {
-            self.hold_over();
-            return;
-        }
-        if self.mode.snapshots_before_changes() {
-            self.send_snapshots();
-        }
-        self.hold_over_until = None;
-        let changes = self.mirror.load(view, &presence.held());
-        if !changes.is_empty() {
-            tracing::info!(
-                changes = changes.len(),
-                "list read again from the store; announcing what changed"
-            );
-        }
-        self.mode.reloaded(
-            &Env {
-                fanout: &self.fanout,
-                mirror: &self.mirror,
-            },
-            changes,
-        );
-        self.metrics.online_users.set(self.mirror.len() as i64);
-    }
-
-    /// `settled`: no effect is queued, so the model's users are exactly what should be stored.
-    async fn maintain(&mut self, presence: &Presence<A>, settled: bool) {
-        // Whatever arrived before the heartbeat is in the copy before positions are compared.
-        self.drain_changes(presence).await;
-        let held = presence.held();
-        let was_healthy = self.backend.is_healthy();
-        let beat = self
-            .backend
-            .maintain(settled.then_some(held.as_slice()))
-            .await;
-        self.metrics
-            .backend_healthy
-            .set(self.backend.is_healthy() as i64);
-        match beat {
-            // Back after an outage: what this node changed meanwhile is in the store now (the
-            // heartbeat re-synced it), and the copy may hold what only this node thought.
-            Ok(at) if !was_healthy => {
-                self.last_beat = Some(at);
-                self.reload(presence).await;
-            }
-            Ok(at) => self.check_position(at, presence).await,
-            Err(e) => tracing::warn!(error = %e, "presence heartbeat failed"),
-        }
-    }
-
-    /// Compares the copy with the log's position: another epoch, or a position behind the
-    /// copy's (the store went back to older data), means the store lost data; a copy still
-    /// behind where the log was a whole heartbeat ago means entries were lost on the way.
-    async fn check_position(&mut self, at: Position, presence: &Presence<A>) {
-        let previous = self.last_beat.replace(at.clone());
-        if self.mirror.is_holding_over() || self.reload_at.is_some() {
-            return;
-        }
-        let Some(mine) = self.mirror.position().cloned() else {
-            self.reload(presence).await;
-            return;
-        };
-        if at.epoch != mine.epoch || at.seq < mine.seq {
-            self.hold_over();
-        } else if previous.is_some_and(|p| p.epoch == mine.epoch && mine.seq < p.seq) {
-            tracing::info!(
-                have = mine.seq,
-                logged = at.seq,
-                "change log entries did not arrive; reading the view again"
-            );
-            self.reload(presence).await;
-        }
-    }
-
-    /// `online_users` to every waiting socket: the first page is serialized once, straight from
-    /// the copy; each socket then only copies the bytes. In diff mode a longer list follows page
-    /// by page from [`Paging::send_round`].
-    fn send_snapshots(&mut self) {
-        if self.waiting_snapshot.is_empty() {
-            return;
-        }
-        let page_size = self.mode.page_size();
-        let first = self
-            .mirror
-            .page_after(None, page_size.unwrap_or(usize::MAX));
-        let rest = match (page_size, first.last()) {
-            (Some(n), Some(last)) if first.len() == n && self.mirror.len() > n => {
-                Some(PageCursor {
-                    after: last.id.clone(),
-                    page_size: n,
-                })
-            }
-            _ => None,
-        };
-        let payload = match self.fanout.as_of_now(&OnlineUsers {
-            online_users: &first,
-        }) {
-            Ok(p) => p,
-            Err(e) => {
-                tracing::error!(error = %e, "cannot serialize the online list");
-                self.waiting_snapshot.clear();
-                return;
-            }
-        };
-        let sent = self
-            .fanout
-            .snapshot(self.waiting_snapshot.drain(..), &payload);
-        if let Some(rest) = rest {
-            if !sent.is_empty() {
-                self.paging.start(rest, sent);
-            }
-        }
-    }
-
-    /// The whole list to every waiting `get_online_users`, numbered like a snapshot.
-    fn send_acks(&mut self) {
-        if self.waiting_ack.is_empty() {
-            return;
-        }
-        let online = self.mirror.all();
-        match self.fanout.as_of_now(&OnlineUsers {
-            online_users: &online,
-        }) {
-            Ok(payload) => self.fanout.ack(self.waiting_ack.drain(..), &payload),
-            Err(e) => {
-                tracing::error!(error = %e, "cannot serialize the online list");
-                self.waiting_ack.clear();
-            }
-        }
     }
 }
 
