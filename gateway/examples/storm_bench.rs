@@ -11,6 +11,14 @@
 //! per connect of every process (from `/proc/<pid>/stat`, exited threads included), and what
 //! the clients received per connect (frames, WebSocket payload bytes).
 //!
+//! Then, once every list is complete, the change phase: `STORM_CHANGES` new users `probe-k`
+//! come online one at a time, each socket opened straight to the presence service on both paths
+//! (so a change starts the same way, and only the way back to the N clients differs). Each
+//! change is timed from just before its socket opens until every client has read its join; it
+//! prints p50/p99/max over all (client, change) pairs, the per-change p99s, the gateway path's
+//! p99 over the direct one, and each process's CPU per change. Clients whose list never
+//! completed are reported (users in their list, time since their last read).
+//!
 //! The client is one thread (a current-thread runtime) that parses frames by hand: no message
 //! allocation, ids found with a `"`-split (memchr) over each payload, a bitset per client. Its
 //! own CPU share is printed: below one core, it was waiting for the servers, not the other way
@@ -18,6 +26,7 @@
 //! a full handshake.
 //!
 //! Env: STORM_N (9000), STORM_CONCURRENCY (200), STORM_GW_THREADS (2), STORM_TIMEOUT_SECS (180),
+//! STORM_CHANGES (10; 0 skips the change phase),
 //! STORM_DIRECT (1; 0 skips the direct run, e.g. to profile the gateway alone), GATEWAY_BIN,
 //! PRESENCE_BIN, NODE (node), REDIS_SERVER (redis-server), STORM_LOG (the gateway's RUST_LOG,
 //! default "info": one access line per handshake, as deployed).
@@ -189,6 +198,10 @@ struct Shared {
     bytes: AtomicU64,
     /// Ids that are not one of the N users, seen in any list (a correct list has none).
     strangers: AtomicU64,
+    /// Per client: users in its list, and ns after `start` of its last read (for a report on
+    /// the clients whose list never completed: a stalled stream or a missed update?).
+    list_count: Vec<AtomicUsize>,
+    last_read_at: Vec<AtomicU64>,
     done: tokio::sync::Notify,
     /// The change phase: the probe the clients are waiting for (index into `probe_names`, or
     /// `NO_PROBE`), per client ns after `start` at which its frame was read (0 = not yet).
@@ -395,6 +408,9 @@ async fn client(
                 }
             }
             buf.drain(..at);
+            shared.list_count[i].store(list.count, Ordering::Relaxed);
+            shared.last_read_at[i]
+                .store(shared.start.elapsed().as_nanos() as u64, Ordering::Relaxed);
             if !complete && list.count == n {
                 complete = true;
                 shared.complete_at[i]
@@ -583,6 +599,8 @@ async fn storm(
         frames: AtomicU64::new(0),
         bytes: AtomicU64::new(0),
         strangers: AtomicU64::new(0),
+        list_count: (0..n).map(|_| AtomicUsize::new(0)).collect(),
+        last_read_at: (0..n).map(|_| AtomicU64::new(0)).collect(),
         done: tokio::sync::Notify::new(),
         probe: AtomicUsize::new(NO_PROBE),
         probe_names: (0..probes.count)
@@ -626,6 +644,20 @@ async fn storm(
         .map(|((name, p), c0)| (*name, cpu_of(*p, tick).saturating_sub(c0)))
         .collect();
     let client_cpu = cpu_of(self_pid, tick).saturating_sub(client0);
+    let incomplete: Vec<usize> = (0..n)
+        .filter(|&i| {
+            shared.complete_at[i].load(Ordering::Relaxed) == 0
+                && shared.connected_at[i].load(Ordering::Relaxed) != 0
+        })
+        .collect();
+    for &i in incomplete.iter().take(5) {
+        let last = Duration::from_nanos(shared.last_read_at[i].load(Ordering::Relaxed));
+        eprintln!(
+            "{label}: client {i} connected but its list has {} of {n} users; its last read was {:.1} s before the end",
+            shared.list_count[i].load(Ordering::Relaxed),
+            shared.start.elapsed().saturating_sub(last).as_secs_f64()
+        );
+    }
     let all_complete_now = shared.completed.load(Ordering::Relaxed) == n;
     let changes = if probes.count > 0 && all_complete_now {
         // A marker to attach a profiler to the servers for just this phase.
