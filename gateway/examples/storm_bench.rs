@@ -11,6 +11,14 @@
 //! per connect of every process (from `/proc/<pid>/stat`, exited threads included), and what
 //! the clients received per connect (frames, WebSocket payload bytes).
 //!
+//! Then, once every list is complete, the change phase: `STORM_CHANGES` new users `probe-k`
+//! come online one at a time, each socket opened straight to the presence service on both paths
+//! (so a change starts the same way, and only the way back to the N clients differs). Each
+//! change is timed from just before its socket opens until every client has read its join; it
+//! prints p50/p99/max over all (client, change) pairs, the per-change p99s, the gateway path's
+//! p99 over the direct one, and each process's CPU per change. Clients whose list never
+//! completed are reported (users in their list, time since their last read).
+//!
 //! The client is one thread (a current-thread runtime) that parses frames by hand: no message
 //! allocation, ids found with a `"`-split (memchr) over each payload, a bitset per client. Its
 //! own CPU share is printed: below one core, it was waiting for the servers, not the other way
@@ -18,6 +26,7 @@
 //! a full handshake.
 //!
 //! Env: STORM_N (9000), STORM_CONCURRENCY (200), STORM_GW_THREADS (2), STORM_TIMEOUT_SECS (180),
+//! STORM_CHANGES (10; 0 skips the change phase),
 //! STORM_DIRECT (1; 0 skips the direct run, e.g. to profile the gateway alone), GATEWAY_BIN,
 //! PRESENCE_BIN, NODE (node), REDIS_SERVER (redis-server), STORM_LOG (the gateway's RUST_LOG,
 //! default "info": one access line per handshake, as deployed).
@@ -189,12 +198,40 @@ struct Shared {
     bytes: AtomicU64,
     /// Ids that are not one of the N users, seen in any list (a correct list has none).
     strangers: AtomicU64,
+    /// Per client: users in its list, and ns after `start` of its last read (for a report on
+    /// the clients whose list never completed: a stalled stream or a missed update?).
+    list_count: Vec<AtomicUsize>,
+    last_read_at: Vec<AtomicU64>,
     done: tokio::sync::Notify,
+    /// The change phase: the probe the clients are waiting for (index into `probe_names`, or
+    /// `NO_PROBE`), per client ns after `start` at which its frame was read (0 = not yet).
+    probe: AtomicUsize,
+    probe_names: Vec<String>,
+    arrived: Vec<AtomicU64>,
+    arrived_count: AtomicUsize,
+    all_arrived: tokio::sync::Notify,
 }
+
+const NO_PROBE: usize = usize::MAX;
 
 impl Shared {
     fn finished(&self) -> bool {
         self.completed.load(Ordering::Relaxed) + self.failed.load(Ordering::Relaxed) >= self.n
+    }
+
+    /// Records when client `i` first read the current probe's join.
+    fn note_probe(&self, i: usize, text: &str) {
+        let k = self.probe.load(Ordering::Acquire);
+        if k == NO_PROBE || self.arrived[i].load(Ordering::Relaxed) != 0 {
+            return;
+        }
+        if text.contains(self.probe_names[k].as_str()) {
+            let now = self.start.elapsed().as_nanos() as u64;
+            self.arrived[i].store(now, Ordering::Relaxed);
+            if self.arrived_count.fetch_add(1, Ordering::AcqRel) + 1 >= self.n {
+                self.all_arrived.notify_one();
+            }
+        }
     }
 }
 
@@ -362,6 +399,7 @@ async fn client(
                         } else if text.starts_with("44") {
                             anyhow::bail!("refused: {text}");
                         } else {
+                            shared.note_probe(i, text);
                             on_event(text, &mut list, n, &shared);
                         }
                     }
@@ -370,6 +408,9 @@ async fn client(
                 }
             }
             buf.drain(..at);
+            shared.list_count[i].store(list.count, Ordering::Relaxed);
+            shared.last_read_at[i]
+                .store(shared.start.elapsed().as_nanos() as u64, Ordering::Relaxed);
             if !complete && list.count == n {
                 complete = true;
                 shared.complete_at[i]
@@ -420,6 +461,117 @@ struct Figures {
     cpu: Vec<(&'static str, Duration)>,
     client_cpu: Duration,
     wall: Duration,
+    changes: Option<Changes>,
+}
+
+/// Where the change phase's probes connect: straight to the presence service on both paths, so
+/// a change starts the same way and only the way back to the N clients differs.
+struct Probes {
+    count: usize,
+    presence_port: u16,
+    signer: AssertionSigner,
+}
+
+/// The change phase once every list was complete: new users `probe-k` come online one at a
+/// time, each timed from just before its socket opens until every client has read its join.
+struct Changes {
+    count: usize,
+    /// Every (client, change) latency, sorted.
+    lat: Vec<Duration>,
+    /// Per change, the p99 over the clients, sorted.
+    p99s: Vec<Duration>,
+    /// The fewest clients any change reached.
+    min_reached: usize,
+    cpu: Vec<(&'static str, Duration)>,
+    client_cpu: Duration,
+}
+
+async fn run_changes(
+    shared: &Shared,
+    probes: &Probes,
+    procs: &[(&'static str, u32)],
+    tick: f64,
+) -> anyhow::Result<Changes> {
+    use futures_util::{SinkExt, StreamExt};
+    use tokio_tungstenite::tungstenite::{client::IntoClientRequest, Message};
+    let n = shared.n;
+    let self_pid = std::process::id();
+    let mut lat = Vec::with_capacity(n * probes.count);
+    let mut p99s = Vec::new();
+    let mut min_reached = n;
+    let mut cpu: Vec<(&'static str, Duration)> =
+        procs.iter().map(|(p, _)| (*p, Duration::ZERO)).collect();
+    let mut client_cpu = Duration::ZERO;
+    let mut opened = Vec::new();
+    for k in 0..probes.count {
+        for a in &shared.arrived {
+            a.store(0, Ordering::Relaxed);
+        }
+        shared.arrived_count.store(0, Ordering::Relaxed);
+        shared.probe.store(k, Ordering::Release);
+        let name = format!("probe-{k}");
+        let token = probes.signer.sign(
+            &Identity {
+                sub: name.clone(),
+                name: None,
+                sid: name.clone(),
+            },
+            "presence-service",
+        )?;
+        let mut req = format!(
+            "ws://127.0.0.1:{}/socket.io/?EIO=4&transport=websocket",
+            probes.presence_port
+        )
+        .into_client_request()?;
+        req.headers_mut()
+            .insert("x-identity-assertion", token.parse()?);
+        let cpu0: Vec<Duration> = procs.iter().map(|(_, p)| cpu_of(*p, tick)).collect();
+        let client0 = cpu_of(self_pid, tick);
+        let all = shared.all_arrived.notified();
+        let change_at = shared.start.elapsed();
+        let (mut probe, _) = tokio_tungstenite::connect_async(req).await?;
+        let _ = probe.next().await; // the Engine.IO open packet
+        probe.send(Message::text("40")).await?;
+        if shared.arrived_count.load(Ordering::Acquire) < n {
+            let _ = tokio::time::timeout(Duration::from_secs(20), all).await;
+        }
+        for ((c, (_, p)), c0) in cpu.iter_mut().zip(procs).zip(cpu0) {
+            c.1 += cpu_of(*p, tick).saturating_sub(c0);
+        }
+        client_cpu += cpu_of(self_pid, tick).saturating_sub(client0);
+        let mut these: Vec<Duration> = shared
+            .arrived
+            .iter()
+            .map(|a| a.load(Ordering::Relaxed))
+            .filter(|&a| a != 0)
+            .map(|a| Duration::from_nanos(a).saturating_sub(change_at))
+            .collect();
+        these.sort();
+        min_reached = min_reached.min(these.len());
+        p99s.push(percentile(&these, 0.99));
+        lat.extend(these);
+        shared.probe.store(NO_PROBE, Ordering::Release);
+        // Stays online, so the next change is another user; its snapshot pages settle first.
+        opened.push(probe);
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    lat.sort();
+    p99s.sort();
+    Ok(Changes {
+        count: probes.count,
+        lat,
+        p99s,
+        min_reached,
+        cpu,
+        client_cpu,
+    })
+}
+
+fn percentile(sorted: &[Duration], p: f64) -> Duration {
+    sorted
+        .get(((sorted.len() as f64 * p).ceil() as usize).saturating_sub(1))
+        .copied()
+        .unwrap_or_default()
 }
 
 /// One storm: N clients, `concurrency` handshakes in flight; `headers[i]` authenticates client i.
@@ -433,6 +585,7 @@ async fn storm(
     timeout: Duration,
     procs: &[(&'static str, u32)],
     tick: f64,
+    probes: &Probes,
 ) -> Figures {
     let n = headers.len();
     let shared = Arc::new(Shared {
@@ -446,7 +599,16 @@ async fn storm(
         frames: AtomicU64::new(0),
         bytes: AtomicU64::new(0),
         strangers: AtomicU64::new(0),
+        list_count: (0..n).map(|_| AtomicUsize::new(0)).collect(),
+        last_read_at: (0..n).map(|_| AtomicU64::new(0)).collect(),
         done: tokio::sync::Notify::new(),
+        probe: AtomicUsize::new(NO_PROBE),
+        probe_names: (0..probes.count)
+            .map(|k| format!("\"probe-{k}\""))
+            .collect(),
+        arrived: (0..n).map(|_| AtomicU64::new(0)).collect(),
+        arrived_count: AtomicUsize::new(0),
+        all_arrived: tokio::sync::Notify::new(),
     });
     let self_pid = std::process::id();
     let cpu0: Vec<Duration> = procs.iter().map(|(_, p)| cpu_of(*p, tick)).collect();
@@ -482,6 +644,35 @@ async fn storm(
         .map(|((name, p), c0)| (*name, cpu_of(*p, tick).saturating_sub(c0)))
         .collect();
     let client_cpu = cpu_of(self_pid, tick).saturating_sub(client0);
+    let incomplete: Vec<usize> = (0..n)
+        .filter(|&i| {
+            shared.complete_at[i].load(Ordering::Relaxed) == 0
+                && shared.connected_at[i].load(Ordering::Relaxed) != 0
+        })
+        .collect();
+    for &i in incomplete.iter().take(5) {
+        let last = Duration::from_nanos(shared.last_read_at[i].load(Ordering::Relaxed));
+        eprintln!(
+            "{label}: client {i} connected but its list has {} of {n} users; its last read was {:.1} s before the end",
+            shared.list_count[i].load(Ordering::Relaxed),
+            shared.start.elapsed().saturating_sub(last).as_secs_f64()
+        );
+    }
+    let all_complete_now = shared.completed.load(Ordering::Relaxed) == n;
+    let changes = if probes.count > 0 && all_complete_now {
+        // A marker to attach a profiler to the servers for just this phase.
+        let pids: Vec<String> = procs.iter().map(|(p, pid)| format!("{p}={pid}")).collect();
+        eprintln!("{label}: change phase starts ({})", pids.join(" "));
+        match run_changes(&shared, probes, procs, tick).await {
+            Ok(c) => Some(c),
+            Err(e) => {
+                eprintln!("{label}: the change phase failed: {e}");
+                None
+            }
+        }
+    } else {
+        None
+    };
     let _ = stop_tx.send(true);
     while tasks.join_next().await.is_some() {}
 
@@ -496,11 +687,7 @@ async fn storm(
         .map(Duration::from_nanos)
         .collect();
     lat.sort();
-    let pct = |p: f64| {
-        lat.get(((lat.len() as f64 * p).ceil() as usize).saturating_sub(1))
-            .copied()
-            .unwrap_or_default()
-    };
+    let pct = |p: f64| percentile(&lat, p);
     let connected = load(&shared.connected_at);
     let last_connect = connected.iter().copied().max().map(Duration::from_nanos);
     let complete = load(&shared.complete_at);
@@ -528,6 +715,7 @@ async fn storm(
         cpu,
         client_cpu,
         wall,
+        changes,
     }
 }
 
@@ -622,15 +810,21 @@ async fn run() -> anyhow::Result<()> {
         load.split_whitespace().take(3).collect::<Vec<_>>().join(" ")
     );
 
+    let signer = AssertionSigner::new("edge-gateway", 3600, vec![key.clone()])?;
+    let probes = Probes {
+        count: env("STORM_CHANGES", 10),
+        presence_port,
+        signer,
+    };
+
     // 1. Straight to the presence service, each client with an assertion signed here.
     let mut runs = Vec::new();
     if env("STORM_DIRECT", 1) == 1 {
         let presence = start_presence(&presence_bin, dir.path(), presence_port, "direct")?;
         wait_tcp(presence_port, "presence-service").await?;
-        let signer = AssertionSigner::new("edge-gateway", 3600, vec![key.clone()])?;
         let headers = (0..n)
             .map(|i| {
-                let token = signer.sign(
+                let token = probes.signer.sign(
                     &Identity {
                         sub: format!("u{i}"),
                         name: None,
@@ -651,6 +845,7 @@ async fn run() -> anyhow::Result<()> {
             timeout,
             &procs,
             tick,
+            &probes,
         )
         .await;
         drop(presence);
@@ -746,6 +941,7 @@ audience = "presence-service"
             timeout,
             &procs,
             tick,
+            &probes,
         )
         .await;
         let log = std::fs::read_to_string(dir.path().join("gateway.log")).unwrap_or_default();
@@ -868,6 +1064,93 @@ fn print_side_by_side(runs: &[Figures]) {
             .map(|r| format!("{:.0}", r.bytes as f64 / r.n as f64))
             .collect(),
     );
+    if runs.iter().any(|r| r.changes.is_some()) {
+        let cell =
+            |r: &Figures, f: &dyn Fn(&Changes) -> String| r.changes.as_ref().map_or("-".into(), f);
+        println!(
+            "  then, with every list complete, presence changes (a new user online; its socket straight to presence on both paths):"
+        );
+        row(
+            "changes, fewest clients any reached",
+            runs.iter()
+                .map(|r| cell(r, &|c| format!("{}, {}/{}", c.count, c.min_reached, r.n)))
+                .collect(),
+        );
+        row(
+            "a change to every client p50 / p99 / max (ms)",
+            runs.iter()
+                .map(|r| {
+                    cell(r, &|c| {
+                        format!(
+                            "{:.0} / {:.0} / {:.0}",
+                            ms(percentile(&c.lat, 0.5)),
+                            ms(percentile(&c.lat, 0.99)),
+                            ms(c.lat.last().copied().unwrap_or_default())
+                        )
+                    })
+                })
+                .collect(),
+        );
+        row(
+            "  per-change p99: best / median / worst (ms)",
+            runs.iter()
+                .map(|r| {
+                    cell(r, &|c| {
+                        format!(
+                            "{:.0} / {:.0} / {:.0}",
+                            ms(c.p99s.first().copied().unwrap_or_default()),
+                            ms(percentile(&c.p99s, 0.5)),
+                            ms(c.p99s.last().copied().unwrap_or_default())
+                        )
+                    })
+                })
+                .collect(),
+        );
+        let direct_p99 = runs
+            .iter()
+            .find(|r| r.label == "direct")
+            .and_then(|r| r.changes.as_ref())
+            .map(|c| percentile(&c.lat, 0.99));
+        row(
+            "  p99 / the direct p99 (target <= 1.5)",
+            runs.iter()
+                .map(|r| {
+                    cell(r, &|c| {
+                        direct_p99.map_or("-".into(), |d| {
+                            format!("{:.2}", ms(percentile(&c.lat, 0.99)) / ms(d).max(1e-9))
+                        })
+                    })
+                })
+                .collect(),
+        );
+        for name in ["presence", "gateway"] {
+            row(
+                &format!("{name} CPU per change (ms)"),
+                runs.iter()
+                    .map(|r| {
+                        cell(r, &|c| {
+                            c.cpu
+                                .iter()
+                                .find(|(p, _)| *p == name)
+                                .map_or("-".into(), |(_, t)| {
+                                    format!("{:.1}", ms(*t) / c.count.max(1) as f64)
+                                })
+                        })
+                    })
+                    .collect(),
+            );
+        }
+        row(
+            "bench client CPU per change (ms)",
+            runs.iter()
+                .map(|r| {
+                    cell(r, &|c| {
+                        format!("{:.1}", ms(c.client_cpu) / c.count.max(1) as f64)
+                    })
+                })
+                .collect(),
+        );
+    }
     if runs.iter().any(|r| r.strangers > 0) {
         row(
             "WARNING: ids not among the N users",

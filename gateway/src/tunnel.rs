@@ -19,8 +19,9 @@ use prometheus::IntGauge;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::time::Instant;
 
-/// Large enough for a TLS record's plaintext, so one read moves a whole record.
-const SCRATCH_BYTES: usize = 16 * 1024;
+/// What one write may gather: several TLS records' plaintext, so a burst leaves in one write
+/// call (rustls then takes it as full records). One buffer per worker thread, not per tunnel.
+const SCRATCH_BYTES: usize = 64 * 1024;
 
 /// Reads per direction before yielding to other tasks, so one busy tunnel cannot starve a worker.
 const READS_PER_POLL: usize = 16;
@@ -80,6 +81,8 @@ struct Direction {
     unflushed: bool,
     /// The source reached EOF; the sink is shut down once everything owed is written.
     source_done: bool,
+    /// The source failed after a read that is still owed: reported once that is written.
+    source_error: Option<io::Error>,
     finished: bool,
     relayed: u64,
 }
@@ -90,6 +93,7 @@ impl Direction {
             owed,
             unflushed: false,
             source_done: false,
+            source_error: None,
             finished: false,
             relayed: 0,
         }
@@ -119,6 +123,9 @@ impl Direction {
                 ready!(Pin::new(&mut *to).poll_flush(cx))?;
                 self.unflushed = false;
             }
+            if let Some(e) = self.source_error.take() {
+                return Poll::Ready(Err(e));
+            }
             if self.source_done {
                 ready!(Pin::new(&mut *to).poll_shutdown(cx))?;
                 self.finished = true;
@@ -132,8 +139,12 @@ impl Direction {
         Poll::Pending
     }
 
-    /// One read into the thread's scratch buffer, written on at once; what the sink does not
-    /// take now is kept in `owed`.
+    /// Everything the source has ready right now (up to the scratch buffer), gathered into the
+    /// thread's scratch buffer and written on in one write: under TLS that is one write call
+    /// into rustls, so a burst of small frames (a snapshot's pages, a busy broadcast) leaves as
+    /// full records in one syscall instead of one record and one syscall per read. It never
+    /// waits for more: a read that would block ends the gathering. What the sink does not take
+    /// now is kept in `owed`.
     fn poll_read_and_write(
         &mut self,
         cx: &mut Context<'_>,
@@ -143,10 +154,27 @@ impl Direction {
         SCRATCH.with(|scratch| {
             let mut scratch = scratch.borrow_mut();
             let mut buf = ReadBuf::new(&mut scratch[..]);
-            ready!(Pin::new(&mut *from).poll_read(cx, &mut buf))?;
+            while buf.remaining() > 0 {
+                let before = buf.filled().len();
+                match Pin::new(&mut *from).poll_read(cx, &mut buf) {
+                    Poll::Ready(Ok(())) if buf.filled().len() == before => {
+                        self.source_done = true;
+                        break;
+                    }
+                    Poll::Ready(Ok(())) => {}
+                    // What was read before the error is still relayed; the error ends the
+                    // direction once it is written.
+                    Poll::Ready(Err(e)) if before > 0 => {
+                        self.source_error = Some(e);
+                        break;
+                    }
+                    Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+                    Poll::Pending if before > 0 => break,
+                    Poll::Pending => return Poll::Pending,
+                }
+            }
             let data = buf.filled();
             if data.is_empty() {
-                self.source_done = true;
                 return Poll::Ready(Ok(()));
             }
             let written = match Pin::new(&mut *to).poll_write(cx, data) {
@@ -232,8 +260,10 @@ pub async fn relay_until(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::sync::atomic::{AtomicU64, Ordering};
+    use std::sync::Arc;
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    use tokio::net::{TcpListener, TcpStream};
+    use tokio::net::{TcpListener, TcpSocket, TcpStream};
 
     /// A connected loopback pair: (the end given to the relay, the end the test drives).
     async fn pair() -> (Stream, TcpStream) {
@@ -316,5 +346,245 @@ mod tests {
         // Both connections were dropped: the peers see EOF.
         assert_eq!(client_peer.read(&mut one).await.expect("eof"), 0);
         assert_eq!(upstream_peer.read(&mut one).await.expect("eof"), 0);
+    }
+
+    /// A connected loopback pair whose four socket buffers are all `bytes` (before the kernel's
+    /// doubling), so what the kernel may hold in between is known.
+    async fn small_buffered_pair(bytes: u32) -> (TcpStream, TcpStream) {
+        let listen = TcpSocket::new_v4().expect("socket");
+        listen.set_recv_buffer_size(bytes).expect("rcvbuf");
+        listen.set_send_buffer_size(bytes).expect("sndbuf");
+        listen
+            .bind("127.0.0.1:0".parse().expect("addr"))
+            .expect("bind");
+        let listener = listen.listen(8).expect("listen");
+        let addr = listener.local_addr().expect("addr");
+        let connect = TcpSocket::new_v4().expect("socket");
+        connect.set_recv_buffer_size(bytes).expect("rcvbuf");
+        connect.set_send_buffer_size(bytes).expect("sndbuf");
+        let (ours, theirs) = tokio::join!(connect.connect(addr), listener.accept());
+        (ours.expect("connect"), theirs.expect("accept").0)
+    }
+
+    /// A TLS connection over `tcp`: (the relay's end, a Pingora TLS stream as the gateway's
+    /// client side is one; the test's raw TCP end and its rustls session after the handshake).
+    /// The test reads the records itself, so it can count them.
+    async fn tls_pair(
+        (ours, theirs): (TcpStream, TcpStream),
+    ) -> (Stream, TcpStream, rustls::ServerConnection) {
+        let rcgen::CertifiedKey { cert, signing_key } =
+            rcgen::generate_simple_self_signed(vec!["localhost".into()]).expect("cert");
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let key = rustls::pki_types::PrivateKeyDer::Pkcs8(signing_key.serialize_der().into());
+        let server = rustls::ServerConfig::builder_with_provider(provider.clone())
+            .with_safe_default_protocol_versions()
+            .expect("versions")
+            .with_no_client_auth()
+            .with_single_cert(vec![cert.der().clone()], key)
+            .expect("server config");
+        let mut roots = rustls::RootCertStore::empty();
+        roots.add(cert.der().clone()).expect("root");
+        let client = rustls::ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .expect("versions")
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        let connector = pingora::tls::TlsConnector::from(Arc::new(client));
+        let acceptor = pingora::tls::TlsAcceptor::from(Arc::new(server));
+        let l4 = pingora::protocols::l4::stream::Stream::from(ours);
+        let (relay_end, peer) = tokio::join!(
+            pingora::protocols::tls::client::handshake(&connector, "localhost", l4),
+            acceptor.accept(theirs)
+        );
+        let (tcp, session) = peer.expect("accept").into_inner();
+        (Box::new(relay_end.expect("handshake")), tcp, session)
+    }
+
+    /// The TLS peer's view: reads raw bytes, counts the application-data records, decrypts.
+    struct TlsPeer {
+        tcp: TcpStream,
+        session: rustls::ServerConnection,
+        raw: Vec<u8>,
+        records: usize,
+    }
+
+    impl TlsPeer {
+        /// Closes like a TLS client should: close_notify, then FIN.
+        async fn close(&mut self) {
+            self.session.send_close_notify();
+            let mut out = Vec::new();
+            while self.session.wants_write() {
+                self.session.write_tls(&mut out).expect("write_tls");
+            }
+            self.tcp.write_all(&out).await.expect("close_notify");
+            self.tcp.shutdown().await.expect("shutdown");
+        }
+
+        /// Reads until `want` plaintext bytes have arrived (or EOF), appending them to `out`.
+        async fn read_plaintext(&mut self, want: usize, out: &mut Vec<u8>) {
+            let mut chunk = vec![0u8; 64 * 1024];
+            while out.len() < want {
+                let n = self.tcp.read(&mut chunk).await.expect("read");
+                assert!(n > 0, "EOF after {} of {want} bytes", out.len());
+                self.raw.extend_from_slice(&chunk[..n]);
+                // Whole records only, each counted once: a 5-byte header with the length.
+                let mut whole = 0;
+                while self.raw.len() >= whole + 5 {
+                    let len = u16::from_be_bytes([self.raw[whole + 3], self.raw[whole + 4]]);
+                    if self.raw.len() < whole + 5 + len as usize {
+                        break;
+                    }
+                    assert_eq!(self.raw[whole], 23, "application data only");
+                    self.records += 1;
+                    whole += 5 + len as usize;
+                }
+                let mut records = &self.raw[..whole];
+                while !records.is_empty() {
+                    self.session.read_tls(&mut records).expect("read_tls");
+                    self.session.process_new_packets().expect("a valid record");
+                    // Taken out as it comes, so rustls's plaintext buffer never fills.
+                    match std::io::Read::read_to_end(&mut self.session.reader(), out) {
+                        Ok(_) => {}
+                        Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                        Err(e) => panic!("plaintext: {e}"),
+                    }
+                }
+                self.raw.drain(..whole);
+            }
+        }
+    }
+
+    /// Small WebSocket-like frames carrying their sequence number, like a broadcast's.
+    fn frames(count: u32) -> Vec<u8> {
+        let mut out = Vec::new();
+        for seq in 0..count {
+            let payload = format!("42[\"presence_diff\",{{\"seq\":{seq}}}]");
+            out.push(0x81);
+            out.push(payload.len() as u8);
+            out.extend_from_slice(payload.as_bytes());
+        }
+        out
+    }
+
+    #[tokio::test]
+    async fn a_burst_of_small_frames_arrives_whole_and_in_order_in_few_tls_records() {
+        let (client, tcp, session) = tls_pair(small_buffered_pair(1 << 20).await).await;
+        let mut peer = TlsPeer {
+            tcp,
+            session,
+            raw: Vec::new(),
+            records: 0,
+        };
+        let (upstream, mut upstream_peer) = pair().await;
+        let tunnel = Tunnel {
+            client,
+            upstream,
+            to_upstream: Bytes::new(),
+            to_client: Bytes::new(),
+        };
+        let relay = tokio::spawn(relay(tunnel, Duration::from_secs(30)));
+
+        // Bursts of different sizes, each in one write, one after the other without waiting:
+        // whatever the relay finds readable at once it gathers, never past what it has.
+        let mut sent = Vec::new();
+        let mut small_frames = 0;
+        for count in [1, 3, 50, 400, 3000, 7] {
+            let burst = frames(count);
+            upstream_peer.write_all(&burst).await.expect("write");
+            sent.extend_from_slice(&burst);
+            small_frames += count as usize;
+        }
+        let mut got = Vec::new();
+        peer.read_plaintext(sent.len(), &mut got).await;
+        assert_eq!(got.len(), sent.len());
+        assert!(got == sent, "every frame whole and in order");
+        // One record per read at most, and a read takes all that is there: nowhere near one
+        // record per frame.
+        assert!(
+            peer.records * 20 < small_frames,
+            "{} records for {small_frames} frames",
+            peer.records
+        );
+
+        // One frame alone goes at once: nothing waits for more.
+        let one = frames(1);
+        upstream_peer.write_all(&one).await.expect("write");
+        let mut got = Vec::new();
+        peer.read_plaintext(one.len(), &mut got).await;
+        assert_eq!(got, one);
+
+        drop(upstream_peer);
+        peer.close().await;
+        let (traffic, result) = relay.await.expect("relay task");
+        assert!(result.is_ok(), "{result:?}");
+        assert_eq!(traffic.to_client, (sent.len() + one.len()) as u64);
+    }
+
+    #[tokio::test]
+    async fn a_reader_that_stops_reading_holds_the_writer_back_instead_of_growing_the_relay() {
+        // Every socket buffer small, so the bytes the kernel may hold are known: four socket
+        // buffers (doubled by the kernel), the relay's one gathered write, rustls's buffer.
+        const SOCKET_BUF: u32 = 32 * 1024;
+        let (client, tcp, session) = tls_pair(small_buffered_pair(SOCKET_BUF).await).await;
+        let mut peer = TlsPeer {
+            tcp,
+            session,
+            raw: Vec::new(),
+            records: 0,
+        };
+        let (upstream, mut upstream_peer) = small_buffered_pair(SOCKET_BUF).await;
+        let tunnel = Tunnel {
+            client,
+            upstream: Box::new(pingora::protocols::l4::stream::Stream::from(upstream)),
+            to_upstream: Bytes::new(),
+            to_client: Bytes::new(),
+        };
+        let relay = tokio::spawn(relay(tunnel, Duration::from_secs(60)));
+
+        const TOTAL: usize = 16 << 20;
+        let pattern: Vec<u8> = (0..TOTAL).map(|i| (i % 251) as u8).collect();
+        let accepted = Arc::new(AtomicU64::new(0));
+        let writer = {
+            let (pattern, accepted) = (pattern.clone(), accepted.clone());
+            tokio::spawn(async move {
+                for chunk in pattern.chunks(4096) {
+                    upstream_peer.write_all(chunk).await.expect("write");
+                    accepted.fetch_add(chunk.len() as u64, Ordering::Relaxed);
+                }
+                upstream_peer
+            })
+        };
+        // Nobody reads: the writer must come to a stop. Its being blocked is not an event one
+        // can await, so watch its progress until it stays put (bounded).
+        let mut last = u64::MAX;
+        let mut still = 0;
+        for _ in 0..200 {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            let now = accepted.load(Ordering::Relaxed);
+            still = if now == last { still + 1 } else { 0 };
+            last = now;
+            if still == 6 {
+                break;
+            }
+        }
+        assert_eq!(still, 6, "the writer never stopped: {last} bytes taken");
+        // A few hundred KiB at most (the socket buffers, the upstream stream's read buffer, one
+        // gathered write, rustls's buffer); a relay that kept reading would take all of it.
+        let bound = 1 << 20;
+        assert!(
+            last <= bound,
+            "{last} bytes taken with nobody reading (bound {bound}): the relay buffered them"
+        );
+
+        // Reading again: everything arrives, in order, and the writer finishes.
+        let mut got = Vec::with_capacity(TOTAL);
+        peer.read_plaintext(TOTAL, &mut got).await;
+        assert!(got == pattern, "the stream arrived whole and in order");
+        let upstream_peer = writer.await.expect("writer");
+        drop(upstream_peer);
+        peer.close().await;
+        let (traffic, result) = relay.await.expect("relay task");
+        assert!(result.is_ok(), "{result:?}");
+        assert_eq!(traffic.to_client, TOTAL as u64);
     }
 }

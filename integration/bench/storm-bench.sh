@@ -5,9 +5,14 @@
 # handshake), side by side in one run. Prints connects/s, connect p50/p99/max, when every
 # client's online list was complete and correct, CPU per connect of each process, the bench
 # client's own CPU share (is it the bottleneck?), and frames and bytes received per connect.
+# Then, with every list complete, STORM_CHANGES presence changes (a new user comes online, its
+# socket straight to presence on both paths): the time until all N clients have read it
+# (p50/p99/max, the gateway's p99 over the direct one) and each process's CPU per change.
 #   integration/bench/storm-bench.sh                 # N = 9000
 #   STORM_N=2000 integration/bench/storm-bench.sh    # smaller; STORM_CONCURRENCY (200),
-#                                                    # STORM_GW_THREADS (2), STORM_TIMEOUT_SECS
+#                                                    # STORM_GW_THREADS (2), STORM_TIMEOUT_SECS,
+#                                                    # STORM_CHANGES (10), GATEWAY_BIN (to compare
+#                                                    # a build kept from another commit)
 # Needs redis-server and Node.js (the Express app's packages are installed on first use).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
@@ -20,5 +25,5 @@ fi
   (cd integration/express-service && npm ci --no-audit --no-fund >/dev/null)
 cargo build --release -p gateway --bin gateway --example storm_bench
 cargo build --release -p presence-service --bin presence-service
-GATEWAY_BIN=target/release/gateway PRESENCE_BIN=target/release/presence-service \
+GATEWAY_BIN=${GATEWAY_BIN:-target/release/gateway} PRESENCE_BIN=target/release/presence-service \
   exec target/release/examples/storm_bench
