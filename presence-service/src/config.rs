@@ -137,9 +137,9 @@ pub struct PresenceConfig {
     /// Diff mode: changes within this window go out as one `presence_diff`.
     pub diff_window_ms: u64,
     /// Diff mode: how many frames per second (one per socket per `presence_diff`) the node's
-    /// broadcasts may cost. With many sockets the window grows so that a burst of changes (a
-    /// reconnect storm) costs this, however fast users join; a lone change still goes out at
-    /// once. 0: no budget, the window alone.
+    /// broadcasts may cost while changes come in bursts. With many sockets the window then grows
+    /// so that a burst (a reconnect storm) costs this, however fast users join; changes one at a
+    /// time still go out after the window. 0: no budget, the window alone.
     pub diff_budget_per_sec: u64,
     /// Sockets one user may hold on one node.
     pub max_sockets_per_user: usize,
@@ -156,7 +156,7 @@ impl Default for PresenceConfig {
             mode: EventMode::Compat,
             grace_ms: 3_000,
             diff_window_ms: 50,
-            diff_budget_per_sec: 40_000,
+            diff_budget_per_sec: 10_000,
             max_sockets_per_user: 64,
             snapshot_page_size: 1000,
         }

@@ -74,6 +74,11 @@ impl DiffBatch {
         self.index.is_empty()
     }
 
+    /// Users with a change waiting.
+    pub fn len(&self) -> usize {
+        self.index.len()
+    }
+
     /// The batch as one diff, leaving the batch empty.
     pub fn take(&mut self) -> Option<PresenceDiff> {
         if self.index.is_empty() {

@@ -35,12 +35,12 @@ impl Diff {
         }
     }
 
-    /// The least time between two broadcasts: the window, or longer when one broadcast to
-    /// every socket would cost more than the budget allows in a window. So the frames sent
-    /// per second stay bounded however fast users join; in a quiet period the first change
-    /// still goes out at once.
+    /// The least time between two broadcasts: the window, or, while changes come in a burst
+    /// (more than one is waiting), longer when one broadcast to every socket would cost more
+    /// than the budget allows in a window. So the frames sent per second stay bounded however
+    /// fast users join; a change on its own still goes out after the window.
     fn interval(&self) -> Duration {
-        if self.budget_per_sec == 0 {
+        if self.budget_per_sec == 0 || self.batch.len() < 2 {
             return self.window;
         }
         let per_broadcast =
@@ -124,6 +124,16 @@ mod tests {
         d.batch.join(User {
             id: "a".into(),
             name: "A".into(),
+        });
+        announce_mut(&mut d).set_audience(9_000);
+        assert_eq!(
+            announce(&d).flush_due(),
+            Some(d.last_flush + window),
+            "a change on its own: the window"
+        );
+        d.batch.join(User {
+            id: "b".into(),
+            name: "B".into(),
         });
         announce_mut(&mut d).set_audience(1_000);
         assert_eq!(announce(&d).flush_due(), Some(d.last_flush + window));
