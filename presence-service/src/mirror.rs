@@ -52,6 +52,7 @@ impl Mirror {
         self.at.as_ref()
     }
 
+    #[cfg(test)]
     pub fn is_holding_over(&self) -> bool {
         self.holding_over
     }

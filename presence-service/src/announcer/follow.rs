@@ -14,6 +14,15 @@ use crate::modes::Env;
 impl<A: Adapter> Announcer<A> {
     /// An entry of the log, as published.
     pub(super) async fn follow(&mut self, change: Change, presence: &Presence<A>) {
+        if self
+            .holding_over
+            .as_ref()
+            .is_some_and(|(epoch, _)| *epoch != change.at.epoch)
+        {
+            // Lost its data again while this node waited for it to be refilled.
+            self.hold_over(change.at.epoch.clone());
+        }
+        let epoch = change.at.epoch.clone();
         let applied = self.mirror.apply(change, |id| presence.holds(id));
         match applied {
             Applied::Gap => {
@@ -23,7 +32,7 @@ impl<A: Adapter> Announcer<A> {
                     self.reload(presence).await;
                 }
             }
-            Applied::NewEpoch => self.hold_over(),
+            Applied::NewEpoch => self.hold_over(epoch),
             other => self.announce(other),
         }
     }
@@ -45,24 +54,25 @@ impl<A: Adapter> Announcer<A> {
         self.announce(applied);
     }
 
-    /// The store lost its data (another epoch): every node stores its users again at its next
-    /// heartbeat; until then the copy holds over, and is then read again.
-    pub(super) fn hold_over(&mut self) {
-        if self.mirror.is_holding_over() {
+    /// The store lost its data (`epoch` is its new life): every node stores its users again at
+    /// its next heartbeat; until then the copy holds over, and is then read again. Another epoch
+    /// while holding over (the store lost its data again) starts the wait over.
+    pub(super) fn hold_over(&mut self, epoch: String) {
+        if self.holding_over.as_ref().is_some_and(|(e, _)| *e == epoch) {
             return;
         }
-        tracing::info!("the presence store lost its data; holding the list over until every node stored its users again");
+        tracing::info!(%epoch, "the presence store lost its data; holding the list over until every node stored its users again");
         self.mirror.hold_over();
         let until = Instant::now() + self.heartbeat_interval * 2 + self.op_timeout;
-        self.hold_over_until = Some(until);
+        self.holding_over = Some((epoch, until));
         self.reload_at = Some(until);
     }
 
     /// Reads the view and makes it the copy (plus this node's own users), announcing what that
     /// changed. A view of another epoch starts a hold-over instead; a failed read is retried.
     pub(super) async fn reload(&mut self, presence: &Presence<A>) {
-        if let Some(until) = self.hold_over_until {
-            if Instant::now() < until {
+        if let Some((_, until)) = &self.holding_over {
+            if Instant::now() < *until {
                 // Asked early (the link came back, a heartbeat): the hold-over's end reads it.
                 return;
             }
@@ -76,18 +86,19 @@ impl<A: Adapter> Announcer<A> {
                 return;
             }
         };
-        let same_epoch = self
-            .mirror
-            .position()
-            .is_none_or(|at| at.epoch == view.at.epoch);
-        if !same_epoch && !self.mirror.is_holding_over() {
-            self.hold_over();
+        // The epoch the copy is of, or the one a hold-over waited to be refilled.
+        let expected = match &self.holding_over {
+            Some((epoch, _)) => Some(epoch),
+            None => self.mirror.position().map(|at| &at.epoch),
+        };
+        if expected.is_some_and(|e| *e != view.at.epoch) {
+            self.hold_over(view.at.epoch);
             return;
         }
         if self.mode.snapshots_before_changes() {
             self.send_snapshots();
         }
-        self.hold_over_until = None;
+        self.holding_over = None;
         let changes = self.mirror.load(view, &presence.held());
         if !changes.is_empty() {
             tracing::info!(
@@ -135,7 +146,7 @@ impl<A: Adapter> Announcer<A> {
     /// behind where the log was a whole heartbeat ago means entries were lost on the way.
     pub(super) async fn check_position(&mut self, at: Position, presence: &Presence<A>) {
         let previous = self.last_beat.replace(at.clone());
-        if self.mirror.is_holding_over() || self.reload_at.is_some() {
+        if self.holding_over.is_some() || self.reload_at.is_some() {
             return;
         }
         let Some(mine) = self.mirror.position().cloned() else {
@@ -143,7 +154,7 @@ impl<A: Adapter> Announcer<A> {
             return;
         };
         if at.epoch != mine.epoch || at.seq < mine.seq {
-            self.hold_over();
+            self.hold_over(at.epoch);
         } else if previous.is_some_and(|p| p.epoch == mine.epoch && mine.seq < p.seq) {
             tracing::info!(
                 have = mine.seq,

@@ -199,7 +199,7 @@ pub fn start<A: Adapter>(
         waiting_ack: Vec::new(),
         stopping: None,
         reload_at: None,
-        hold_over_until: None,
+        holding_over: None,
         last_beat: None,
     };
     tokio::spawn(announcer.run(presence.clone(), rx));
@@ -227,9 +227,10 @@ struct Announcer<A: Adapter> {
     stopping: Option<(Instant, oneshot::Sender<()>)>,
     /// When the copy is read again from the store: the end of a hold-over, or a retry.
     reload_at: Option<Instant>,
-    /// While holding over: until when no read of the store may replace the copy (before then
-    /// some nodes may not have stored their users again).
-    hold_over_until: Option<Instant>,
+    /// While holding over: the epoch the store is being refilled in, and until when no read
+    /// of the store may replace the copy (before then some nodes may not have stored their users
+    /// again).
+    holding_over: Option<(String, Instant)>,
     /// The log's position at the last heartbeat: whatever was published before it has had a
     /// heartbeat interval to arrive.
     last_beat: Option<Position>,
