@@ -7,6 +7,7 @@ import base64
 import json
 import os
 import pathlib
+import shutil
 import signal
 import socket
 import subprocess
@@ -66,19 +67,27 @@ class Key:
 
 
 class Redis:
+    """One redis-server with an append-only file synced on every write, in a folder of its own:
+    `start(keep=True)` after a SIGKILL comes back with every acknowledged write (a restart WITH
+    its data); `start()` removes the files first (a restart that loses everything)."""
+
     def __init__(self, workdir):
         self.port = free_port()
         self.dir = pathlib.Path(workdir)
+        self.data = self.dir / "redis-data"
+        self.data.mkdir(exist_ok=True)
         self.proc = None
         self.starts = 0
 
-    async def start(self):
+    async def start(self, keep=False):
         self.starts += 1
+        if not keep:
+            shutil.rmtree(self.data, ignore_errors=True)
+            self.data.mkdir()
         log = open(self.dir / f"redis-{self.starts}.log", "w")
-        # No persistence: a restart comes back empty.
         self.proc = subprocess.Popen(
-            [REDIS_BIN, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
-             "--dir", str(self.dir), "--protected-mode", "no", "--daemonize", "no"],
+            [REDIS_BIN, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "yes",
+             "--appendfsync", "always", "--dir", str(self.data), "--protected-mode", "no", "--daemonize", "no"],
             stdout=log, stderr=subprocess.STDOUT)
         deadline = now() + 10
         while now() < deadline:
