@@ -3,12 +3,18 @@ schedule (no random choices), small: run from integration/presence-tests with th
 
     ../../var/venv-presence/bin/python faults/repro.py [scenario ...] [--mode diff|compat]
 
-Scenarios: ghost_socket, redis_pause_long, redis_restart, outage_local_leave, diff_order.
+Scenarios: ghost_socket, redis_pause_long, redis_restart, redis_restart_twice, outage_local_leave,
+diff_order.
 Each prints what it saw and PASS or FAIL."""
 import asyncio
+import pathlib
 import signal
 import sys
 import tempfile
+
+# The same import roots as conftest.py: this folder (harness.py) and the python clients' folder
+# (presence_wire.py, which harness.py imports).
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent.parent / "python"))
 
 from harness import NODE_TTL_MS, Key, Node, Probe, Recorder, Redis, Tab, flash_socket, now
 
@@ -113,6 +119,34 @@ async def redis_restart(mode):
     return report(rec, took, a, b)
 
 
+async def redis_restart_twice(mode):
+    """a on n1, b on n2; Redis restarted empty, then killed again about when the nodes' hold-over
+    ends and restarted empty: nobody may be removed (found by FAULT_SEED=6606, diff)."""
+    key, redis, nodes, rec, a, b = await two_users(mode)
+    took = None
+    try:
+        async with Probe(key) as probe:
+            assert await settle(probe, nodes, {"a", "b"}) is not None
+            # The hold-over lasts two heartbeats and an op timeout from when a node sees the new
+            # epoch; the second kill has to land around its end, so try a few offsets.
+            for gap in (0.45, 0.55, 0.65, 0.75, 0.85, 0.95):
+                redis.kill()
+                await asyncio.sleep(0.5)
+                await redis.start()
+                await asyncio.sleep(gap)
+                redis.kill()
+                await asyncio.sleep(0.5)
+                await redis.start()
+                took = await settle(probe, nodes, {"a", "b"})
+                await asyncio.sleep(0.5)
+                print(f"  second kill {gap:.2f}s after the first restart: {len(rec.removals)} removals so far")
+                if rec.removals or took is None:
+                    break
+    finally:
+        await teardown(redis, nodes, (a, b))
+    return report(rec, took, a, b)
+
+
 async def outage_local_leave(mode):
     """a on n1, b on n2; during a short Redis pause a socket of a opens and closes on n2: after
     its grace n2 cannot store the release and tells its own sockets that a left, though a's tab
@@ -158,7 +192,8 @@ async def diff_order(mode="diff"):
     return not bad
 
 
-SCENARIOS = {f.__name__: f for f in (ghost_socket, redis_pause_long, redis_restart, outage_local_leave, diff_order)}
+SCENARIOS = {f.__name__: f for f in (ghost_socket, redis_pause_long, redis_restart, redis_restart_twice,
+                                      outage_local_leave, diff_order)}
 
 
 async def main(args):

@@ -32,8 +32,8 @@ TWO_TAB_USERS = 6  # u00..u05 may have a second tab
 BOUND = float(os.environ.get("FAULT_BOUND_S", "8"))
 STABLE = 0.6  # the invariants must hold this long (a late disconnect must not slip through)
 SETTLE = 1.0  # a socket open this long has been announced; its user must not be removed after
-FAULT_KINDS = ["redis_pause_short", "redis_pause_long", "redis_restart", "node_kill_quick",
-               "node_kill_slow", "node_pause_short", "node_pause_long"]
+FAULT_KINDS = ["redis_pause_short", "redis_pause_long", "redis_restart", "redis_restart_kept",
+               "node_kill_quick", "node_kill_slow", "node_pause_short", "node_pause_long"]
 
 print(f"\nFAULT_SEED={SEED} (replay with FAULT_SEED={SEED})", flush=True)
 
@@ -168,11 +168,13 @@ class Cluster:
             self.redis.signal(signal.SIGSTOP)
             await self.ops_during(hold)
             self.redis.signal(signal.SIGCONT)
-        elif kind == "redis_restart":
+        elif kind.startswith("redis_restart"):
+            # `redis_restart` comes back empty; `redis_restart_kept` with every write it acknowledged
+            # before the SIGKILL (its append-only file is synced on every write).
             self.redis_down = True
             self.redis.kill()
             await self.ops_during(rng.uniform(0.3, 1.5))
-            await self.redis.start()
+            await self.redis.start(keep=kind.endswith("kept"))
         else:
             node = rng.choice(self.nodes)
             f["target"] = node.name
