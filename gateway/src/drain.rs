@@ -15,7 +15,7 @@
 //! traffic away), SIGQUIT drains as soon as the new process has taken the sockets.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -73,6 +73,11 @@ pub struct Drain {
     in_flight: AtomicUsize,
     /// Woken whenever a tunnel or a request ends.
     ended: Notify,
+    /// Set once a graceful shutdown or upgrade starts: responses from then on close their
+    /// connection, so no client is left holding an idle keep-alive connection to this process
+    /// (Pingora aborts those at its shutdown, and a request the client sent on one meanwhile
+    /// fails; a long-polling client then drops its session).
+    stopping: AtomicBool,
     closed: IntCounter,
     draining: IntGauge,
 }
@@ -127,6 +132,7 @@ impl Drain {
             live: AtomicUsize::new(0),
             in_flight: AtomicUsize::new(0),
             ended: Notify::new(),
+            stopping: AtomicBool::new(false),
             closed,
             draining,
         })
@@ -154,6 +160,11 @@ impl Drain {
     pub fn request_started(self: &Arc<Self>) -> InFlight {
         self.in_flight.fetch_add(1, Ordering::AcqRel);
         InFlight(self.clone())
+    }
+
+    /// Whether a graceful shutdown or upgrade has started (see the field).
+    pub fn is_stopping(&self) -> bool {
+        self.stopping.load(Ordering::Acquire)
     }
 
     pub fn open_tunnels(&self) -> usize {
@@ -273,8 +284,12 @@ impl Drain {
         let mut hold = Duration::ZERO;
         loop {
             match phases.recv().await {
-                Ok(ExecutionPhase::GracefulTerminate) => hold = self.settings.hold,
+                Ok(ExecutionPhase::GracefulTerminate) => {
+                    self.stopping.store(true, Ordering::Release);
+                    hold = self.settings.hold;
+                }
                 Ok(ExecutionPhase::GracefulUpgradeTransferringFds) => {
+                    self.stopping.store(true, Ordering::Release);
                     tracing::info!("handing the listening sockets to the new process");
                 }
                 Ok(ExecutionPhase::ShutdownGracePeriod) => break,

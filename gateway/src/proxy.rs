@@ -626,6 +626,10 @@ impl ProxyHttp for Gateway {
         ctx: &mut RequestCtx,
     ) -> Result<()> {
         resp.insert_header("x-request-id", ctx.request_id.as_str())?;
+        if self.drain.is_stopping() {
+            // The client's next request goes to the process that took over the listener.
+            session.set_keepalive(None);
+        }
         if let Some(cookie) = ctx.set_affinity.take() {
             if resp.status.is_success() {
                 resp.append_header("set-cookie", cookie)?;

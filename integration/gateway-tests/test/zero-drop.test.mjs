@@ -301,6 +301,9 @@ diff_window_ms = 30
 [backend]
 kind = "redis"
 redis_url = "${redis.url}"
+# One presence cluster per test (its nodes share the test's folder): the Redis is shared, and a
+# test's users being reaped after it ended must not reach the next test's clients.
+key_prefix = "${path.basename(path.dirname(dir))}"
 heartbeat_interval_ms = 300
 node_ttl_ms = 1000
 op_timeout_ms = 500
@@ -328,20 +331,29 @@ async function watchingClient(url, sessionId, user) {
     transports: ['websocket'], extraHeaders: { cookie: expressCookie(sessionId, SECRET) },
     reconnectionDelay: 100, reconnectionDelayMax: 300, timeout: 5000,
   });
-  const c = { socket, user, connects: 0, errors: [], disconnects: [], leaves: [] };
+  const c = { socket, user, connects: 0, errors: [], disconnects: [], leaves: [], lastList: [] };
+  const ids = users => (users ?? []).map(u => u.id);
   socket.on('connect', () => { c.connects++; });
   socket.on('connect_error', e => c.errors.push(String(e?.message ?? e)));
   socket.on('disconnect', reason => c.disconnects.push({ reason, at: Date.now() }));
-  socket.on('presence_diff', d => { for (const id of d.leaves ?? []) c.leaves.push(id); });
-  socket.on('online_users', l => { c.lastList = (l.onlineUsers ?? []).map(u => u.id ?? u.userId ?? u.sub); });
+  // Whichever event mode the node runs: compat events carry the whole list, diff mode changes it.
+  socket.on('online_users', l => { c.lastList = ids(l.onlineUsers); });
+  socket.on('user_connected', d => { c.lastList = ids(d.onlineUsers); });
+  socket.on('user_disconnected', d => { c.leaves.push(d.userId); c.lastList = ids(d.onlineUsers); });
+  socket.on('presence_diff', d => {
+    const list = new Set(c.lastList);
+    for (const u of d.joins ?? []) list.add(u.id);
+    for (const id of d.leaves ?? []) { c.leaves.push(id); list.delete(id); }
+    c.lastList = [...list];
+  });
   cleanups.push(() => socket.close());
   return c;
 }
 
-/** Whether a client's last list holds every one of `clients`' users. */
+/** Whether a client's list holds every one of `clients`' users. */
 function everyoneSeen(clients) {
   const everyone = clients.map(c => c.user);
-  return c => everyone.every(u => JSON.stringify(c.lastList ?? []).includes(u));
+  return c => everyone.every(u => c.lastList.includes(u));
 }
 
 test('presence SIGTERM: clients move to the other node at the configured rate and nobody flaps offline', async () => {
