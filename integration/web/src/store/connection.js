@@ -90,11 +90,12 @@ export function parseRetryAfter(value, now = Date.now()) {
 /**
  * Spreads a retry delay so that clients dropped together do not come back together: `ms` scaled
  * by a random factor in [1 - f, 1 + f) (socket.io-client's `randomizationFactor`), or, when the
- * server named a time (`notBeforeMs`), only ever later: [ms, ms * (1 + f)).
+ * server named a time (`notBeforeMs`), only ever later: [ms, ms * (1 + f)). Whole milliseconds,
+ * rounded down: rounding to nearest would reach the open upper bound.
  */
 export function spreadDelay(ms, { notBeforeMs = 0, factor = RANDOMIZATION_FACTOR, random = Math.random } = {}) {
-  if (notBeforeMs > 0) return Math.round(Math.max(ms, notBeforeMs) * (1 + factor * random()));
-  return Math.round(ms * (1 - factor + 2 * factor * random()));
+  if (notBeforeMs > 0) return Math.floor(Math.max(ms, notBeforeMs) * (1 + factor * random()));
+  return Math.floor(ms * (1 - factor + 2 * factor * random()));
 }
 
 /** How much delays are spread, ours and socket.io-client's (its `randomizationFactor`). */

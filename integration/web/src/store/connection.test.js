@@ -95,6 +95,7 @@ describe('spreadDelay: clients dropped together come back apart', () => {
   it('spreads a backoff over [0.5, 1.5) of it', () => {
     expect(spreadDelay(1000, { random: () => 0 })).toBe(500);
     expect(spreadDelay(1000, { random: () => 0.999 })).toBe(1499);
+    expect(spreadDelay(1000, { random: () => 0.99999 })).toBeLessThan(1500); // the bound is open
     const delays = Array.from({ length: 200 }, () => spreadDelay(1000));
     expect(Math.min(...delays)).toBeGreaterThanOrEqual(500);
     expect(Math.max(...delays)).toBeLessThan(1500);
@@ -103,7 +104,8 @@ describe('spreadDelay: clients dropped together come back apart', () => {
 
   it('never comes back before the time the server named', () => {
     expect(spreadDelay(1000, { notBeforeMs: 1000, random: () => 0 })).toBe(1000);
-    expect(spreadDelay(1000, { notBeforeMs: 1000, random: () => 0.999 })).toBe(1500);
+    expect(spreadDelay(1000, { notBeforeMs: 1000, random: () => 0.999 })).toBe(1499);
+    expect(spreadDelay(1000, { notBeforeMs: 1000, random: () => 0.99999 })).toBeLessThan(1500);
     expect(spreadDelay(200, { notBeforeMs: 1000, random: () => 0 })).toBe(1000);
   });
 });
