@@ -9,8 +9,8 @@
 //!   socket's own queue and writer task, which writes it through the WebSocket codec (the same
 //!   codec that answers the client's pings and writes the close frame). So a socket reads this
 //!   node's frames whole and in the order they were made.
-//! - **Snapshot first.** Broadcasts go to the shards' rooms only; a socket joins its shard's room
-//!   right after its snapshot is queued, so it never gets a change before the list the change
+//! - **Snapshot first.** Broadcasts go to the shards' rooms only; a socket joins one of its
+//!   shard's rooms right after its snapshot is queued, so it never gets a change before the list the change
 //!   applies to.
 //! - **Numbered.** Every broadcast frame carries this run's `epoch` and a `seq` one higher than
 //!   the last; a snapshot or an ack carries the `seq` it is as of. A client that sees a jump
@@ -20,7 +20,8 @@
 //!   A snapshot page that does not fit closes the socket: it reconnects and starts over.
 //! - **Bounded work per broadcast.** The announcer serializes a payload once and hands each
 //!   shard a reference to it (a job per shard, whatever the number of sockets); a shard encodes
-//!   the packet once for its room and each socket gets a reference-counted copy. Nothing is
+//!   the packet once per room and each socket gets a reference-counted copy. A shard's rooms
+//!   are small, so socketioxide's locks are never held for a whole broadcast. Nothing is
 //!   published to other nodes: each node makes its own frames from the change log.
 //! - Safe Rust only: nothing here or below writes around the codec.
 
@@ -41,7 +42,7 @@ use crate::metrics::Metrics;
 
 /// Work for a shard, in the order the announcer made it.
 enum Job<A: Adapter> {
-    /// `online_users` to each socket, which then joins its shard's room.
+    /// `online_users` to each socket, which then joins one of its shard's rooms.
     Snapshot {
         sockets: Vec<SocketRef<A>>,
         payload: Arc<RawValue>,
@@ -98,12 +99,11 @@ impl<A: Adapter> Fanout<A> {
         // Short: it is in every frame. A client only compares it with the one before, from the
         // same node, so 32 random bits tell two runs apart.
         let run = format!("{:08x}", rand::random::<u32>());
-        // Each shard's room is joined by its live sockets.
+        // Each shard's live sockets are spread over its rooms (see `ShardRooms`).
         let shards = (0..cores)
             .map(|k| {
                 let (tx, rx) = mpsc::unbounded_channel();
-                let room = Room::from(format!("presence:shard:{k}"));
-                tokio::spawn(run_shard(room, rx, metrics.clone()));
+                tokio::spawn(run_shard(ShardRooms::new(k), rx, metrics.clone()));
                 tx
             })
             .collect();
@@ -277,9 +277,41 @@ impl<A: Adapter> Fanout<A> {
     }
 }
 
+/// The rooms a shard's live sockets are spread over, a broadcast going to one room after
+/// another. socketioxide holds its room map's and socket map's read locks while it sends to a
+/// room, and every connect, join and disconnect on the node waits for the write lock, blocking
+/// the worker thread it runs on: one room for a whole shard held them for a whole broadcast
+/// (thousands of sends). With many small rooms a lock is held for a few dozen sends at a time,
+/// and the packet is still encoded once per room, not per socket.
+struct ShardRooms {
+    rooms: Vec<Room>,
+    /// Round robin: sockets join the rooms in turn, so the rooms stay about equal in size
+    /// (disconnects thin them at random).
+    next: usize,
+}
+
+impl ShardRooms {
+    /// Enough that a shard of tens of thousands of sockets sends a few hundred per room; an
+    /// empty room costs one lookup per broadcast.
+    const ROOMS_PER_SHARD: usize = 64;
+
+    fn new(shard: usize) -> Self {
+        let rooms = (0..Self::ROOMS_PER_SHARD)
+            .map(|j| Room::from(format!("presence:shard:{shard}:{j}")))
+            .collect();
+        Self { rooms, next: 0 }
+    }
+
+    fn room_for_next(&mut self) -> Room {
+        let room = self.rooms[self.next].clone();
+        self.next = (self.next + 1) % self.rooms.len();
+        room
+    }
+}
+
 /// A shard: sends its jobs in order, each through the sockets' own queues.
 async fn run_shard<A: Adapter>(
-    room: Room,
+    mut rooms: ShardRooms,
     mut jobs: mpsc::UnboundedReceiver<Job<A>>,
     metrics: Metrics,
 ) {
@@ -293,7 +325,7 @@ async fn run_shard<A: Adapter>(
                     }
                     metrics.emitted("online_users");
                     // Live only now: no change can reach it before its list.
-                    socket.join(room.clone());
+                    socket.join(rooms.room_for_next());
                 }
             }
             Job::Page {
@@ -322,8 +354,11 @@ async fn run_shard<A: Adapter>(
                 }
             }
             Job::Broadcast { ns, event, payload } => {
-                if let Err(e) = ns.local().to(room.clone()).emit(event, &*payload).await {
-                    tracing::debug!(event, error = %e, "not sent to some local sockets");
+                for room in &rooms.rooms {
+                    let to_room = ns.as_ref().clone().local().to(room.clone());
+                    if let Err(e) = to_room.emit(event, &*payload).await {
+                        tracing::debug!(event, error = %e, "not sent to some local sockets");
+                    }
                 }
             }
         }
@@ -542,6 +577,39 @@ mod tests {
             let from = snapshot_at.as_u64().expect("snapshot tick");
             assert_eq!(ticks, (from..tick).collect::<Vec<_>>());
             assert_eq!(seqs, (from + 1..tick + 1).collect::<Vec<_>>());
+        }
+    }
+
+    /// A shard spreads its sockets over its rooms: with more sockets than all the shards' rooms
+    /// together, each socket still gets every broadcast exactly once.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn every_socket_gets_each_broadcast_once_across_the_rooms() {
+        let (io, addr, mut joined) = server().await;
+        let fanout = fanout(&io);
+        let sockets = fanout.shards.len() * ShardRooms::ROOMS_PER_SHARD * 2 + 3;
+        let mut clients = Vec::new();
+        for _ in 0..sockets {
+            clients.push(Client::connect(addr, None).await);
+            let socket = tokio::time::timeout(WAIT, joined.recv())
+                .await
+                .expect("joined")
+                .expect("socket");
+            assert_eq!(fanout.snapshot([socket], &raw(&0)).len(), 1);
+        }
+        for n in 0..3 {
+            fanout.broadcast("frame", &serde_json::json!({ "n": n }));
+        }
+        fanout.broadcast("done", &serde_json::json!({}));
+        for mut c in clients {
+            let mut seen = Vec::new();
+            loop {
+                match tokio::time::timeout(WAIT, c.event()).await.expect("frame") {
+                    (name, _) if name == "done" => break,
+                    (name, arg) if name == "frame" => seen.push(arg["n"].as_u64().expect("n")),
+                    (name, _) => assert_eq!(name, "online_users"),
+                }
+            }
+            assert_eq!(seen, vec![0, 1, 2]);
         }
     }
 

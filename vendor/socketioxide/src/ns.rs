@@ -311,25 +311,11 @@ impl<A: Adapter> InnerEmitter for Namespace<A> {
     }
 
     fn send_many(&self, sids: BroadcastIter<'_>, data: Value) -> Result<(), Vec<SocketError>> {
-        // PATCHED (edge-gateway): the sockets are looked up a chunk at a time, each chunk under
-        // the socket map's read lock and sent after it is released. Held across all the sends,
-        // the lock made every connect and disconnect on the node (both take the write lock) wait
-        // for the whole broadcast, blocking the worker threads they ran on.
-        const CHUNK: usize = 256;
-        let mut sids = sids.peekable();
-        let mut errs: Vec<SocketError> = Vec::new();
-        let mut chunk: Vec<Arc<Socket<A>>> = Vec::with_capacity(CHUNK);
-        while sids.peek().is_some() {
-            {
-                let sockets = self.sockets.read().unwrap();
-                chunk.extend(sids.by_ref().take(CHUNK).filter_map(|sid| sockets.get(&sid).cloned()));
-            }
-            for socket in chunk.drain(..) {
-                if let Err(e) = socket.send_raw(data.clone()) {
-                    errs.push(e);
-                }
-            }
-        }
+        let sockets = self.sockets.read().unwrap();
+        let errs: Vec<SocketError> = sids
+            .filter_map(|sid| sockets.get(&sid))
+            .filter_map(|socket| socket.send_raw(data.clone()).err())
+            .collect();
         if errs.is_empty() { Ok(()) } else { Err(errs) }
     }
 
