@@ -359,6 +359,10 @@ async fn run_shard<A: Adapter>(
                     if let Err(e) = to_room.emit(event, &*payload).await {
                         tracing::debug!(event, error = %e, "not sent to some local sockets");
                     }
+                    // The room's writer tasks, just woken, run before the next room's: the
+                    // worker's run queue stays short, and a connect waiting for this worker
+                    // is not held for the whole broadcast.
+                    tokio::task::yield_now().await;
                 }
             }
         }
