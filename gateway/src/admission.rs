@@ -179,6 +179,11 @@ impl Admission {
         Ok(())
     }
 
+    /// Whether the open tunnels of each user are capped.
+    pub fn caps_tunnels(&self) -> bool {
+        self.max_tunnels_per_user > 0
+    }
+
     /// A slot for one more open tunnel of `user`, released when the returned guard drops (when
     /// the tunnel closes, or the handshake ends without becoming one). `Ok(None)`: no cap.
     pub fn reserve_tunnel(&self, route: &str, user: &str) -> Result<Option<TunnelSlot>, Refused> {

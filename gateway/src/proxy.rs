@@ -269,17 +269,25 @@ impl Gateway {
                 ctx.class = Some(class.clone());
                 match class {
                     HandshakeClass::Malformed(why) => Err(Refusal::new(400, "bad request\n", why)),
+                    // A polling session moving to a WebSocket opens a tunnel: with a cap on
+                    // tunnels it takes one of the user's slots like a WebSocket handshake, so
+                    // whose it is must be known. It costs a lookup, so it is counted like a
+                    // handshake by the rate limits. No assertion: the session has its `sid`.
+                    HandshakeClass::Established {
+                        transport: Transport::Websocket,
+                        ..
+                    } if self.admission.caps_tunnels() => {
+                        self.check_rates(session, route, ctx)?;
+                        let identity = self.session_identity(session, route).await?;
+                        ctx.tunnel_slot = self
+                            .admission
+                            .reserve_tunnel(&route.name, &identity.sub)
+                            .map_err(Refusal::from_admission)?;
+                        Ok(())
+                    }
                     HandshakeClass::Established { .. } => Ok(()),
                     HandshakeClass::Handshake { transport } => {
-                        self.admission
-                            .check_rates(&route.name, || {
-                                forwarding::client_ip(
-                                    &req.headers,
-                                    peer_ip(session),
-                                    &ctx.live.trusted_proxies,
-                                )
-                            })
-                            .map_err(Refusal::from_admission)?;
+                        self.check_rates(session, route, ctx)?;
                         let origin = header_str(req, "origin");
                         let host =
                             header_str(req, "host").or(req.uri.authority().map(|a| a.as_str()));
@@ -302,6 +310,24 @@ impl Gateway {
                 }
             }
         }
+    }
+
+    /// The admission rate limits (client IP, then route) for a request that will cost a lookup.
+    fn check_rates(
+        &self,
+        session: &Session,
+        route: &Route,
+        ctx: &RequestCtx,
+    ) -> Result<(), Refusal> {
+        self.admission
+            .check_rates(&route.name, || {
+                forwarding::client_ip(
+                    &session.req_header().headers,
+                    peer_ip(session),
+                    &ctx.live.trusted_proxies,
+                )
+            })
+            .map_err(Refusal::from_admission)
     }
 
     async fn session_identity(

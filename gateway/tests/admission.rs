@@ -327,12 +327,26 @@ type Ws =
     tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
 
 async fn ws_connect(gw: &Gateway, sid: &str) -> Result<Ws, tokio_tungstenite::tungstenite::Error> {
-    let mut req = format!(
-        "ws://127.0.0.1:{}/socket.io/?EIO=4&transport=websocket",
-        gw.http
-    )
-    .into_client_request()
-    .unwrap();
+    ws_request(gw, sid, "EIO=4&transport=websocket").await
+}
+
+/// A polling session's move to a WebSocket: the same request with the Engine.IO `sid`.
+async fn ws_upgrade(
+    gw: &Gateway,
+    sid: &str,
+    eio_sid: &str,
+) -> Result<Ws, tokio_tungstenite::tungstenite::Error> {
+    ws_request(gw, sid, &format!("EIO=4&transport=websocket&sid={eio_sid}")).await
+}
+
+async fn ws_request(
+    gw: &Gateway,
+    sid: &str,
+    query: &str,
+) -> Result<Ws, tokio_tungstenite::tungstenite::Error> {
+    let mut req = format!("ws://127.0.0.1:{}/socket.io/?{query}", gw.http)
+        .into_client_request()
+        .unwrap();
     req.headers_mut()
         .insert("cookie", cookie(sid).parse().unwrap());
     tokio_tungstenite::connect_async(req)
@@ -399,6 +413,60 @@ async fn a_user_holds_at_most_the_capped_number_of_tunnels() {
     let mut again = ws_connect(&gw, "alice-1").await.expect("slot freed");
     assert!(echoes(&mut again).await);
     assert!(echoes(&mut a2).await, "the other tunnel is untouched");
+}
+
+/// A polling session that upgrades opens a tunnel too: it takes one of the user's slots (a
+/// cookie lookup learns whose), so polling first and upgrading later cannot get around the cap.
+#[tokio::test]
+async fn a_polling_session_that_upgrades_takes_a_tunnel_slot() {
+    let redis = Redis::start().await;
+    add_session(&redis, "alice-1", "alice").await;
+    add_session(&redis, "alice-2", "alice").await;
+    let up = ws_echo_upstream().await;
+    let gw = Gateway::start(&express_config(
+        &redis,
+        up,
+        "max_tunnels_per_user = 1\nretry_after_secs = 3",
+        "",
+    ))
+    .await;
+    gw.wait_ready().await;
+
+    let mut upgraded = ws_upgrade(&gw, "alice-1", "eio-session-1")
+        .await
+        .expect("the first upgrade");
+    assert!(echoes(&mut upgraded).await);
+    for attempt in [
+        ws_connect(&gw, "alice-2").await,
+        ws_upgrade(&gw, "alice-2", "eio-session-2").await,
+    ] {
+        match attempt {
+            Err(tokio_tungstenite::tungstenite::Error::Http(resp)) => {
+                assert_eq!(resp.status(), 429);
+                assert_eq!(
+                    resp.headers().get("retry-after").map(|v| v.as_bytes()),
+                    Some(&b"3"[..])
+                );
+            }
+            other => panic!("expected 429, got {:?}", other.map(|_| "a tunnel")),
+        }
+    }
+    // An upgrade without a valid login is refused like a handshake, with no slot taken.
+    match ws_upgrade(&gw, "nobody", "eio-session-3").await {
+        Err(tokio_tungstenite::tungstenite::Error::Http(resp)) => assert_eq!(resp.status(), 401),
+        other => panic!("expected 401, got {:?}", other.map(|_| "a tunnel")),
+    }
+    upgraded.close(None).await.unwrap();
+    drop(upgraded);
+    let freed = eventually(Duration::from_secs(10), || async {
+        gw.metric("gateway_upgraded_connections").await == 0.0
+    })
+    .await;
+    assert!(freed, "the tunnel never closed; log:\n{}", gw.log_text());
+    let mut again = ws_upgrade(&gw, "alice-2", "eio-session-4")
+        .await
+        .expect("slot freed");
+    assert!(echoes(&mut again).await);
 }
 
 fn percentile(sorted: &[Duration], p: f64) -> Duration {
