@@ -43,8 +43,9 @@ pub struct AffinityConfig {
     #[serde(default = "default_cookie")]
     pub cookie: String,
     /// HMAC keys, any length (at least 32 bytes of randomness recommended): the first signs,
-    /// all verify. Empty: a key derived from the first assertion signing key, so every
-    /// gateway sharing that key (replicas, the next process after an upgrade) agrees.
+    /// all verify. Empty: one key derived from each assertion signing key, in their order, so
+    /// every gateway sharing those keys (replicas, the next process after an upgrade) agrees,
+    /// and a signing-key rotation keeps cookies valid while the old key is listed.
     #[serde(default)]
     pub keys: Vec<Spanned<SecretSource>>,
 }
@@ -85,11 +86,13 @@ pub struct Affinity {
 }
 
 impl Affinity {
-    /// From `[affinity]`; `derived_from` (secret bytes every gateway of a deployment shares)
-    /// stands in when no key is configured.
+    /// From `[affinity]`. With no key configured, one key is derived from each of
+    /// `derived_from` (secrets every gateway of a deployment shares: the assertion signing
+    /// keys, in their order), so the first signs and all verify, and a cookie signed before the
+    /// signing key rotated still verifies while the old key is listed.
     pub fn from_config(
         cfg: &crate::config::Config,
-        derived_from: &[u8],
+        derived_from: &[Vec<u8>],
     ) -> Result<Self, ConfigError> {
         let mut keys = Vec::new();
         for (i, k) in cfg.affinity.keys.iter().enumerate() {
@@ -104,12 +107,15 @@ impl Affinity {
             keys.push(secret.into_bytes());
         }
         if keys.is_empty() {
-            keys.push(
-                Sha256::new_with_prefix(b"eio-affinity\0")
-                    .chain_update(derived_from)
-                    .finalize()
-                    .to_vec(),
-            );
+            keys = derived_from
+                .iter()
+                .map(|secret| {
+                    Sha256::new_with_prefix(b"eio-affinity\0")
+                        .chain_update(secret)
+                        .finalize()
+                        .to_vec()
+                })
+                .collect();
         }
         Ok(Self::new(cfg.affinity.cookie.clone(), &keys))
     }

@@ -62,7 +62,8 @@ pub fn ensure_dev_files(cfg: &Config) -> Result<(), ConfigError> {
 }
 
 /// Loads signing keys and checks TLS files: everything `gateway check` can verify offline.
-pub fn load_signer(cfg: &Config) -> Result<(AssertionSigner, Vec<u8>), ConfigError> {
+/// Also returns the listed keys' PEM text, in order: the default affinity keys derive from it.
+pub fn load_signer(cfg: &Config) -> Result<(AssertionSigner, Vec<Vec<u8>>), ConfigError> {
     load_signer_with(cfg, false)
 }
 
@@ -71,7 +72,7 @@ pub fn load_signer(cfg: &Config) -> Result<(AssertionSigner, Vec<u8>), ConfigErr
 pub fn check(cfg: &Config) -> Result<(), ConfigError> {
     load_signer_with(cfg, true)?;
     // The affinity keys' sources (a missing variable or file) fail here as they would at start.
-    Affinity::from_config(cfg, &[]).map(|_| ())
+    Affinity::from_config(cfg, &[Vec::new()]).map(|_| ())
 }
 
 fn will_be_generated(cfg: &Config, file: Option<&std::path::PathBuf>, generate: bool) -> bool {
@@ -81,9 +82,9 @@ fn will_be_generated(cfg: &Config, file: Option<&std::path::PathBuf>, generate: 
 fn load_signer_with(
     cfg: &Config,
     checking: bool,
-) -> Result<(AssertionSigner, Vec<u8>), ConfigError> {
+) -> Result<(AssertionSigner, Vec<Vec<u8>>), ConfigError> {
     let mut keys = Vec::new();
-    let mut first_pem = Vec::new();
+    let mut pems = Vec::new();
     for (i, k) in cfg.assertion.keys.iter().enumerate() {
         if checking
             && will_be_generated(
@@ -105,9 +106,7 @@ fn load_signer_with(
         let pem = k.private_key.get_ref().read(&cfg.base_dir).map_err(err)?;
         let key =
             SigningKey::from_pkcs8_pem(k.kid.clone(), &pem).map_err(|e| err(e.to_string()))?;
-        if first_pem.is_empty() {
-            first_pem = pem.into_bytes();
-        }
+        pems.push(pem.into_bytes());
         keys.push(key);
     }
     let signer = AssertionSigner::new(cfg.gateway.id.clone(), cfg.assertion.ttl_secs, keys)
@@ -119,12 +118,6 @@ fn load_signer_with(
                 .map_or(0..0, |k| k.private_key.span());
             cfg.source.error_at(span, "assertion.keys", e)
         })?;
-    // The session handle key is derived from the signing key so that every gateway instance
-    // sharing a key computes the same handle for a session (logout works across instances).
-    let handle_key = Sha256::new_with_prefix(b"session-handle\0")
-        .chain_update(&first_pem)
-        .finalize()
-        .to_vec();
     for (i, l) in cfg.listeners.iter().enumerate() {
         let Some(tls) = &l.tls else { continue };
         let cert_missing =
@@ -152,18 +145,17 @@ fn load_signer_with(
         // The pair as a handshake will use it: a key that does not match is refused here.
         crate::live::load_cert(cfg, i, tls)?;
     }
-    Ok((signer, handle_key))
+    Ok((signer, pems))
 }
 
 /// Opens one session source's store on `rt`, the runtime that owns store connections for the
 /// life of the process (Pingora gives each service its own runtime; clients must outlive them).
-/// When `prev` has the same source built from the same settings, secrets and handle key, it
+/// When `prev` has the same source built from the same settings and secrets, it
 /// is kept (with its store connections) instead.
 fn build_session(
     cfg: &Config,
     key: &str,
     s: &SessionSection,
-    handle_key: &[u8],
     rt: &tokio::runtime::Runtime,
     prev: Option<&SessionSources>,
     lookup_slots: Arc<LookupSlots>,
@@ -183,7 +175,7 @@ fn build_session(
             }
         });
     }
-    let fingerprint = session_fingerprint(s, &secrets, handle_key);
+    let fingerprint = session_fingerprint(s, &secrets);
     if let Some(same) = prev.and_then(|p| p.same(key, &fingerprint)) {
         return Ok((same, fingerprint));
     }
@@ -226,9 +218,6 @@ fn build_session(
         display_name_field: s.display_name_field.clone(),
         lookup_timeout: timeout,
         store,
-        // HMAC accepts keys of any length, so this cannot fail; it is checked here, once.
-        handle_mac: <hmac::Hmac<sha2::Sha256> as hmac::Mac>::new_from_slice(handle_key)
-            .map_err(|e| ConfigError(format!("session handle key: {e}")))?,
         rt: rt.handle().clone(),
         lookup_slots,
     });
@@ -236,7 +225,7 @@ fn build_session(
 }
 
 /// Everything a session source is built from (not where in the file it is written).
-fn session_fingerprint(s: &SessionSection, secrets: &[Vec<u8>], handle_key: &[u8]) -> Vec<u8> {
+fn session_fingerprint(s: &SessionSection, secrets: &[Vec<u8>]) -> Vec<u8> {
     let mut h = Sha256::new_with_prefix(format!(
         "{:?}\0{:?}\0{:?}\0{:?}\0{}\0{:?}\0",
         s.flavour,
@@ -250,7 +239,6 @@ fn session_fingerprint(s: &SessionSection, secrets: &[Vec<u8>], handle_key: &[u8
         h.update((secret.len() as u64).to_le_bytes());
         h.update(secret);
     }
-    h.update(handle_key);
     h.finalize().to_vec()
 }
 
@@ -265,7 +253,6 @@ pub struct SessionSources {
 impl SessionSources {
     pub fn build(
         cfg: &Config,
-        handle_key: &[u8],
         rt: &tokio::runtime::Runtime,
         prev: Option<&SessionSources>,
         slots: &Arc<LookupSlots>,
@@ -273,8 +260,7 @@ impl SessionSources {
         let mut fingerprints = std::collections::BTreeMap::new();
         let default = match &cfg.session {
             Some(s) => {
-                let (source, fp) =
-                    build_session(cfg, "session", s, handle_key, rt, prev, slots.clone())?;
+                let (source, fp) = build_session(cfg, "session", s, rt, prev, slots.clone())?;
                 fingerprints.insert("session".to_string(), fp);
                 Some(source)
             }
@@ -283,7 +269,7 @@ impl SessionSources {
         let mut named = std::collections::BTreeMap::new();
         for (name, s) in &cfg.sessions {
             let key = format!("sessions.{name}");
-            let (source, fp) = build_session(cfg, &key, s, handle_key, rt, prev, slots.clone())?;
+            let (source, fp) = build_session(cfg, &key, s, rt, prev, slots.clone())?;
             fingerprints.insert(key, fp);
             named.insert(name.clone(), source);
         }

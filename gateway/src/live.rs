@@ -80,15 +80,9 @@ impl Live {
         rt: &'static tokio::runtime::Runtime,
         lookup_slots: &Arc<LookupSlots>,
     ) -> Result<Self, ConfigError> {
-        let (signer, handle_key) = crate::app::load_signer(cfg)?;
+        let (signer, signing_pems) = crate::app::load_signer(cfg)?;
         let certs = load_certs(cfg, prev, running_tls)?;
-        let sessions = SessionSources::build(
-            cfg,
-            &handle_key,
-            rt,
-            prev.map(|p| &p.sessions),
-            lookup_slots,
-        )?;
+        let sessions = SessionSources::build(cfg, rt, prev.map(|p| &p.sessions), lookup_slots)?;
         let mut routes = Vec::new();
         for r in &cfg.routes {
             let name = r.name.get_ref();
@@ -150,7 +144,7 @@ impl Live {
             upgraded_idle: Duration::from_secs(cfg.gateway.upgraded_idle_timeout_secs),
             access_log: AccessLog::new(&cfg.gateway.access_log),
             certs,
-            affinity: Affinity::from_config(cfg, &handle_key)?,
+            affinity: Affinity::from_config(cfg, &signing_pems)?,
             hash: config_hash(&cfg.source.text),
         })
     }

@@ -422,9 +422,10 @@ async fn reload_under_load(idle: usize, rate: u32, phase: Duration) {
         .find(|(uri, _)| uri.contains("n="))
         .expect("handshakes before the reload");
     assert_eq!(kid(&last_old.1), "test-1");
-    verifier
+    let handle_before = verifier
         .verify(&last_old.1, &keys)
-        .expect("an assertion signed before the reload still verifies");
+        .expect("an assertion signed before the reload still verifies")
+        .sid;
 
     tokio::time::sleep(phase).await;
 
@@ -501,9 +502,12 @@ async fn reload_under_load(idle: usize, rate: u32, phase: Duration) {
     assert!(on_b.len() as u64 >= (handshakes / 4), "{} on b", on_b.len());
     for (uri, token) in &on_b {
         assert_eq!(kid(token), "test-2", "{uri}");
-        verifier
+        let claims = verifier
             .verify(token, &keys)
             .expect("verifies from the JWKS");
+        // The same login keeps its handle across the rotation: a logout names the sockets
+        // opened before it too.
+        assert_eq!(claims.sid, handle_before, "{uri}");
     }
 
     // Not one idle tunnel closed: each still relays both ways, on the upstream it started on.

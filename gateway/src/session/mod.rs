@@ -13,7 +13,6 @@ pub mod tower;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use hmac::{Hmac, Mac};
 use identity_assertion::Identity;
 use sha2::Sha256;
 
@@ -87,8 +86,6 @@ pub struct SessionSource {
     pub display_name_field: Option<String>,
     pub lookup_timeout: Duration,
     pub store: Store,
-    /// Keys the opaque `sid` claim so upstreams never see a usable session id.
-    pub handle_mac: Hmac<Sha256>,
     /// The runtime that owns the store's connections (see `app::build`).
     pub rt: tokio::runtime::Handle,
     /// Slots for lookups in flight, shared by every source (`admission`).
@@ -201,13 +198,13 @@ impl SessionSource {
         })
     }
 
-    /// The opaque handle of a session: stable (so every connection of one login shares it, and a
-    /// logout can name it) but useless as a cookie.
+    /// The opaque handle of a session: stable (every connection of one login shares it, on any
+    /// gateway, before and after any key rotation, so a logout can name it) but useless as a
+    /// cookie: a one-way hash of the session id, which is a long random secret, so the id
+    /// cannot be recovered or guessed from it. Not keyed: a key that can rotate would change
+    /// the handle of a session whose sockets are already open.
     pub fn session_handle(&self, session_id: &str) -> String {
-        use base64::Engine;
-        let mut mac = self.handle_mac.clone();
-        mac.update(session_id.as_bytes());
-        base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(&mac.finalize().into_bytes()[..16])
+        session_handle(session_id)
     }
 
     pub async fn ping(self: &Arc<Self>) -> Result<(), SessionError> {
@@ -239,6 +236,17 @@ impl Drop for SessionSource {
             });
         }
     }
+}
+
+/// See [`SessionSource::session_handle`]: the first 16 bytes of SHA-256 over a domain prefix
+/// and the session id, base64url without padding.
+pub fn session_handle(session_id: &str) -> String {
+    use base64::Engine;
+    use sha2::Digest;
+    let digest = Sha256::new_with_prefix(b"edge-gateway session handle\0")
+        .chain_update(session_id.as_bytes())
+        .finalize();
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(&digest[..16])
 }
 
 pub fn default_cookie(flavour: SessionFlavour) -> &'static str {
