@@ -334,6 +334,9 @@ async fn forward_to_socket<H: EngineIoHandler, S>(
     let mut awaiting_pong = false;
     let beat = tokio::time::sleep_until(next_ping);
     tokio::pin!(beat);
+    // PATCHED (edge-gateway): made once, not on every turn of the loop.
+    let cancelled = socket.cancellation_token.cancelled();
+    tokio::pin!(cancelled);
 
     // Forward buffered packets until the channel is closed or the session is cancelled.
     loop {
@@ -374,7 +377,7 @@ async fn forward_to_socket<H: EngineIoHandler, S>(
                     None => break
                 }
             }
-            _ = socket.cancellation_token.cancelled() => break,
+            _ = &mut cancelled => break,
             Ok(()) = volatile_rx.changed() => {
                 let val = volatile_rx.borrow_and_update().clone();
                 if let Some(packets) = val {
