@@ -566,7 +566,14 @@ async fn a_flood_from_one_address_does_not_starve_real_users() {
         percentile(&latencies, 0.99),
         latencies[latencies.len() - 1],
     );
-    assert!(limited > 10 * admitted, "the flood was mostly refused");
+    // What gets through is bounded by the rate, however fast the flood runs (the share refused
+    // depends on how many requests this machine manages to send).
+    let rate_budget = u64::from(PER_IP) * (secs.ceil() as u64 + 2);
+    assert!(
+        admitted <= rate_budget,
+        "{admitted} flood handshakes reached authentication (budget {rate_budget})"
+    );
+    assert!(limited > admitted, "the flood was mostly refused");
     // Each admitted signed-but-unknown cookie costs one lookup; the garbage ones none.
     let budget = USERS as u64 + u64::from(PER_IP) * (secs.ceil() as u64 + 2);
     assert!(lookups <= budget, "{lookups} lookups > {budget}");
