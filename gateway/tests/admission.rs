@@ -364,36 +364,70 @@ async fn echoes(ws: &mut Ws) -> bool {
     )
 }
 
-#[tokio::test]
-async fn a_user_holds_at_most_the_capped_number_of_tunnels() {
+/// A gateway in front of a WebSocket echo upstream, with `cap` tunnels per user and these
+/// (session id, user) logins in its store.
+async fn capped_gateway(cap: u32, retry_after: u32, logins: &[(&str, &str)]) -> (Redis, Gateway) {
     let redis = Redis::start().await;
-    add_session(&redis, "alice-1", "alice").await;
-    add_session(&redis, "alice-2", "alice").await;
-    add_session(&redis, "bob-1", "bob").await;
+    for (sid, user) in logins {
+        add_session(&redis, sid, user).await;
+    }
     let up = ws_echo_upstream().await;
     let gw = Gateway::start(&express_config(
         &redis,
         up,
-        "max_tunnels_per_user = 2\nretry_after_secs = 5",
+        &format!("max_tunnels_per_user = {cap}\nretry_after_secs = {retry_after}"),
         "",
     ))
     .await;
     gw.wait_ready().await;
+    (redis, gw)
+}
+
+/// A WebSocket attempt answered `status`, with `Retry-After: retry_after` when given.
+fn assert_refused(
+    attempt: Result<Ws, tokio_tungstenite::tungstenite::Error>,
+    status: u16,
+    retry_after: Option<&str>,
+) {
+    match attempt {
+        Err(tokio_tungstenite::tungstenite::Error::Http(resp)) => {
+            assert_eq!(resp.status(), status);
+            if let Some(secs) = retry_after {
+                assert_eq!(
+                    resp.headers().get("retry-after").map(|v| v.as_bytes()),
+                    Some(secs.as_bytes())
+                );
+            }
+        }
+        other => panic!("expected {status}, got {:?}", other.map(|_| "a tunnel")),
+    }
+}
+
+/// Closes `ws` and waits until the gateway counts `left` open tunnels (its slot is free then).
+async fn close_and_wait(gw: &Gateway, mut ws: Ws, left: u32) {
+    ws.close(None).await.unwrap();
+    drop(ws);
+    let closed = eventually(Duration::from_secs(10), || async {
+        gw.metric("gateway_upgraded_connections").await == f64::from(left)
+    })
+    .await;
+    assert!(closed, "the tunnel never closed; log:\n{}", gw.log_text());
+}
+
+#[tokio::test]
+async fn a_user_holds_at_most_the_capped_number_of_tunnels() {
+    let (_redis, gw) = capped_gateway(
+        2,
+        5,
+        &[("alice-1", "alice"), ("alice-2", "alice"), ("bob-1", "bob")],
+    )
+    .await;
 
     // Two tunnels, from two logins of the same user: the cap is per user, not per session.
     let mut a1 = ws_connect(&gw, "alice-1").await.expect("first tunnel");
     let mut a2 = ws_connect(&gw, "alice-2").await.expect("second tunnel");
     assert!(echoes(&mut a1).await && echoes(&mut a2).await);
-    match ws_connect(&gw, "alice-1").await {
-        Err(tokio_tungstenite::tungstenite::Error::Http(resp)) => {
-            assert_eq!(resp.status(), 429);
-            assert_eq!(
-                resp.headers().get("retry-after").map(|v| v.as_bytes()),
-                Some(&b"5"[..])
-            );
-        }
-        other => panic!("expected 429, got {:?}", other.map(|_| "a tunnel")),
-    }
+    assert_refused(ws_connect(&gw, "alice-1").await, 429, Some("5"));
     let mut b = ws_connect(&gw, "bob-1").await.expect("bob is not alice");
     assert!(echoes(&mut b).await);
     assert_eq!(
@@ -403,13 +437,7 @@ async fn a_user_holds_at_most_the_capped_number_of_tunnels() {
     );
 
     // Closing one of alice's tunnels gives her slot back once the gateway sees it close.
-    a1.close(None).await.unwrap();
-    drop(a1);
-    let closed = eventually(Duration::from_secs(10), || async {
-        gw.metric("gateway_upgraded_connections").await == 2.0
-    })
-    .await;
-    assert!(closed, "the tunnel never closed; log:\n{}", gw.log_text());
+    close_and_wait(&gw, a1, 2).await;
     let mut again = ws_connect(&gw, "alice-1").await.expect("slot freed");
     assert!(echoes(&mut again).await);
     assert!(echoes(&mut a2).await, "the other tunnel is untouched");
@@ -419,19 +447,7 @@ async fn a_user_holds_at_most_the_capped_number_of_tunnels() {
 /// cookie lookup learns whose), so polling first and upgrading later cannot get around the cap.
 #[tokio::test]
 async fn a_polling_session_that_upgrades_takes_a_tunnel_slot() {
-    let redis = Redis::start().await;
-    add_session(&redis, "alice-1", "alice").await;
-    add_session(&redis, "alice-2", "alice").await;
-    let up = ws_echo_upstream().await;
-    let gw = Gateway::start(&express_config(
-        &redis,
-        up,
-        "max_tunnels_per_user = 1\nretry_after_secs = 3",
-        "",
-    ))
-    .await;
-    gw.wait_ready().await;
-
+    let (_redis, gw) = capped_gateway(1, 3, &[("alice-1", "alice"), ("alice-2", "alice")]).await;
     let mut upgraded = ws_upgrade(&gw, "alice-1", "eio-session-1")
         .await
         .expect("the first upgrade");
@@ -440,29 +456,11 @@ async fn a_polling_session_that_upgrades_takes_a_tunnel_slot() {
         ws_connect(&gw, "alice-2").await,
         ws_upgrade(&gw, "alice-2", "eio-session-2").await,
     ] {
-        match attempt {
-            Err(tokio_tungstenite::tungstenite::Error::Http(resp)) => {
-                assert_eq!(resp.status(), 429);
-                assert_eq!(
-                    resp.headers().get("retry-after").map(|v| v.as_bytes()),
-                    Some(&b"3"[..])
-                );
-            }
-            other => panic!("expected 429, got {:?}", other.map(|_| "a tunnel")),
-        }
+        assert_refused(attempt, 429, Some("3"));
     }
     // An upgrade without a valid login is refused like a handshake, with no slot taken.
-    match ws_upgrade(&gw, "nobody", "eio-session-3").await {
-        Err(tokio_tungstenite::tungstenite::Error::Http(resp)) => assert_eq!(resp.status(), 401),
-        other => panic!("expected 401, got {:?}", other.map(|_| "a tunnel")),
-    }
-    upgraded.close(None).await.unwrap();
-    drop(upgraded);
-    let freed = eventually(Duration::from_secs(10), || async {
-        gw.metric("gateway_upgraded_connections").await == 0.0
-    })
-    .await;
-    assert!(freed, "the tunnel never closed; log:\n{}", gw.log_text());
+    assert_refused(ws_upgrade(&gw, "nobody", "eio-session-3").await, 401, None);
+    close_and_wait(&gw, upgraded, 0).await;
     let mut again = ws_upgrade(&gw, "alice-2", "eio-session-4")
         .await
         .expect("slot freed");
