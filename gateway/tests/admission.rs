@@ -467,6 +467,39 @@ async fn a_polling_session_that_upgrades_takes_a_tunnel_slot() {
     assert!(echoes(&mut again).await);
 }
 
+/// With the tunnel cap on, a WebSocket upgrade of an established session costs a lookup, so a
+/// client that sends upgrades in a loop (a valid cookie, made-up `sid`s) is rate limited like
+/// one that sends handshakes: over the rate it gets 429 and costs no lookup.
+#[tokio::test]
+async fn upgrades_in_a_loop_are_rate_limited_and_cost_no_lookup_when_refused() {
+    let redis = Redis::start().await;
+    let sio = Upstream::start("sio").await;
+    add_session(&redis, "alice-sid", "alice").await;
+    let gw = Gateway::start(&express_config(
+        &redis,
+        sio.addr,
+        "handshakes_per_ip_per_sec = 5\nmax_tunnels_per_user = 100",
+        "",
+    ))
+    .await;
+    gw.wait_ready().await;
+    let before = store_gets(&redis).await;
+    let alice = cookie("alice-sid");
+    let mut limited = 0;
+    for i in 0..40 {
+        let path = format!("/socket.io/?EIO=4&transport=websocket&sid=made-up-{i}");
+        let (status, _) = get_from(Ipv4Addr::new(127, 0, 0, 1), gw.http, &path, &alice)
+            .await
+            .expect("answer");
+        if status == 429 {
+            limited += 1;
+        }
+    }
+    let admitted = 40 - limited;
+    assert!((5..=12).contains(&admitted), "{admitted} admitted");
+    assert_eq!(store_gets(&redis).await - before, admitted as u64);
+}
+
 fn percentile(sorted: &[Duration], p: f64) -> Duration {
     let i = ((sorted.len() as f64 * p).ceil() as usize).clamp(1, sorted.len()) - 1;
     sorted[i]
