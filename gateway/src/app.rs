@@ -12,7 +12,7 @@ use pingora::apps::http_app::HttpServer;
 use pingora::listeners::tls::TlsSettings;
 use pingora::listeners::{L4BufferSettings, ListenerConfig};
 use pingora::server::configuration::{Opt, ServerConf};
-use pingora::server::Server;
+use pingora::server::{RunArgs, Server};
 use pingora::services::listening::Service;
 use sha2::{Digest, Sha256};
 
@@ -22,7 +22,7 @@ use crate::admin::AdminApp;
 use crate::admission::{Admission, LookupSlots};
 use crate::affinity::Affinity;
 use crate::config::{Config, ConfigError, SessionFlavour, SessionSection, StoreConfig};
-use crate::drain::{Drain, DrainSettings};
+use crate::drain::{Drain, DrainSettings, LingeringSignals};
 use crate::live::{CurrentCert, Live, LiveState, Reloader};
 use crate::logout::LogoutNotifier;
 use crate::metrics::Metrics;
@@ -330,9 +330,25 @@ fn resumption(config: &mut rustls::ServerConfig) {
     }
 }
 
+/// The Pingora server with every service, and the signals it stops on.
+pub struct GatewayServer {
+    server: Server,
+    signals: LingeringSignals,
+}
+
+impl GatewayServer {
+    /// Serves until a shutdown signal (see `drain`), then exits the process.
+    pub fn run_forever(self) -> ! {
+        self.server.run(RunArgs {
+            shutdown_signal: Box::new(self.signals),
+        });
+        std::process::exit(0)
+    }
+}
+
 /// Builds the Pingora server with every service; `run_forever` then serves until SIGTERM.
 /// `path` is the config file, re-read on `SIGHUP` and `POST /reload` (see `live`).
-pub fn build(cfg: Config, path: std::path::PathBuf) -> Result<Server, ConfigError> {
+pub fn build(cfg: Config, path: std::path::PathBuf) -> Result<GatewayServer, ConfigError> {
     build_with(cfg, path, false)
 }
 
@@ -342,7 +358,7 @@ pub fn build_with(
     cfg: Config,
     path: std::path::PathBuf,
     upgrade: bool,
-) -> Result<Server, ConfigError> {
+) -> Result<GatewayServer, ConfigError> {
     ensure_dev_files(&cfg)?;
 
     // Leaked on purpose: store clients, health checks, reloads and notifications live as long
@@ -468,7 +484,11 @@ pub fn build_with(
     admin.add_tcp(cfg.admin.listen.get_ref());
     server.add_service(admin);
     server.bootstrap();
-    Ok(server)
+    let signals = LingeringSignals::new(
+        drain,
+        Duration::from_millis(cfg.gateway.keepalive_linger_ms),
+    );
+    Ok(GatewayServer { server, signals })
 }
 
 /// Answers plain HTTP sent to a TLS listener (`http://localhost:8443`) with a readable 400

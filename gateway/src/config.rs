@@ -94,6 +94,11 @@ pub struct GatewaySection {
     /// On SIGTERM, keep serving this long while the orchestrator drains traffic.
     #[serde(default = "default_grace")]
     pub shutdown_grace_secs: u64,
+    /// On SIGTERM or SIGQUIT, first keep serving this long with every response closing its
+    /// connection, so keep-alive clients move off by themselves before Pingora drops the idle
+    /// connections (`drain`, `LingeringSignals`). 0: no linger.
+    #[serde(default = "default_keepalive_linger_ms")]
+    pub keepalive_linger_ms: u64,
     /// Then give in-flight requests and upgraded connections this long to finish.
     #[serde(default = "default_grace")]
     pub shutdown_timeout_secs: u64,
@@ -164,6 +169,7 @@ impl Default for GatewaySection {
             id: default_id(),
             threads: default_threads(),
             shutdown_grace_secs: default_grace(),
+            keepalive_linger_ms: default_keepalive_linger_ms(),
             shutdown_timeout_secs: default_grace(),
             drain_secs: default_drain_secs(),
             drain_max_per_sec: default_drain_max_per_sec(),
@@ -184,6 +190,10 @@ fn default_threads() -> usize {
 fn default_grace() -> u64 {
     5
 }
+fn default_keepalive_linger_ms() -> u64 {
+    1000
+}
+
 fn default_drain_secs() -> u64 {
     30
 }

@@ -13,13 +13,20 @@
 //! The phases come from Pingora's execution-phase broadcast, so the signal handling stays
 //! Pingora's: SIGTERM holds `shutdown_grace_secs` first (the orchestrator is still moving
 //! traffic away), SIGQUIT drains as soon as the new process has taken the sockets.
+//!
+//! Before any of that, the signal lingers (`LingeringSignals`): for `keepalive_linger_ms` the
+//! process keeps serving, and every response closes its connection. When Pingora stops it
+//! drops the HTTP/1.1 keep-alive connections that are waiting for their next request, and a
+//! client that sent one just then loses it (a polling Socket.IO client sees a transport
+//! error). A client that uses its connection during the linger is told to close it instead,
+//! and opens a new one elsewhere; only connections idle for the whole linger are dropped.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use pingora::server::ExecutionPhase;
+use pingora::server::{ExecutionPhase, ShutdownSignal, ShutdownSignalWatch};
 use prometheus::{IntCounter, IntGauge};
 use rand::Rng;
 use tokio::sync::{broadcast, oneshot, Notify};
@@ -160,6 +167,11 @@ impl Drain {
     pub fn request_started(self: &Arc<Self>) -> InFlight {
         self.in_flight.fetch_add(1, Ordering::AcqRel);
         InFlight(self.clone())
+    }
+
+    /// From now on every response closes its connection.
+    pub fn begin_stopping(&self) {
+        self.stopping.store(true, Ordering::Release);
     }
 
     /// Whether a graceful shutdown or upgrade has started (see the field).
@@ -317,6 +329,36 @@ impl Drain {
             "drain done, exiting"
         );
         std::process::exit(0);
+    }
+}
+
+/// Pingora's own signals (SIGTERM, SIGQUIT, SIGINT), each passed on to it `linger` after it
+/// arrives, except SIGINT (fast shutdown), which goes at once. Meanwhile responses close
+/// their connections (see the module's doc).
+pub struct LingeringSignals {
+    drain: Arc<Drain>,
+    linger: Duration,
+}
+
+impl LingeringSignals {
+    pub fn new(drain: Arc<Drain>, linger: Duration) -> Self {
+        Self { drain, linger }
+    }
+}
+
+#[async_trait::async_trait]
+impl ShutdownSignalWatch for LingeringSignals {
+    async fn recv(&self) -> ShutdownSignal {
+        let signal = pingora::server::UnixShutdownSignalWatch.recv().await;
+        if !matches!(signal, ShutdownSignal::FastShutdown) && !self.linger.is_zero() {
+            self.drain.begin_stopping();
+            tracing::info!(
+                ms = self.linger.as_millis() as u64,
+                "stopping: every response now closes its connection; lingering before Pingora stops"
+            );
+            tokio::time::sleep(self.linger).await;
+        }
+        signal
     }
 }
 

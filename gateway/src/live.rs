@@ -246,6 +246,10 @@ impl FixedAtStart {
                 g.shutdown_grace_secs.to_string(),
             ),
             (
+                "gateway.keepalive_linger_ms".into(),
+                g.keepalive_linger_ms.to_string(),
+            ),
+            (
                 "gateway.shutdown_timeout_secs".into(),
                 g.shutdown_timeout_secs.to_string(),
             ),

@@ -470,11 +470,83 @@ async fn sigterm_drains_tunnels_paced_then_exits() {
         last >= Duration::from_secs(2),
         "spread over the window: {last:?}"
     );
-    // Exited on its own once drained: before the hold + window + shutdown_timeout deadline.
+    // Exited on its own once drained: before the linger + hold + window + shutdown_timeout
+    // deadline (the linger is the default).
     assert!(
-        exited < Duration::from_secs(4) + Duration::from_millis(900),
+        exited < Duration::from_secs(5) + Duration::from_millis(900),
         "{exited:?}"
     );
+}
+
+/// Reads one HTTP/1.1 response (head and a `Content-Length` body) from `conn`; `None` if the
+/// connection ended first. Returns whether it said `Connection: close`.
+async fn read_response(conn: &mut tokio::net::TcpStream) -> Option<bool> {
+    use tokio::io::AsyncReadExt;
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 4096];
+    loop {
+        if let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+            let head = String::from_utf8_lossy(&buf[..end]).to_ascii_lowercase();
+            let len: usize = head
+                .lines()
+                .find_map(|l| l.strip_prefix("content-length:"))
+                .and_then(|v| v.trim().parse().ok())
+                .unwrap_or(0);
+            if buf.len() >= end + 4 + len {
+                return Some(head.contains("connection: close"));
+            }
+        }
+        match conn.read(&mut chunk).await {
+            Ok(0) | Err(_) => return None,
+            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+        }
+    }
+}
+
+/// A client busy on a keep-alive connection when SIGTERM arrives (a polling Socket.IO client
+/// sends a request every few milliseconds) is told to close it by a response, not dropped
+/// with a request in flight: Pingora drops the connections waiting for their next request when
+/// it stops, so the gateway first lingers (`keepalive_linger_ms`), every response closing its
+/// connection. Without the linger the connection ended under a request.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_tells_busy_keepalive_clients_to_close_instead_of_dropping_them() {
+    use tokio::io::AsyncWriteExt;
+    let app = Upstream::start("app").await;
+    let body = format!(
+        "\n[[route]]\nname = \"app\"\npath_prefix = \"/\"\nupstreams = [\"{}\"]\nauth = \"none\"\n",
+        app.addr
+    );
+    let mut gw = Gateway::start_with(&body, "keepalive_linger_ms = 500").await;
+    gw.wait_ready().await;
+    let mut conn = tokio::net::TcpStream::connect(("127.0.0.1", gw.http))
+        .await
+        .unwrap();
+    let mut answered = 0;
+    let mut term_at = None;
+    loop {
+        conn.write_all(b"GET /x HTTP/1.1\r\nHost: gw\r\n\r\n")
+            .await
+            .expect("the connection is open for the next request");
+        let close = read_response(&mut conn).await;
+        let Some(close) = close else {
+            panic!(
+                "the connection ended under a request after {answered} answers ({:?} after SIGTERM)",
+                term_at.map(|t: std::time::Instant| t.elapsed())
+            );
+        };
+        answered += 1;
+        if close {
+            assert!(term_at.is_some(), "told to close before any SIGTERM");
+            break;
+        }
+        if answered == 5 {
+            gw.sigterm();
+            term_at = Some(std::time::Instant::now());
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let status = tokio::task::block_in_place(|| gw.wait_exit(Duration::from_secs(20)));
+    assert!(status.is_some_and(|s| s.success()), "{}", gw.log_text());
 }
 
 /// `gateway check` reads the affinity keys' sources as a start would: a missing one is named.
