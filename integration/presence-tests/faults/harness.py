@@ -7,6 +7,7 @@ import base64
 import json
 import os
 import pathlib
+import random
 import shutil
 import signal
 import socket
@@ -37,7 +38,31 @@ def now():
     return time.monotonic()
 
 
+def _ephemeral_start():
+    try:
+        return int(pathlib.Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 32768
+
+
+# Its own generator: the schedule's seeded one must not see these draws.
+_PORTS = random.Random()
+
+
 def free_port():
+    """A port free now, below the kernel's ephemeral range. A port the kernel picked for us (bind
+    to 0) comes from the range it also hands to outgoing connections, and the suite opens
+    hundreds (tabs, Redis clients): one of them took a node's port between this check and the
+    node's start once (`Address already in use`). Below the range only a server can take it."""
+    top = _ephemeral_start()
+    for _ in range(100):
+        port = _PORTS.randrange(max(1024, top - 16384), top)
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
