@@ -110,19 +110,21 @@ async fn get_from(
     Some((status, hdrs))
 }
 
-#[tokio::test]
-async fn handshakes_over_the_ip_rate_get_429_with_retry_after_and_cost_no_lookup() {
+/// A gateway with this `[admission]` body and this extra route line, in front of a recording
+/// Socket.IO upstream, with alice's session (`alice-sid`) in its store.
+async fn alice_behind_a_gateway(admission: &str, route: &str) -> (Redis, Upstream, Gateway) {
     let redis = Redis::start().await;
     let sio = Upstream::start("sio").await;
     add_session(&redis, "alice-sid", "alice").await;
-    let gw = Gateway::start(&express_config(
-        &redis,
-        sio.addr,
-        "handshakes_per_ip_per_sec = 5\nretry_after_secs = 3",
-        "",
-    ))
-    .await;
+    let gw = Gateway::start(&express_config(&redis, sio.addr, admission, route)).await;
     gw.wait_ready().await;
+    (redis, sio, gw)
+}
+
+#[tokio::test]
+async fn handshakes_over_the_ip_rate_get_429_with_retry_after_and_cost_no_lookup() {
+    let (redis, sio, gw) =
+        alice_behind_a_gateway("handshakes_per_ip_per_sec = 5\nretry_after_secs = 3", "").await;
 
     let before = store_gets(&redis).await;
     let alice = cookie("alice-sid");
@@ -170,17 +172,7 @@ async fn handshakes_over_the_ip_rate_get_429_with_retry_after_and_cost_no_lookup
 
 #[tokio::test]
 async fn the_route_rate_limits_all_clients_together() {
-    let redis = Redis::start().await;
-    let sio = Upstream::start("sio").await;
-    add_session(&redis, "alice-sid", "alice").await;
-    let gw = Gateway::start(&express_config(
-        &redis,
-        sio.addr,
-        "",
-        "max_handshakes_per_sec = 8",
-    ))
-    .await;
-    gw.wait_ready().await;
+    let (redis, _sio, gw) = alice_behind_a_gateway("", "max_handshakes_per_sec = 8").await;
     let before = store_gets(&redis).await;
     let alice = cookie("alice-sid");
     let mut statuses = Vec::new();
@@ -472,17 +464,11 @@ async fn a_polling_session_that_upgrades_takes_a_tunnel_slot() {
 /// one that sends handshakes: over the rate it gets 429 and costs no lookup.
 #[tokio::test]
 async fn upgrades_in_a_loop_are_rate_limited_and_cost_no_lookup_when_refused() {
-    let redis = Redis::start().await;
-    let sio = Upstream::start("sio").await;
-    add_session(&redis, "alice-sid", "alice").await;
-    let gw = Gateway::start(&express_config(
-        &redis,
-        sio.addr,
+    let (redis, _sio, gw) = alice_behind_a_gateway(
         "handshakes_per_ip_per_sec = 5\nmax_tunnels_per_user = 100",
         "",
-    ))
+    )
     .await;
-    gw.wait_ready().await;
     let before = store_gets(&redis).await;
     let alice = cookie("alice-sid");
     let mut limited = 0;
