@@ -10,6 +10,7 @@ use http::{Response, StatusCode};
 use pingora::apps::http_app::ServeHttp;
 use pingora::protocols::http::ServerSession;
 
+use crate::listening::ListenerProbes;
 use crate::live::{LiveState, Reloader};
 use crate::metrics::Metrics;
 
@@ -17,6 +18,7 @@ pub struct AdminApp {
     pub live: LiveState,
     pub metrics: Arc<Metrics>,
     pub reloader: Arc<Reloader>,
+    pub listeners: ListenerProbes,
 }
 
 fn reply(status: StatusCode, content_type: &str, body: Vec<u8>) -> Response<Vec<u8>> {
@@ -30,12 +32,12 @@ fn reply(status: StatusCode, content_type: &str, body: Vec<u8>) -> Response<Vec<
 }
 
 impl AdminApp {
-    /// Ready when the session store answers and every route has a healthy upstream: a load
-    /// balancer in front should stop sending traffic otherwise.
+    /// Ready when every proxy listener accepts, the session store answers and every route has
+    /// a healthy upstream: a load balancer in front should stop sending traffic otherwise.
     async fn readiness(&self) -> (bool, String) {
         let live = self.live.load_full();
-        let mut ok = true;
         let mut report = String::new();
+        let mut ok = self.listeners.check(&mut report).await;
         for s in &live.sessions.all() {
             match s.ping().await {
                 Ok(()) => report.push_str(&format!("{} ({}): ok\n", s.name, s.store.kind())),

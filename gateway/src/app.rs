@@ -23,6 +23,7 @@ use crate::admission::{Admission, LookupSlots};
 use crate::affinity::Affinity;
 use crate::config::{Config, ConfigError, SessionFlavour, SessionSection, StoreConfig};
 use crate::drain::{Drain, DrainSettings, LingeringSignals};
+use crate::listening::ListenerProbes;
 use crate::live::{CurrentCert, Live, LiveState, Reloader};
 use crate::logout::LogoutNotifier;
 use crate::metrics::Metrics;
@@ -430,6 +431,7 @@ pub fn build_with(
     let mut server = Server::new_with_opt_and_conf(opt, conf);
     aux_rt.spawn(drain.clone().follow(server.watch_execution_phase()));
 
+    let listeners = ListenerProbes::new(cfg.listeners.iter().map(|l| l.listen.get_ref().as_str()));
     let notifier = Arc::new(LogoutNotifier::new(aux_rt.handle().clone()));
     for (i, l) in cfg.listeners.iter().enumerate() {
         let gateway = Gateway {
@@ -479,6 +481,7 @@ pub fn build_with(
             live,
             metrics,
             reloader,
+            listeners,
         }),
     );
     admin.add_tcp(cfg.admin.listen.get_ref());

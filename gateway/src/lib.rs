@@ -12,6 +12,7 @@ pub mod config;
 pub mod devcerts;
 pub mod drain;
 pub mod forwarding;
+pub mod listening;
 pub mod live;
 pub mod logout;
 pub mod metrics;

@@ -731,7 +731,8 @@ sessions = ["express", "demo"]
     let readyz = get(&gw.admin_url("/readyz"), &[]).await.unwrap().2;
     assert!(
         readyz.contains("sessions.express (connect-redis): ok")
-            && readyz.contains("sessions.demo (sqlite): ok"),
+            && readyz.contains("sessions.demo (sqlite): ok")
+            && readyz.contains(&format!("listener 127.0.0.1:{}: accepting", gw.http)),
         "{readyz}"
     );
 }

@@ -24,6 +24,19 @@ pub fn free_port() -> u16 {
         .expect("a free port")
 }
 
+/// Whether every port on loopback accepts a TCP connection.
+pub async fn accepting(ports: &[u16]) -> bool {
+    for &p in ports {
+        if tokio::net::TcpStream::connect(("127.0.0.1", p))
+            .await
+            .is_err()
+        {
+            return false;
+        }
+    }
+    true
+}
+
 /// Polls `check` until it is true, for at most `limit`.
 pub async fn eventually<F, Fut>(limit: Duration, mut check: F) -> bool
 where
@@ -411,11 +424,18 @@ private_key = {{ file = "signing.pem" }}
             child,
             log,
         };
-        let ok = eventually(Duration::from_secs(20), || async move {
-            get(&format!("http://127.0.0.1:{admin}/healthz"), &[])
-                .await
-                .map(|r| r.0)
-                == Some(200)
+        // The admin listener can answer before a proxy listener is bound (each Pingora service
+        // binds on its own runtime): wait for both, as `/readyz` does.
+        let ports: Vec<u16> = std::iter::once(http).chain(https).collect();
+        let ok = eventually(Duration::from_secs(20), || {
+            let ports = ports.clone();
+            async move {
+                get(&format!("http://127.0.0.1:{admin}/healthz"), &[])
+                    .await
+                    .map(|r| r.0)
+                    == Some(200)
+                    && accepting(&ports).await
+            }
         })
         .await;
         assert!(ok, "gateway did not start; log:\n{}", gw.log_text());
