@@ -10,6 +10,7 @@ use http::{Response, StatusCode};
 use pingora::apps::http_app::ServeHttp;
 use pingora::protocols::http::ServerSession;
 
+use crate::drain::Drain;
 use crate::listening::ListenerProbes;
 use crate::live::{LiveState, Reloader};
 use crate::metrics::Metrics;
@@ -19,6 +20,7 @@ pub struct AdminApp {
     pub metrics: Arc<Metrics>,
     pub reloader: Arc<Reloader>,
     pub listeners: ListenerProbes,
+    pub drain: Arc<Drain>,
 }
 
 fn reply(status: StatusCode, content_type: &str, body: Vec<u8>) -> Response<Vec<u8>> {
@@ -32,12 +34,22 @@ fn reply(status: StatusCode, content_type: &str, body: Vec<u8>) -> Response<Vec<
 }
 
 impl AdminApp {
-    /// Ready when every proxy listener accepts, the session store answers and every route has
-    /// a healthy upstream: a load balancer in front should stop sending traffic otherwise.
+    /// Ready when the gateway is not stopping, every proxy listener accepts, the session store
+    /// answers and every route has a healthy upstream: a load balancer in front should stop
+    /// sending traffic otherwise. A gateway shutting down still serves (the shutdown linger,
+    /// then the drain) but says so, so that new clients go to another replica meanwhile. An
+    /// upgrade in place does not: its successor takes the same sockets.
     async fn readiness(&self) -> (bool, String) {
         let live = self.live.load_full();
         let mut report = String::new();
         let mut ok = self.listeners.check(&mut report).await;
+        if self.drain.is_leaving() {
+            ok = false;
+            report.insert_str(
+                0,
+                "stopping: serving what is open, new clients belong elsewhere\n",
+            );
+        }
         for s in &live.sessions.all() {
             match s.ping().await {
                 Ok(()) => report.push_str(&format!("{} ({}): ok\n", s.name, s.store.kind())),

@@ -482,6 +482,7 @@ pub fn build_with(
             metrics,
             reloader,
             listeners,
+            drain: drain.clone(),
         }),
     );
     admin.add_tcp(cfg.admin.listen.get_ref());

@@ -85,6 +85,9 @@ pub struct Drain {
     /// (Pingora aborts those at its shutdown, and a request the client sent on one meanwhile
     /// fails; a long-polling client then drops its session).
     stopping: AtomicBool,
+    /// Set when the process is going away (SIGTERM), not handing its sockets to a successor
+    /// (SIGQUIT): readiness then says so, and a load balancer sends new clients elsewhere.
+    leaving: AtomicBool,
     closed: IntCounter,
     draining: IntGauge,
 }
@@ -140,6 +143,7 @@ impl Drain {
             in_flight: AtomicUsize::new(0),
             ended: Notify::new(),
             stopping: AtomicBool::new(false),
+            leaving: AtomicBool::new(false),
             closed,
             draining,
         })
@@ -177,6 +181,17 @@ impl Drain {
     /// Whether a graceful shutdown or upgrade has started (see the field).
     pub fn is_stopping(&self) -> bool {
         self.stopping.load(Ordering::Acquire)
+    }
+
+    /// A graceful shutdown (not an upgrade) has started.
+    pub fn begin_leaving(&self) {
+        self.leaving.store(true, Ordering::Release);
+        self.begin_stopping();
+    }
+
+    /// Whether the process is going away (see the field).
+    pub fn is_leaving(&self) -> bool {
+        self.leaving.load(Ordering::Acquire)
     }
 
     pub fn open_tunnels(&self) -> usize {
@@ -297,7 +312,7 @@ impl Drain {
         loop {
             match phases.recv().await {
                 Ok(ExecutionPhase::GracefulTerminate) => {
-                    self.stopping.store(true, Ordering::Release);
+                    self.begin_leaving();
                     hold = self.settings.hold;
                 }
                 Ok(ExecutionPhase::GracefulUpgradeTransferringFds) => {
@@ -350,8 +365,12 @@ impl LingeringSignals {
 impl ShutdownSignalWatch for LingeringSignals {
     async fn recv(&self) -> ShutdownSignal {
         let signal = pingora::server::UnixShutdownSignalWatch.recv().await;
+        match signal {
+            ShutdownSignal::GracefulTerminate => self.drain.begin_leaving(),
+            ShutdownSignal::GracefulUpgrade => self.drain.begin_stopping(),
+            ShutdownSignal::FastShutdown => {}
+        }
         if !matches!(signal, ShutdownSignal::FastShutdown) && !self.linger.is_zero() {
-            self.drain.begin_stopping();
             tracing::info!(
                 ms = self.linger.as_millis() as u64,
                 "stopping: every response now closes its connection; lingering before Pingora stops"

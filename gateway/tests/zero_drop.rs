@@ -537,6 +537,10 @@ async fn sigterm_tells_busy_keepalive_clients_to_close_instead_of_dropping_them(
         answered += 1;
         if close {
             assert!(term_at.is_some(), "told to close before any SIGTERM");
+            // Still lingering: readiness already sends new clients elsewhere.
+            let (status, _, report) = get(&gw.admin_url("/readyz"), &[]).await.unwrap();
+            assert_eq!(status, 503, "{report}");
+            assert!(report.starts_with("stopping"), "{report}");
             break;
         }
         if answered == 5 {
