@@ -8,6 +8,7 @@ import net from 'node:net';
 import os from 'node:os';
 import path from 'node:path';
 import { createRequire } from 'node:module';
+import { freePort } from '../lib/free-port.mjs';
 
 const repo = path.resolve(import.meta.dirname, '../..');
 const require = createRequire(path.join(repo, 'integration/gateway-tests/package.json'));
@@ -27,13 +28,6 @@ process.on('exit', cleanup);
 process.on('SIGINT', () => process.exit(130));
 
 const sleep = ms => new Promise(r => setTimeout(r, ms));
-function freePort() {
-  return new Promise((ok, bad) => {
-    const s = net.createServer();
-    s.listen(0, '127.0.0.1', () => { const { port } = s.address(); s.close(() => ok(port)); });
-    s.on('error', bad);
-  });
-}
 async function until(what, check, ms = 60000) {
   const end = Date.now() + ms;
   for (;;) {

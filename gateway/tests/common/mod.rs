@@ -3,6 +3,7 @@
 //! what reaches them. Every process is started on a free loopback port and killed on drop.
 #![allow(dead_code)]
 
+use std::collections::BTreeSet;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -17,7 +18,30 @@ use hyper_util::rt::TokioIo;
 use identity_assertion::{AssertionVerifier, Claims, KeySet, SigningKey};
 use tokio::net::TcpListener;
 
+/// A port free now, below the kernel's ephemeral range. A port the kernel picks (bind to 0)
+/// comes from the range it also gives outgoing connections, and the tests open many (clients,
+/// upstream pools, Redis): one can take the port between this check and the server's start.
+/// Below the range only another server can take it. A port is handed out once per process.
 pub fn free_port() -> u16 {
+    use std::hash::{BuildHasher, Hasher};
+    static HANDED: Mutex<BTreeSet<u16>> = Mutex::new(BTreeSet::new());
+    let top: u16 = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|r| r.split_whitespace().next()?.parse().ok())
+        .unwrap_or(32768);
+    let low = top.saturating_sub(16384).max(1024);
+    let mut handed = HANDED.lock().unwrap_or_else(|e| e.into_inner());
+    for _ in 0..100 {
+        // A fresh `RandomState` is randomly seeded: a random draw without a rand dependency.
+        let draw = std::collections::hash_map::RandomState::new()
+            .build_hasher()
+            .finish();
+        let port = low + (draw % u64::from(top - low)) as u16;
+        if !handed.contains(&port) && std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            handed.insert(port);
+            return port;
+        }
+    }
     std::net::TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
         .map(|a| a.port())

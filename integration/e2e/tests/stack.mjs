@@ -7,26 +7,16 @@ import { once } from 'node:events';
 import fs from 'node:fs';
 import http from 'node:http';
 import https from 'node:https';
-import net from 'node:net';
 import os from 'node:os';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
+import { freePort } from '../../lib/free-port.mjs';
 
 export const REPO = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../../..');
 const BIN = path.join(REPO, 'target', 'debug');
 // E2E_WEB_DIST: test another build of the page (say, an older one) without touching web/dist.
 const WEB_DIST = process.env.E2E_WEB_DIST || path.join(REPO, 'integration', 'web', 'dist');
 
-/** A port nobody listens on right now (the OS picks it). */
-async function freePort() {
-  const server = net.createServer();
-  server.listen(0, '127.0.0.1');
-  await once(server, 'listening');
-  const { port } = server.address();
-  server.close();
-  await once(server, 'close');
-  return port;
-}
 
 const client = (url) => (url.startsWith('https:') ? https : http);
 

@@ -8,17 +8,12 @@ import os from 'node:os';
 import path from 'node:path';
 import http from 'node:http';
 import { Server } from 'socket.io';
+import { freePort } from '../../lib/free-port.mjs';
 
 const repo = path.resolve(import.meta.dirname, '../../..');
 export const gatewayBin = process.env.GATEWAY_BIN || path.join(repo, 'target/debug/gateway');
 
-export function freePort() {
-  return new Promise((resolve, reject) => {
-    const srv = net.createServer();
-    srv.listen(0, '127.0.0.1', () => { const { port } = srv.address(); srv.close(() => resolve(port)); });
-    srv.on('error', reject);
-  });
-}
+export { freePort };
 
 export async function until(what, check, ms = 15000) {
   const deadline = Date.now() + ms;

@@ -3,12 +3,12 @@
 import { spawn } from 'node:child_process';
 import { generateKeyPairSync, sign, randomUUID } from 'node:crypto';
 import { mkdtempSync, writeFileSync, rmSync } from 'node:fs';
-import net from 'node:net';
 import os from 'node:os';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import assert from 'node:assert/strict';
 import { io } from 'socket.io-client';
+import { freePort } from '../../lib/free-port.mjs';
 
 const here = path.dirname(fileURLToPath(import.meta.url));
 export const BIN = process.env.PRESENCE_BIN || path.resolve(here, '../../../target/debug/presence-service');
@@ -36,13 +36,7 @@ export function mint(key, { sub, name, sid = 'sess-' + sub, ...over } = {}, head
   return input + '.' + sign(null, Buffer.from(input), key.privateKey).toString('base64url');
 }
 
-export function freePort() {
-  return new Promise((ok, bad) => {
-    const s = net.createServer();
-    s.listen(0, '127.0.0.1', () => { const { port } = s.address(); s.close(() => ok(port)); });
-    s.on('error', bad);
-  });
-}
+export { freePort };
 
 /** Resolves when `pred(line)` matches a line of the stream, or rejects after `ms`. */
 function waitLine(stream, pred, ms, what) {
