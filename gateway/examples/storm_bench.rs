@@ -22,11 +22,16 @@
 //! The client is one thread (a current-thread runtime) that parses frames by hand: no message
 //! allocation, ids found with a `"`-split (memchr) over each payload, a bitset per client. Its
 //! own CPU share is printed: below one core, it was waiting for the servers, not the other way
-//! round. TLS session resumption is off in the client: a storm of distinct browsers, each with
-//! a full handshake.
+//! round. Each client keeps its own TLS session store, as a browser does: the first storm
+//! through the gateway is of browsers that have never been there (every handshake full).
+//!
+//! Then the reconnect storm (`STORM_RECONNECT`, on by default): every client drops its
+//! connection at once (a network blip), the presence service sees them all leave, and they all
+//! come back through the same gateway with the TLS sessions of their first visit, as browsers
+//! that reconnect do. It prints the same figures, and how many handshakes were resumed.
 //!
 //! Env: STORM_N (9000), STORM_CONCURRENCY (200), STORM_GW_THREADS (2), STORM_TIMEOUT_SECS (180),
-//! STORM_CHANGES (10; 0 skips the change phase),
+//! STORM_CHANGES (10; 0 skips the change phase), STORM_RECONNECT (1; 0 skips the reconnect storm),
 //! STORM_DIRECT (1; 0 skips the direct run, e.g. to profile the gateway alone), GATEWAY_BIN,
 //! PRESENCE_BIN, NODE (node), REDIS_SERVER (redis-server), STORM_LOG (the gateway's RUST_LOG,
 //! default "info": one access line per handshake, as deployed).
@@ -101,6 +106,27 @@ async fn wait_tcp(port: u16, what: &str) -> anyhow::Result<()> {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     anyhow::bail!("{what} did not listen on {port}")
+}
+
+/// Waits until the presence service counts `want` connected sockets (its `/metrics`).
+async fn wait_sockets(port: u16, want: u64) -> anyhow::Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let mut last = None;
+    while Instant::now() < deadline {
+        let mut s = http_conn(port).await?;
+        let (_, _, body) = http(&mut s, "GET", port, "/metrics", "").await?;
+        last = String::from_utf8_lossy(&body).lines().find_map(|l| {
+            l.strip_prefix("presence_connected_sockets ")?
+                .trim()
+                .parse::<u64>()
+                .ok()
+        });
+        if last == Some(want) {
+            return Ok(());
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    anyhow::bail!("the presence service still counts {last:?} sockets, not {want}")
 }
 
 /// One HTTP/1.1 request on a fresh or reused connection: status, headers, body.
@@ -196,6 +222,8 @@ struct Shared {
     failed: AtomicUsize,
     frames: AtomicU64,
     bytes: AtomicU64,
+    /// TLS handshakes that resumed an earlier session instead of a full handshake.
+    resumed: AtomicUsize,
     /// Ids that are not one of the N users, seen in any list (a correct list has none).
     strangers: AtomicU64,
     /// Per client: users in its list, and ns after `start` of its last read (for a report on
@@ -332,7 +360,13 @@ async fn client(
         tcp.set_nodelay(true)?;
         let mut io: Box<dyn Io> = match tls {
             None => Box::new(tcp),
-            Some((c, name)) => Box::new(c.connect(name, tcp).await?),
+            Some((c, name)) => {
+                let tls = c.connect(name, tcp).await?;
+                if tls.get_ref().1.handshake_kind() == Some(rustls::HandshakeKind::Resumed) {
+                    shared.resumed.fetch_add(1, Ordering::Relaxed);
+                }
+                Box::new(tls)
+            }
         };
         let req = format!(
             "GET /socket.io/?EIO=4&transport=websocket HTTP/1.1\r\nHost: localhost:{port}\r\n\
@@ -458,6 +492,8 @@ struct Figures {
     after_last_connect: Option<Duration>,
     frames: u64,
     bytes: u64,
+    resumed: usize,
+    tls: bool,
     cpu: Vec<(&'static str, Duration)>,
     client_cpu: Duration,
     wall: Duration,
@@ -576,16 +612,18 @@ fn percentile(sorted: &[Duration], p: f64) -> Duration {
 
 /// One storm: N clients, `concurrency` handshakes in flight; `headers[i]` authenticates client i.
 #[allow(clippy::too_many_arguments)]
+#[allow(clippy::too_many_arguments)]
 async fn storm(
     label: &'static str,
     port: u16,
-    tls: Tls,
+    tls: &[Tls],
     headers: Vec<String>,
     concurrency: usize,
     timeout: Duration,
     procs: &[(&'static str, u32)],
     tick: f64,
     probes: &Probes,
+    with_changes: bool,
 ) -> Figures {
     let n = headers.len();
     let shared = Arc::new(Shared {
@@ -598,6 +636,7 @@ async fn storm(
         failed: AtomicUsize::new(0),
         frames: AtomicU64::new(0),
         bytes: AtomicU64::new(0),
+        resumed: AtomicUsize::new(0),
         strangers: AtomicU64::new(0),
         list_count: (0..n).map(|_| AtomicUsize::new(0)).collect(),
         last_read_at: (0..n).map(|_| AtomicU64::new(0)).collect(),
@@ -627,7 +666,7 @@ async fn storm(
         tasks.spawn_local(client(
             i,
             port,
-            tls.clone(),
+            tls.get(i).cloned().flatten(),
             header,
             shared.clone(),
             permit,
@@ -659,7 +698,7 @@ async fn storm(
         );
     }
     let all_complete_now = shared.completed.load(Ordering::Relaxed) == n;
-    let changes = if probes.count > 0 && all_complete_now {
+    let changes = if probes.count > 0 && all_complete_now && with_changes {
         // A marker to attach a profiler to the servers for just this phase.
         let pids: Vec<String> = procs.iter().map(|(p, pid)| format!("{p}={pid}")).collect();
         eprintln!("{label}: change phase starts ({})", pids.join(" "));
@@ -712,6 +751,8 @@ async fn storm(
             .map(|(a, l)| a.saturating_sub(l)),
         frames: shared.frames.load(Ordering::Relaxed),
         bytes: shared.bytes.load(Ordering::Relaxed),
+        resumed: shared.resumed.load(Ordering::Relaxed),
+        tls: !tls.is_empty(),
         cpu,
         client_cpu,
         wall,
@@ -839,13 +880,14 @@ async fn run() -> anyhow::Result<()> {
         let f = storm(
             "direct",
             presence_port,
-            None,
+            &[],
             headers,
             concurrency,
             timeout,
             &procs,
             tick,
             &probes,
+            true,
         )
         .await;
         drop(presence);
@@ -917,16 +959,19 @@ audience = "presence-service"
         let ca = rustls::pki_types::CertificateDer::from_pem_file(dir.path().join("certs/ca.crt"))?;
         let mut roots = rustls::RootCertStore::empty();
         roots.add(ca)?;
-        let mut config = rustls::ClientConfig::builder()
+        let config = rustls::ClientConfig::builder()
             .with_root_certificates(roots)
             .with_no_client_auth();
-        // Each client is a different browser: no resumption from an earlier connection.
-        config.resumption = rustls::client::Resumption::disabled();
-        let tls = Some((
-            tokio_rustls::TlsConnector::from(Arc::new(config)),
-            rustls::pki_types::ServerName::try_from("localhost")?.to_owned(),
-        ));
-        let headers = cookies.iter().map(|c| format!("cookie: {c}")).collect();
+        let name = rustls::pki_types::ServerName::try_from("localhost")?.to_owned();
+        // Each client is a different browser with its own session store.
+        let tls: Vec<Tls> = (0..n)
+            .map(|_| {
+                let mut c = config.clone();
+                c.resumption = rustls::client::Resumption::in_memory_sessions(4);
+                Some((tokio_rustls::TlsConnector::from(Arc::new(c)), name.clone()))
+            })
+            .collect();
+        let headers: Vec<String> = cookies.iter().map(|c| format!("cookie: {c}")).collect();
         let procs = [
             ("presence", presence.pid()),
             ("gateway", gateway.pid()),
@@ -935,15 +980,35 @@ audience = "presence-service"
         let f = storm(
             "through the gateway (TLS)",
             https_port,
-            tls,
-            headers,
+            &tls,
+            headers.clone(),
             concurrency,
             timeout,
             &procs,
             tick,
             &probes,
+            true,
         )
         .await;
+        runs.push(f);
+        // 3. Everyone drops at once and comes back through the same gateway, resuming TLS.
+        if env("STORM_RECONNECT", 1) == 1 {
+            wait_sockets(presence_port, 0).await?;
+            let f = storm(
+                "gateway, reconnecting",
+                https_port,
+                &tls,
+                headers,
+                concurrency,
+                timeout,
+                &procs,
+                tick,
+                &probes,
+                false,
+            )
+            .await;
+            runs.push(f);
+        }
         let log = std::fs::read_to_string(dir.path().join("gateway.log")).unwrap_or_default();
         let errors = log.lines().filter(|l| l.contains("ERROR")).count();
         if errors > 0 {
@@ -951,7 +1016,6 @@ audience = "presence-service"
         }
         drop(gateway);
         drop(presence);
-        runs.push(f);
     }
     print_side_by_side(&runs);
     Ok(())
@@ -1049,6 +1113,18 @@ fn print_side_by_side(runs: &[Figures]) {
                     "{:.0}",
                     100.0 * total / (r.wall.as_secs_f64().max(1e-9) * cores)
                 )
+            })
+            .collect(),
+    );
+    row(
+        "TLS handshakes resumed",
+        runs.iter()
+            .map(|r| {
+                if r.tls {
+                    format!("{}/{}", r.resumed, r.connected)
+                } else {
+                    "-".into()
+                }
             })
             .collect(),
     );

@@ -8,6 +8,8 @@
 # Then, with every list complete, STORM_CHANGES presence changes (a new user comes online, its
 # socket straight to presence on both paths): the time until all N clients have read it
 # (p50/p99/max, the gateway's p99 over the direct one) and each process's CPU per change.
+# Last, the reconnect storm: every client drops at once and comes back through the same gateway
+# with its TLS session from the first visit (STORM_RECONNECT=0 skips it).
 #   integration/bench/storm-bench.sh                 # N = 9000
 #   STORM_N=2000 integration/bench/storm-bench.sh    # smaller; STORM_CONCURRENCY (200),
 #                                                    # STORM_GW_THREADS (2), STORM_TIMEOUT_SECS,
