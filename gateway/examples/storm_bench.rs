@@ -612,7 +612,6 @@ fn percentile(sorted: &[Duration], p: f64) -> Duration {
 
 /// One storm: N clients, `concurrency` handshakes in flight; `headers[i]` authenticates client i.
 #[allow(clippy::too_many_arguments)]
-#[allow(clippy::too_many_arguments)]
 async fn storm(
     label: &'static str,
     port: u16,
