@@ -611,19 +611,32 @@ fn percentile(sorted: &[Duration], p: f64) -> Duration {
 }
 
 /// One storm: N clients, `concurrency` handshakes in flight; `headers[i]` authenticates client i.
-#[allow(clippy::too_many_arguments)]
+/// What every storm of one run shares.
+struct Setup {
+    concurrency: usize,
+    timeout: Duration,
+    /// Clock ticks per second, for `/proc/<pid>/stat`.
+    tick: f64,
+    probes: Probes,
+}
+
+/// One storm: `headers.len()` clients connect to `port` (client `i` over `tls[i]`, plain when
+/// `tls` is empty); with `with_changes`, the change phase follows once every list is complete.
 async fn storm(
+    setup: &Setup,
     label: &'static str,
     port: u16,
     tls: &[Tls],
     headers: Vec<String>,
-    concurrency: usize,
-    timeout: Duration,
     procs: &[(&'static str, u32)],
-    tick: f64,
-    probes: &Probes,
     with_changes: bool,
 ) -> Figures {
+    let Setup {
+        concurrency,
+        timeout,
+        tick,
+        ref probes,
+    } = *setup;
     let n = headers.len();
     let shared = Arc::new(Shared {
         n,
@@ -851,10 +864,15 @@ async fn run() -> anyhow::Result<()> {
     );
 
     let signer = AssertionSigner::new("edge-gateway", 3600, vec![key.clone()])?;
-    let probes = Probes {
-        count: env("STORM_CHANGES", 10),
-        presence_port,
-        signer,
+    let setup = Setup {
+        concurrency,
+        timeout,
+        tick,
+        probes: Probes {
+            count: env("STORM_CHANGES", 10),
+            presence_port,
+            signer,
+        },
     };
 
     // 1. Straight to the presence service, each client with an assertion signed here.
@@ -864,7 +882,7 @@ async fn run() -> anyhow::Result<()> {
         wait_tcp(presence_port, "presence-service").await?;
         let headers = (0..n)
             .map(|i| {
-                let token = probes.signer.sign(
+                let token = setup.probes.signer.sign(
                     &Identity {
                         sub: format!("u{i}"),
                         name: None,
@@ -876,19 +894,7 @@ async fn run() -> anyhow::Result<()> {
             })
             .collect::<anyhow::Result<Vec<_>>>()?;
         let procs = [("presence", presence.pid())];
-        let f = storm(
-            "direct",
-            presence_port,
-            &[],
-            headers,
-            concurrency,
-            timeout,
-            &procs,
-            tick,
-            &probes,
-            true,
-        )
-        .await;
+        let f = storm(&setup, "direct", presence_port, &[], headers, &procs, true).await;
         drop(presence);
         runs.push(f);
     }
@@ -977,15 +983,12 @@ audience = "presence-service"
             ("redis", redis.pid()),
         ];
         let f = storm(
+            &setup,
             "through the gateway (TLS)",
             https_port,
             &tls,
             headers.clone(),
-            concurrency,
-            timeout,
             &procs,
-            tick,
-            &probes,
             true,
         )
         .await;
@@ -994,15 +997,12 @@ audience = "presence-service"
         if env("STORM_RECONNECT", 1) == 1 {
             wait_sockets(presence_port, 0).await?;
             let f = storm(
+                &setup,
                 "gateway, reconnecting",
                 https_port,
                 &tls,
                 headers,
-                concurrency,
-                timeout,
                 &procs,
-                tick,
-                &probes,
                 false,
             )
             .await;
