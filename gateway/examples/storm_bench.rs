@@ -8,8 +8,10 @@
 //! gateway would), and through the gateway (TLS, session cookie, lookup, assertion). Each path
 //! gets a fresh presence service. For each it prints connects/s, connect latency (TCP connect to
 //! the Socket.IO connect ack), when every client's online list was complete and correct, CPU
-//! per connect of every process (from `/proc/<pid>/stat`, exited threads included), and what
-//! the clients received per connect (frames, WebSocket payload bytes).
+//! per connect of every process (from `/proc/<pid>/stat`, exited threads included), the
+//! servers' resident memory before the storm and once every list is complete (per connect: what
+//! each connected client costs after a storm, not on an idle ramp), and what the clients
+//! received per connect (frames, WebSocket payload bytes).
 //!
 //! Then, once every list is complete, the change phase: `STORM_CHANGES` new users `probe-k`
 //! come online one at a time, each socket opened straight to the presence service on both paths
@@ -96,6 +98,21 @@ fn cpu_of(pid: u32, tick: f64) -> Duration {
     let f: Vec<&str> = rest.split_whitespace().collect();
     let ticks = |i: usize| f.get(i).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
     Duration::from_secs_f64((ticks(11) + ticks(12)) as f64 / tick)
+}
+
+/// A process's resident memory in KiB (`VmRSS`).
+fn rss_kib(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| {
+            l.strip_prefix("VmRSS:")?
+                .split_whitespace()
+                .next()?
+                .parse()
+                .ok()
+        })
+        .unwrap_or(0)
 }
 
 async fn wait_tcp(port: u16, what: &str) -> anyhow::Result<()> {
@@ -495,6 +512,8 @@ struct Figures {
     resumed: usize,
     tls: bool,
     cpu: Vec<(&'static str, Duration)>,
+    /// Per process: RSS (KiB) when the storm began, and once every list was complete.
+    rss: Vec<(&'static str, u64, u64)>,
     client_cpu: Duration,
     wall: Duration,
     changes: Option<Changes>,
@@ -663,6 +682,7 @@ async fn storm(
     });
     let self_pid = std::process::id();
     let cpu0: Vec<Duration> = procs.iter().map(|(_, p)| cpu_of(*p, tick)).collect();
+    let rss0: Vec<u64> = procs.iter().map(|(_, p)| rss_kib(*p)).collect();
     let client0 = cpu_of(self_pid, tick);
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let slots = Arc::new(tokio::sync::Semaphore::new(concurrency));
@@ -689,6 +709,11 @@ async fn storm(
         let _ = tokio::time::timeout(Duration::from_millis(200), shared.done.notified()).await;
     }
     let wall = started.elapsed();
+    let rss: Vec<(&'static str, u64, u64)> = procs
+        .iter()
+        .zip(rss0)
+        .map(|((name, p), r0)| (*name, r0, rss_kib(*p)))
+        .collect();
     let cpu: Vec<(&'static str, Duration)> = procs
         .iter()
         .zip(cpu0)
@@ -766,6 +791,7 @@ async fn storm(
         resumed: shared.resumed.load(Ordering::Relaxed),
         tls: !tls.is_empty(),
         cpu,
+        rss,
         client_cpu,
         wall,
         changes,
@@ -1080,6 +1106,26 @@ fn print_side_by_side(runs: &[Figures]) {
                         .iter()
                         .find(|(p, _)| *p == name)
                         .map_or("-".into(), |(_, c)| format!("{:.2}", ms(*c) / r.n as f64))
+                })
+                .collect(),
+        );
+    }
+    for name in ["presence", "gateway"] {
+        row(
+            &format!("{name} RSS before -> after (MiB), per connect (KiB)"),
+            runs.iter()
+                .map(|r| {
+                    r.rss.iter().find(|(p, _, _)| *p == name).map_or(
+                        "-".into(),
+                        |(_, before, after)| {
+                            format!(
+                                "{} -> {}, {:.1}",
+                                before / 1024,
+                                after / 1024,
+                                after.saturating_sub(*before) as f64 / r.n as f64
+                            )
+                        },
+                    )
                 })
                 .collect(),
         );
