@@ -23,7 +23,7 @@ use tokio::net::TcpListener;
 /// upstream pools, Redis): one can take the port between this check and the server's start.
 /// Below the range only another server can take it. A port is handed out once per process.
 pub fn free_port() -> u16 {
-    use std::hash::{BuildHasher, Hasher};
+    use rand::Rng;
     static HANDED: Mutex<BTreeSet<u16>> = Mutex::new(BTreeSet::new());
     let top: u16 = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
         .ok()
@@ -32,11 +32,7 @@ pub fn free_port() -> u16 {
     let low = top.saturating_sub(16384).max(1024);
     let mut handed = HANDED.lock().unwrap_or_else(|e| e.into_inner());
     for _ in 0..100 {
-        // A fresh `RandomState` is randomly seeded: a random draw without a rand dependency.
-        let draw = std::collections::hash_map::RandomState::new()
-            .build_hasher()
-            .finish();
-        let port = low + (draw % u64::from(top - low)) as u16;
+        let port = rand::thread_rng().gen_range(low..top);
         if !handed.contains(&port) && std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
             handed.insert(port);
             return port;
