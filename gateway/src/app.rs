@@ -23,6 +23,7 @@ use crate::admission::{Admission, LookupSlots};
 use crate::affinity::Affinity;
 use crate::config::{Config, ConfigError, SessionFlavour, SessionSection, StoreConfig};
 use crate::drain::{Drain, DrainSettings, LingeringSignals};
+use crate::first_request::AnswerFirstRequests;
 use crate::listening::ListenerProbes;
 use crate::live::{CurrentCert, Live, LiveState, Reloader};
 use crate::logout::LogoutNotifier;
@@ -442,10 +443,10 @@ pub fn build_with(
             admission: admission.clone(),
             drain: drain.clone(),
         };
-        let mut svc = pingora::proxy::http_proxy_service_with_name(
-            &server.configuration,
-            gateway,
-            &format!("listener {i} {}", l.listen.get_ref()),
+        let proxy = pingora::proxy::http_proxy(&server.configuration, gateway);
+        let mut svc = Service::new(
+            format!("listener {i} {}", l.listen.get_ref()),
+            AnswerFirstRequests::new(proxy, drain.clone()),
         );
         let buffers = L4BufferSettings::new(l.read_buffer_bytes, l.write_buffer());
         let endpoint = ListenerConfig::tcp(l.listen.get_ref().clone()).l4_buffer(buffers);

@@ -20,6 +20,8 @@
 //! client that sent one just then loses it (a polling Socket.IO client sees a transport
 //! error). A client that uses its connection during the linger is told to close it instead,
 //! and opens a new one elsewhere; only connections idle for the whole linger are dropped.
+//! A connection accepted just before the listener stopped is waited for instead: its first
+//! request is on its way (`first_request`).
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
@@ -78,7 +80,10 @@ pub struct Drain {
     /// Tunnels whose ticket is alive: picked ones count until their relay has finished.
     live: AtomicUsize,
     in_flight: AtomicUsize,
-    /// Woken whenever a tunnel or a request ends.
+    /// HTTP/1 connections accepted whose first request head has not been read yet
+    /// (`first_request`).
+    awaiting_first: AtomicUsize,
+    /// Woken whenever a tunnel, a request or a connection's wait for its first request ends.
     ended: Notify,
     /// Set once a graceful shutdown or upgrade starts: responses from then on close their
     /// connection, so no client is left holding an idle keep-alive connection to this process
@@ -126,6 +131,17 @@ impl Drop for TunnelTicket {
 /// A request in flight, counted until dropped (with the request's context).
 pub struct InFlight(Arc<Drain>);
 
+/// A connection accepted whose first request head has not been read yet; counted until
+/// dropped (once the head is read, or with the connection).
+pub struct AwaitingFirstRequest(Arc<Drain>);
+
+impl Drop for AwaitingFirstRequest {
+    fn drop(&mut self) {
+        self.0.awaiting_first.fetch_sub(1, Ordering::AcqRel);
+        self.0.ended.notify_waiters();
+    }
+}
+
 impl Drop for InFlight {
     fn drop(&mut self) {
         self.0.in_flight.fetch_sub(1, Ordering::AcqRel);
@@ -141,6 +157,7 @@ impl Drain {
             tunnels: Mutex::new(HashMap::new()),
             live: AtomicUsize::new(0),
             in_flight: AtomicUsize::new(0),
+            awaiting_first: AtomicUsize::new(0),
             ended: Notify::new(),
             stopping: AtomicBool::new(false),
             leaving: AtomicBool::new(false),
@@ -171,6 +188,37 @@ impl Drain {
     pub fn request_started(self: &Arc<Self>) -> InFlight {
         self.in_flight.fetch_add(1, Ordering::AcqRel);
         InFlight(self.clone())
+    }
+
+    pub fn connection_accepted(self: &Arc<Self>) -> AwaitingFirstRequest {
+        self.awaiting_first.fetch_add(1, Ordering::AcqRel);
+        AwaitingFirstRequest(self.clone())
+    }
+
+    pub fn awaiting_first_requests(&self) -> usize {
+        self.awaiting_first.load(Ordering::Acquire)
+    }
+
+    /// Once a listener has stopped accepting: resolves when every connection it accepted has
+    /// sent its first request head (or ended), or after `limit`.
+    pub async fn first_requests_read(&self, limit: Duration) {
+        let waiting = self.awaiting_first_requests();
+        if waiting == 0 {
+            return;
+        }
+        tracing::info!(
+            connections = waiting,
+            "stopped listening; waiting for the first request of connections accepted just before"
+        );
+        if !self
+            .until(limit, || self.awaiting_first_requests() == 0)
+            .await
+        {
+            tracing::info!(
+                connections = self.awaiting_first_requests(),
+                "closing connections that sent no request"
+            );
+        }
     }
 
     /// From now on every response closes its connection.
@@ -290,16 +338,28 @@ impl Drain {
         );
     }
 
-    /// Resolves once no tunnel and no request is left, or after `limit`.
+    /// Resolves once no tunnel, no request and no connection's first request is left, or
+    /// after `limit`.
     async fn idle(&self, limit: Duration) -> bool {
+        self.until(limit, || {
+            self.live_tunnels() == 0
+                && self.requests_in_flight() == 0
+                && self.awaiting_first_requests() == 0
+        })
+        .await
+    }
+
+    /// Resolves with true once `done` holds (checked whenever something ends), or with its
+    /// value after `limit`.
+    async fn until(&self, limit: Duration, done: impl Fn() -> bool) -> bool {
         let deadline = Instant::now() + limit;
         loop {
             let woken = self.ended.notified();
-            if self.live_tunnels() == 0 && self.requests_in_flight() == 0 {
+            if done() {
                 return true;
             }
             if tokio::time::timeout_at(deadline, woken).await.is_err() {
-                return self.live_tunnels() == 0 && self.requests_in_flight() == 0;
+                return done();
             }
         }
     }
@@ -341,6 +401,7 @@ impl Drain {
             clean,
             tunnels = self.live_tunnels(),
             requests = self.requests_in_flight(),
+            awaiting_first_request = self.awaiting_first_requests(),
             "drain done, exiting"
         );
         std::process::exit(0);
@@ -485,6 +546,24 @@ mod tests {
         let waiter = tokio::spawn(async move { d2.idle(Duration::from_secs(5)).await });
         tokio::task::yield_now().await;
         drop(req);
+        assert!(waiter.await.unwrap());
+    }
+
+    #[tokio::test]
+    async fn idle_waits_for_connections_awaiting_their_first_request() {
+        let d = drain(settings(1, 5));
+        let awaiting = d.connection_accepted();
+        assert!(!d.idle(Duration::from_millis(50)).await);
+        d.first_requests_read(Duration::from_millis(50)).await;
+        assert_eq!(
+            d.awaiting_first_requests(),
+            1,
+            "a bounded wait, not a release"
+        );
+        let d2 = d.clone();
+        let waiter = tokio::spawn(async move { d2.idle(Duration::from_secs(5)).await });
+        tokio::task::yield_now().await;
+        drop(awaiting);
         assert!(waiter.await.unwrap());
     }
 }

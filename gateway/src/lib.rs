@@ -11,6 +11,7 @@ pub mod classify;
 pub mod config;
 pub mod devcerts;
 pub mod drain;
+pub mod first_request;
 pub mod forwarding;
 pub mod listening;
 pub mod live;

@@ -27,6 +27,7 @@ use crate::admission::{Admission, Refused, TunnelSlot};
 use crate::classify::{self, HandshakeClass, RequestFacts, Transport};
 use crate::config::{AccessLogConfig, AuthPolicy, PollingLog};
 use crate::drain::{Drain, InFlight};
+use crate::first_request;
 use crate::forwarding;
 use crate::live::{Live, LiveState};
 use crate::logout::LogoutNotifier;
@@ -498,6 +499,10 @@ impl ProxyHttp for Gateway {
     type CTX = RequestCtx;
 
     fn new_ctx(&self) -> RequestCtx {
+        // Counted as in flight before it stops counting as awaited: the drain never sees the
+        // connection as idle in between.
+        let in_flight = self.drain.request_started();
+        first_request::request_head_read();
         RequestCtx {
             live: self.live.load_full(),
             started: Instant::now(),
@@ -516,7 +521,7 @@ impl ProxyHttp for Gateway {
             logout: None,
             refused: None,
             shed: false,
-            _in_flight: self.drain.request_started(),
+            _in_flight: in_flight,
         }
     }
 

@@ -553,6 +553,62 @@ async fn sigterm_tells_busy_keepalive_clients_to_close_instead_of_dropping_them(
     assert!(status.is_some_and(|s| s.success()), "{}", gw.log_text());
 }
 
+/// A connection the gateway accepted before it stopped listening gets its first request
+/// answered although the request head had not fully arrived yet. Pingora ends every
+/// connection waiting for a head when it stops listening; for a connection accepted a moment
+/// before, that dropped a request already on its way (a polling client that opens a connection
+/// per request saw a transport error across a binary upgrade in CI).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_connection_accepted_before_the_stop_gets_its_first_request_answered() {
+    use tokio::io::AsyncWriteExt;
+    let app = Upstream::start("app").await;
+    let body = format!(
+        "\n[[route]]\nname = \"app\"\npath_prefix = \"/\"\nupstreams = [\"{}\"]\nauth = \"none\"\n",
+        app.addr
+    );
+    let mut gw = Gateway::start_with(&body, "keepalive_linger_ms = 0").await;
+    gw.wait_ready().await;
+    let connect = || tokio::net::TcpStream::connect(("127.0.0.1", gw.http));
+    // A slow client: connected, half its request head sent.
+    let mut slow = connect().await.unwrap();
+    slow.write_all(b"GET /slow HTTP/1.1\r\nHost: gw\r\n")
+        .await
+        .unwrap();
+    // Connections are accepted in arrival order: once a later one is answered, the slow one has
+    // been accepted (not merely queued in the kernel, where a closing listener would reset it).
+    let mut later = connect().await.unwrap();
+    later
+        .write_all(b"GET /later HTTP/1.1\r\nHost: gw\r\nConnection: close\r\n\r\n")
+        .await
+        .unwrap();
+    assert!(read_response(&mut later).await.is_some());
+
+    gw.sigterm();
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while !gw.log_text().contains("waiting for the first request") {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the stopped listener did not wait for the slow client's request:\n{}",
+            gw.log_text()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(
+        connect().await.is_err(),
+        "the listener no longer accepts once it waits"
+    );
+    slow.write_all(b"\r\n").await.unwrap();
+    let answered = read_response(&mut slow).await;
+    assert_eq!(
+        answered,
+        Some(true),
+        "answered, with Connection: close\n{}",
+        gw.log_text()
+    );
+    let status = tokio::task::block_in_place(|| gw.wait_exit(Duration::from_secs(20)));
+    assert!(status.is_some_and(|s| s.success()), "{}", gw.log_text());
+}
+
 /// `gateway check` reads the affinity keys' sources as a start would: a missing one is named.
 #[test]
 fn check_names_a_missing_affinity_key() {

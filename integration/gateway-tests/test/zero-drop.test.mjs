@@ -148,8 +148,12 @@ function pollingClient(url, cookie) {
     extraHeaders: { cookie },
   });
   const c = { socket, acks: 0, failures: [], stopped: false };
-  socket.on('disconnect', reason => { if (!c.stopped) c.failures.push(`disconnect: ${reason}`); });
-  socket.on('connect_error', err => c.failures.push(`connect_error: ${err.message} ${err.context?.responseText ?? ''}`));
+  // Each failure with its time, to find it in the gateways' logs.
+  const fail = what => c.failures.push(`${new Date().toISOString()} ${what}`);
+  socket.on('disconnect', (reason, detail) => {
+    if (!c.stopped) fail(`disconnect: ${reason} ${detail?.description?.message ?? detail?.description ?? ''}`);
+  });
+  socket.on('connect_error', err => fail(`connect_error: ${err.message} ${err.context?.responseText ?? ''}`));
   c.connected = new Promise((ok, bad) => {
     socket.once('whoami', ok);
     socket.once('connect_error', err => bad(new Error(`${err.message}: ${err.description?.message ?? err.description ?? ''} ${err.context?.status ?? ''} ${err.context?.responseText ?? ''}`)));
@@ -161,7 +165,7 @@ function pollingClient(url, cookie) {
         assert.equal(await socket.timeout(8000).emitWithAck('echo', i), i);
         c.acks++;
       } catch (e) {
-        if (!c.stopped) c.failures.push(`echo ${i}: ${e.message}`);
+        if (!c.stopped) fail(`echo ${i}: ${e.message}`);
       }
       await new Promise(r => setTimeout(r, 50));
     }
@@ -273,7 +277,7 @@ test('polling clients keep their sessions through a binary upgrade', async () =>
 
   const logs = old.text() + next.text();
   for (const c of clients) {
-    assert.deepEqual(c.failures, [], logs.slice(-3000));
+    assert.deepEqual(c.failures, [], `official client failures: ${JSON.stringify(c.failures)}\n${logs.slice(-1500)}`);
     assert.ok(c.acks > 20, `echoes went through: ${c.acks}`);
   }
   assert.deepEqual([report.errors, report.disconnects, report.missed], [[], [], 0], JSON.stringify(report));
