@@ -513,6 +513,11 @@ const PLAIN_HTTP_HEAD_MAX: usize = 8192;
 /// log filter (main.rs) can drop it: the info line below already tells the story.
 pub const PLAIN_HTTP_REFUSED: &str = "plain HTTP on a TLS listener, answered 400";
 
+/// Marks Pingora's "Downstream handshake error" line for a connection closed before it sent a
+/// byte: a load balancer's TCP health check or the readiness probe (`listening`), not a client
+/// failing TLS; the log filter (main.rs) drops it.
+pub const CLOSED_BEFORE_ANY_BYTE: &str = "closed before sending a byte";
+
 #[async_trait::async_trait]
 impl pingora::listeners::PreTlsProcess for PlainHttpOnTlsPort {
     async fn process(
@@ -530,7 +535,7 @@ impl pingora::listeners::PreTlsProcess for PlainHttpOnTlsPort {
             Ok(Err(e)) => {
                 return Err(Error::because(
                     ErrorType::ConnectionClosed,
-                    "closed before a TLS ClientHello",
+                    CLOSED_BEFORE_ANY_BYTE,
                     e,
                 ))
             }

@@ -223,8 +223,11 @@ impl<S: tracing::Subscriber> tracing_subscriber::Layer<S> for HandshakeNoise {
         let Some(message) = is_handshake_failure(event) else {
             return true;
         };
-        // Our own info line already covers a plain-HTTP request answered on a TLS port.
-        if message.contains(gateway::app::PLAIN_HTTP_REFUSED) {
+        // Our own info line already covers a plain-HTTP request answered on a TLS port, and a
+        // connection closed before its first byte is a probe, not a client failing TLS.
+        if message.contains(gateway::app::PLAIN_HTTP_REFUSED)
+            || message.contains(gateway::app::CLOSED_BEFORE_ANY_BYTE)
+        {
             return false;
         }
         let due = {
