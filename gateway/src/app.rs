@@ -470,7 +470,9 @@ pub fn build_with(
                 }
                 svc.add_listener(endpoint.tls(settings));
                 svc.endpoints()
-                    .set_pre_tls_callback(Arc::new(PlainHttpOnTlsPort));
+                    .set_pre_tls_callback(Arc::new(PlainHttpOnTlsPort {
+                        drain: drain.clone(),
+                    }));
             }
         }
         server.add_service(svc);
@@ -500,7 +502,10 @@ pub fn build_with(
 /// naming the https:// URL, instead of a TLS alert the browser shows as garbage or "connection
 /// reset". Runs before Pingora's TLS handshake: it peeks at the first byte, and a TLS
 /// ClientHello (a handshake record, 0x16) goes on to the handshake untouched.
-struct PlainHttpOnTlsPort;
+/// It also tells the drain when a ClientHello arrives (`first_request`).
+struct PlainHttpOnTlsPort {
+    drain: Arc<Drain>,
+}
 
 /// How long a new connection may take to send its first byte (a ClientHello, or a plain-HTTP
 /// request line).
@@ -549,6 +554,7 @@ impl pingora::listeners::PreTlsProcess for PlainHttpOnTlsPort {
         // HTTP methods are upper-case tokens; anything else (a ClientHello is 0x16) is for TLS.
         if !first[0].is_ascii_uppercase() {
             stream.rewind(&first);
+            self.drain.tls_hello_seen();
             return Ok(());
         }
         let mut head = first.to_vec();

@@ -83,7 +83,15 @@ pub struct Drain {
     /// HTTP/1 connections accepted whose first request head has not been read yet
     /// (`first_request`).
     awaiting_first: AtomicUsize,
-    /// Woken whenever a tunnel, a request or a connection's wait for its first request ends.
+    /// When the last TLS ClientHello arrived, in milliseconds after `born`, plus one (0: never):
+    /// its handshake may still be under way, and no application sees it until it is done.
+    last_hello: AtomicU64,
+    born: Instant,
+    /// Listeners whose clean-up (`first_request`) has not finished: the process does not exit
+    /// while one still waits for its connections' first requests.
+    listeners_open: AtomicUsize,
+    /// Woken whenever a tunnel, a request, a connection's wait for its first request or a
+    /// listener's clean-up ends.
     ended: Notify,
     /// Set once a graceful shutdown or upgrade starts: responses from then on close their
     /// connection, so no client is left holding an idle keep-alive connection to this process
@@ -158,6 +166,9 @@ impl Drain {
             live: AtomicUsize::new(0),
             in_flight: AtomicUsize::new(0),
             awaiting_first: AtomicUsize::new(0),
+            last_hello: AtomicU64::new(0),
+            born: Instant::now(),
+            listeners_open: AtomicUsize::new(0),
             ended: Notify::new(),
             stopping: AtomicBool::new(false),
             leaving: AtomicBool::new(false),
@@ -199,25 +210,66 @@ impl Drain {
         self.awaiting_first.load(Ordering::Acquire)
     }
 
-    /// Once a listener has stopped accepting: resolves when every connection it accepted has
-    /// sent its first request head (or ended), or after `limit`.
-    pub async fn first_requests_read(&self, limit: Duration) {
-        let waiting = self.awaiting_first_requests();
-        if waiting == 0 {
-            return;
+    /// A TLS ClientHello has arrived; its handshake is under way.
+    pub fn tls_hello_seen(&self) {
+        let ms = self.born.elapsed().as_millis() as u64 + 1;
+        self.last_hello.fetch_max(ms, Ordering::AcqRel);
+    }
+
+    /// When the last ClientHello arrived, if any did.
+    fn last_hello(&self) -> Option<Instant> {
+        match self.last_hello.load(Ordering::Acquire) {
+            0 => None,
+            ms => Some(self.born + Duration::from_millis(ms - 1)),
         }
-        tracing::info!(
-            connections = waiting,
-            "stopped listening; waiting for the first request of connections accepted just before"
-        );
-        if !self
-            .until(limit, || self.awaiting_first_requests() == 0)
-            .await
-        {
-            tracing::info!(
-                connections = self.awaiting_first_requests(),
-                "closing connections that sent no request"
-            );
+    }
+
+    pub fn listener_opened(&self) {
+        self.listeners_open.fetch_add(1, Ordering::AcqRel);
+    }
+
+    pub fn listener_cleaned_up(&self) {
+        self.listeners_open.fetch_sub(1, Ordering::AcqRel);
+        self.ended.notify_waiters();
+    }
+
+    /// Once a listener has stopped accepting: resolves when every connection it accepted has
+    /// sent its first request head (or ended) and no TLS handshake that began less than `limit`
+    /// ago may still be under way, or `limit` after the call. A handshake has no hook of its
+    /// own from accept to the application, so it is given `limit` from its ClientHello.
+    pub async fn first_requests_read(&self, limit: Duration) {
+        let deadline = Instant::now() + limit;
+        let mut told = false;
+        loop {
+            let woken = self.ended.notified();
+            let now = Instant::now();
+            let awaiting = self.awaiting_first_requests();
+            let handshakes_until = self
+                .last_hello()
+                .map(|hello| hello + limit)
+                .filter(|until| *until > now);
+            if awaiting == 0 && handshakes_until.is_none() {
+                return;
+            }
+            if now >= deadline {
+                if awaiting > 0 {
+                    tracing::info!(
+                        connections = awaiting,
+                        "closing connections that sent no request"
+                    );
+                }
+                return;
+            }
+            if !told {
+                tracing::info!(
+                    connections = awaiting,
+                    handshaking = handshakes_until.is_some(),
+                    "stopped listening; waiting for the first request of connections accepted just before"
+                );
+                told = true;
+            }
+            let wake = handshakes_until.map_or(deadline, |until| until.min(deadline));
+            let _ = tokio::time::timeout_at(wake, woken).await;
         }
     }
 
@@ -338,13 +390,14 @@ impl Drain {
         );
     }
 
-    /// Resolves once no tunnel, no request and no connection's first request is left, or
-    /// after `limit`.
+    /// Resolves once no tunnel, no request and no connection's first request is left and every
+    /// listener has cleaned up, or after `limit`.
     async fn idle(&self, limit: Duration) -> bool {
         self.until(limit, || {
             self.live_tunnels() == 0
                 && self.requests_in_flight() == 0
                 && self.awaiting_first_requests() == 0
+                && self.listeners_open.load(Ordering::Acquire) == 0
         })
         .await
     }

@@ -11,8 +11,11 @@
 //!
 //! So each new HTTP/1 connection is counted until its first request head has been read or it
 //! ends, and the service's clean-up (which is what tells Pingora's waiting connections to go)
-//! first waits for those first requests, for at most [`FIRST_REQUEST_WAIT`]. The drain counts
-//! them too, so the process does not exit under them.
+//! first waits for those first requests, for at most [`FIRST_REQUEST_WAIT`]. A TLS connection
+//! reaches the application only once its handshake is done, and Pingora has no hook that lives
+//! from accept to there; so a listener that saw a ClientHello within that time also waits for
+//! it, by the clock. The drain waits for every listener's clean-up, so the process does not
+//! exit under them.
 
 use std::cell::Cell;
 use std::sync::Arc;
@@ -51,6 +54,7 @@ pub struct AnswerFirstRequests<A> {
 
 impl<A> AnswerFirstRequests<A> {
     pub fn new(inner: A, drain: Arc<Drain>) -> Self {
+        drain.listener_opened();
         Self {
             inner: Arc::new(inner),
             drain,
@@ -79,5 +83,6 @@ impl<A: ServerApp + Send + Sync + 'static> ServerApp for AnswerFirstRequests<A> 
         // The listener has stopped accepting, so the count only goes down from here.
         self.drain.first_requests_read(FIRST_REQUEST_WAIT).await;
         self.inner.cleanup().await;
+        self.drain.listener_cleaned_up();
     }
 }

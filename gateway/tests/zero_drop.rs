@@ -609,6 +609,90 @@ async fn a_connection_accepted_before_the_stop_gets_its_first_request_answered()
     assert!(status.is_some_and(|s| s.success()), "{}", gw.log_text());
 }
 
+/// A TLS client whose handshake is under way when the listener stops finishes it and gets its
+/// first request answered. Pingora hands a TLS connection to the application only once its
+/// handshake is done, so the stopped listener waits (by the clock) for handshakes whose
+/// ClientHello arrived just before, and the process does not exit under them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tls_handshake_under_way_at_the_stop_completes_and_is_answered() {
+    let app = Upstream::start("app").await;
+    let body = format!(
+        "\n[[route]]\nname = \"app\"\npath_prefix = \"/\"\nupstreams = [\"{}\"]\nauth = \"none\"\n",
+        app.addr
+    );
+    let mut gw = Gateway::start_tls_with(&body, "keepalive_linger_ms = 0").await;
+    gw.wait_ready().await;
+    let port = gw.https.expect("tls listener");
+    let ca = gw.dir.path().join("certs/ca.crt");
+    let (in_handshake_tx, in_handshake) = tokio::sync::oneshot::channel();
+    let (go, go_rx) = std::sync::mpsc::channel::<()>();
+    // A blocking rustls client, driven step by step: it stops with its Finished unsent.
+    let client = std::thread::spawn(move || -> std::io::Result<String> {
+        use rustls::pki_types::{pem::PemObject, CertificateDer, ServerName};
+        use std::io::{Read, Write};
+        let mut roots = rustls::RootCertStore::empty();
+        roots
+            .add(CertificateDer::from_pem_file(ca).expect("dev CA"))
+            .expect("add CA");
+        let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+        let config = rustls::ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .expect("versions")
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        let name = ServerName::try_from("localhost").expect("name");
+        let mut tls = rustls::ClientConnection::new(std::sync::Arc::new(config), name)
+            .map_err(std::io::Error::other)?;
+        let mut sock = std::net::TcpStream::connect(("127.0.0.1", port))?;
+        while tls.wants_write() {
+            tls.write_tls(&mut sock)?;
+        }
+        // The gateway's whole flight read: it is in the handshake, waiting for our Finished.
+        while !tls.wants_write() {
+            if tls.read_tls(&mut sock)? == 0 {
+                return Err(std::io::ErrorKind::UnexpectedEof.into());
+            }
+            tls.process_new_packets().map_err(std::io::Error::other)?;
+        }
+        let _ = in_handshake_tx.send(());
+        let _ = go_rx.recv();
+        let mut stream = rustls::Stream::new(&mut tls, &mut sock);
+        stream.write_all(b"GET /tls HTTP/1.1\r\nHost: localhost\r\n\r\n")?;
+        let mut out = Vec::new();
+        let mut chunk = [0u8; 4096];
+        while !out.windows(4).any(|w| w == b"\r\n\r\n") {
+            match stream.read(&mut chunk)? {
+                0 => break,
+                n => out.extend_from_slice(&chunk[..n]),
+            }
+        }
+        Ok(String::from_utf8_lossy(&out).into_owned())
+    });
+    in_handshake
+        .await
+        .expect("the client reached the middle of its handshake");
+    gw.sigterm();
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while !gw.log_text().contains("handshaking=true") {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the stopped listener did not wait for the handshake under way:\n{}",
+            gw.log_text()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    go.send(()).unwrap();
+    let answer = tokio::task::block_in_place(|| client.join()).expect("client thread");
+    let answer = answer.unwrap_or_else(|e| panic!("{e}\n{}", gw.log_text()));
+    assert!(
+        answer.starts_with("HTTP/1.1 200"),
+        "{answer}\n{}",
+        gw.log_text()
+    );
+    let status = tokio::task::block_in_place(|| gw.wait_exit(Duration::from_secs(20)));
+    assert!(status.is_some_and(|s| s.success()), "{}", gw.log_text());
+}
+
 /// `gateway check` reads the affinity keys' sources as a start would: a missing one is named.
 #[test]
 fn check_names_a_missing_affinity_key() {

@@ -389,6 +389,11 @@ impl Gateway {
         Self::start_full(body, "", true).await
     }
 
+    /// As [`Gateway::start_tls`], with lines added to the `[gateway]` section.
+    pub async fn start_tls_with(body: &str, gateway_section: &str) -> Self {
+        Self::start_full(body, gateway_section, true).await
+    }
+
     async fn start_full(body: &str, gateway_section: &str, tls: bool) -> Self {
         let dir = tempfile::tempdir().expect("tempdir");
         let key = SigningKey::generate("test-1");
