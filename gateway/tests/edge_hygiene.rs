@@ -10,10 +10,6 @@ use std::time::Duration;
 
 use common::*;
 
-fn app_route(up: &Upstream) -> String {
-    format!("[[route]]\nname = \"app\"\nupstreams = [\"{}\"]\n", up.addr)
-}
-
 /// Every way a client might claim an address, in the spellings upstreams are known to read.
 const SPOOFED: &str = "Forwarded: for=6.6.6.6;proto=https;host=evil\r\n\
                        X-Real-IP: 6.6.6.6\r\n\

@@ -512,10 +512,7 @@ async fn read_response(conn: &mut tokio::net::TcpStream) -> Option<bool> {
 async fn sigterm_tells_busy_keepalive_clients_to_close_instead_of_dropping_them() {
     use tokio::io::AsyncWriteExt;
     let app = Upstream::start("app").await;
-    let body = format!(
-        "\n[[route]]\nname = \"app\"\npath_prefix = \"/\"\nupstreams = [\"{}\"]\nauth = \"none\"\n",
-        app.addr
-    );
+    let body = app_route(&app);
     let mut gw = Gateway::start_with(&body, "keepalive_linger_ms = 500").await;
     gw.wait_ready().await;
     let mut conn = tokio::net::TcpStream::connect(("127.0.0.1", gw.http))
@@ -553,6 +550,19 @@ async fn sigterm_tells_busy_keepalive_clients_to_close_instead_of_dropping_them(
     assert!(status.is_some_and(|s| s.success()), "{}", gw.log_text());
 }
 
+/// Waits until the gateway's log contains `line` (the stopped listener says what it waits for).
+async fn logged(gw: &Gateway, line: &str) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while !gw.log_text().contains(line) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no `{line}` in the log:\n{}",
+            gw.log_text()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
 /// A connection the gateway accepted before it stopped listening gets its first request
 /// answered although the request head had not fully arrived yet. Pingora ends every
 /// connection waiting for a head when it stops listening; for a connection accepted a moment
@@ -562,10 +572,7 @@ async fn sigterm_tells_busy_keepalive_clients_to_close_instead_of_dropping_them(
 async fn a_connection_accepted_before_the_stop_gets_its_first_request_answered() {
     use tokio::io::AsyncWriteExt;
     let app = Upstream::start("app").await;
-    let body = format!(
-        "\n[[route]]\nname = \"app\"\npath_prefix = \"/\"\nupstreams = [\"{}\"]\nauth = \"none\"\n",
-        app.addr
-    );
+    let body = app_route(&app);
     let mut gw = Gateway::start_with(&body, "keepalive_linger_ms = 0").await;
     gw.wait_ready().await;
     let connect = || tokio::net::TcpStream::connect(("127.0.0.1", gw.http));
@@ -584,15 +591,7 @@ async fn a_connection_accepted_before_the_stop_gets_its_first_request_answered()
     assert!(read_response(&mut later).await.is_some());
 
     gw.sigterm();
-    let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    while !gw.log_text().contains("waiting for the first request") {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "the stopped listener did not wait for the slow client's request:\n{}",
-            gw.log_text()
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    logged(&gw, "waiting for the first request").await;
     assert!(
         connect().await.is_err(),
         "the listener no longer accepts once it waits"
@@ -616,10 +615,7 @@ async fn a_connection_accepted_before_the_stop_gets_its_first_request_answered()
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_tls_handshake_under_way_at_the_stop_completes_and_is_answered() {
     let app = Upstream::start("app").await;
-    let body = format!(
-        "\n[[route]]\nname = \"app\"\npath_prefix = \"/\"\nupstreams = [\"{}\"]\nauth = \"none\"\n",
-        app.addr
-    );
+    let body = app_route(&app);
     let mut gw = Gateway::start_tls_with(&body, "keepalive_linger_ms = 0").await;
     gw.wait_ready().await;
     let port = gw.https.expect("tls listener");
@@ -672,15 +668,7 @@ async fn a_tls_handshake_under_way_at_the_stop_completes_and_is_answered() {
         .await
         .expect("the client reached the middle of its handshake");
     gw.sigterm();
-    let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    while !gw.log_text().contains("handshaking=true") {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "the stopped listener did not wait for the handshake under way:\n{}",
-            gw.log_text()
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    logged(&gw, "handshaking=true").await;
     go.send(()).unwrap();
     let answer = tokio::task::block_in_place(|| client.join()).expect("client thread");
     let answer = answer.unwrap_or_else(|e| panic!("{e}\n{}", gw.log_text()));

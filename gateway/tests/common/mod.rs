@@ -191,6 +191,11 @@ impl Recorded {
     }
 }
 
+/// A route sending every path to `up`, with no authentication.
+pub fn app_route(up: &Upstream) -> String {
+    format!("[[route]]\nname = \"app\"\nupstreams = [\"{}\"]\n", up.addr)
+}
+
 /// An HTTP upstream that records every request. It answers Engine.IO polling handshakes with
 /// an open packet whose `sid` names this upstream, so stickiness can be observed.
 pub struct Upstream {
