@@ -7,6 +7,10 @@
 //! Run it with `integration/bench/gateway-bench.sh` (release build, raised fd limit).
 //! Env: BENCH_CONCURRENCY (32), BENCH_SECS (5), BENCH_WS (5000), BENCH_GW_THREADS (2), GATEWAY_BIN.
 
+mod support;
+
+use support::{env, free_port, rss_kib};
+
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -18,21 +22,6 @@ use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
 use tokio::net::{TcpListener, TcpStream};
 use tokio_tungstenite::tungstenite::{protocol::Role, Message};
-
-fn env(name: &str, default: usize) -> usize {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
 
 /// A minimal Engine.IO-like upstream: open packet for polling handshakes, WebSocket echo for
 /// upgrades. Its cost is the same in the direct and proxied runs.
@@ -219,17 +208,6 @@ async fn stop_gateway(child: &mut std::process::Child) {
     }
     let _ = child.kill();
     let _ = child.wait();
-}
-
-fn rss_kib(pid: u32) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("VmRSS:"))
-                .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
-        })
-        .unwrap_or(0)
 }
 
 #[tokio::main]

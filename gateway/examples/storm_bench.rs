@@ -38,6 +38,10 @@
 //! PRESENCE_BIN, NODE (node), REDIS_SERVER (redis-server), STORM_LOG (the gateway's RUST_LOG,
 //! default "info": one access line per handshake, as deployed).
 
+mod support;
+
+use support::{env, free_port, rss_kib};
+
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -51,20 +55,6 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 const SECRET: &str = "storm-bench-secret";
-
-fn env(name: &str, default: usize) -> usize {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("a free port")
-}
 
 /// A child process killed when dropped.
 struct Proc {
@@ -98,21 +88,6 @@ fn cpu_of(pid: u32, tick: f64) -> Duration {
     let f: Vec<&str> = rest.split_whitespace().collect();
     let ticks = |i: usize| f.get(i).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
     Duration::from_secs_f64((ticks(11) + ticks(12)) as f64 / tick)
-}
-
-/// A process's resident memory in KiB (`VmRSS`).
-fn rss_kib(pid: u32) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .unwrap_or_default()
-        .lines()
-        .find_map(|l| {
-            l.strip_prefix("VmRSS:")?
-                .split_whitespace()
-                .next()?
-                .parse()
-                .ok()
-        })
-        .unwrap_or(0)
 }
 
 async fn wait_tcp(port: u16, what: &str) -> anyhow::Result<()> {
