@@ -442,6 +442,7 @@ pub fn build_with(
             tls: l.tls.is_some(),
             admission: admission.clone(),
             drain: drain.clone(),
+            connector: pingora::connectors::TransportConnector::new(None),
         };
         let proxy = pingora::proxy::http_proxy(&server.configuration, gateway);
         let mut svc = Service::new(

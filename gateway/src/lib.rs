@@ -21,4 +21,5 @@ pub mod proxy;
 pub mod routing;
 pub mod session;
 pub mod tunnel;
+pub mod upgrade;
 pub mod upstream;

@@ -7,7 +7,10 @@
 //! headers: Forwarded, X-Forwarded-*, X-Real-IP)
 //! `response_filter` / `response_body_filter`: note upgrades, learn Engine.IO `sid`s
 //! `logging`: one access line, metrics, logout notification
-//! `upgrade_detached`: a WebSocket leaves Pingora after its `101` for the lean relay (`tunnel`)
+//!
+//! A WebSocket handshake leaves that path after `request_filter`: `proxy_upgrade` runs the same
+//! phases itself (`upgrade`), and once the `101` is written and logged the connection leaves
+//! Pingora for the lean relay (`tunnel`).
 //!
 //! Each decision is a plain function in its own module (classify, session, forwarding,
 //! routing, upstream) so it is unit-tested without a server.
@@ -20,7 +23,8 @@ use async_trait::async_trait;
 use bytes::Bytes;
 use identity_assertion::Identity;
 use pingora::prelude::*;
-use pingora::proxy::{DetachedUpgrade, FailToProxy};
+use pingora::protocols::Stream;
+use pingora::proxy::FailToProxy;
 use pingora::ErrorType;
 
 use crate::admission::{Admission, Refused, TunnelSlot};
@@ -35,6 +39,7 @@ use crate::metrics::Metrics;
 use crate::routing::Route;
 use crate::session::SessionError;
 use crate::tunnel::{self, OpenTunnel, Tunnel};
+use crate::upgrade::{self, Upstream};
 use crate::upstream::Choice;
 
 /// Everything a listener's proxy needs; shared by all listeners except `tls`.
@@ -50,6 +55,8 @@ pub struct Gateway {
     pub admission: Arc<Admission>,
     /// Open tunnels and requests in flight, for the paced drain on shutdown or upgrade.
     pub drain: Arc<Drain>,
+    /// Upstream connections for WebSocket handshakes (`upgrade`); never pooled.
+    pub connector: pingora::connectors::TransportConnector,
 }
 
 /// The access-log policy: every request is counted in `gateway_requests_total`; Engine.IO
@@ -163,8 +170,11 @@ pub struct RequestCtx {
     /// `Set-Cookie` for the affinity cookie, sent if the upstream answers 2xx.
     set_affinity: Option<String>,
     upgraded: bool,
-    /// Counted from the `101` until the tunnel (or the request, if it never detached) ends.
+    /// Counted from the `101` until the tunnel ends.
     open_tunnel: Option<OpenTunnel>,
+    /// A WebSocket's upstream connection after its `101`, and the bytes owed to the client;
+    /// joined with the client's connection into a tunnel at the end of `logging`.
+    upgraded_upstream: Option<(Stream, Bytes)>,
     /// This handshake's place in its user's tunnel cap, held until the tunnel closes.
     tunnel_slot: Option<TunnelSlot>,
     /// Identity of a logout request, notified once the upstream confirms the logout.
@@ -517,6 +527,7 @@ impl ProxyHttp for Gateway {
             set_affinity: None,
             upgraded: false,
             open_tunnel: None,
+            upgraded_upstream: None,
             tunnel_slot: None,
             logout: None,
             refused: None,
@@ -537,6 +548,10 @@ impl ProxyHttp for Gateway {
         ctx.route = Some(route.clone());
         if let Err(r) = self.authenticate(session, &route, ctx).await {
             return self.refuse(session, ctx, r).await;
+        }
+        let http1 = session.downstream_session.as_http1().is_some();
+        if upgrade::takes(session.req_header(), http1) {
+            return self.proxy_upgrade(session, ctx).await;
         }
         Ok(false)
     }
@@ -754,48 +769,19 @@ impl ProxyHttp for Gateway {
         }
     }
 
-    /// Every HTTP/1 upgrade leaves Pingora once upgraded: inside it an idle WebSocket would
-    /// keep the whole request machinery (about 60 KiB) alive for hours.
-    fn detach_upgrade(&self, _session: &Session, _ctx: &RequestCtx) -> bool {
-        true
-    }
-
-    fn upgrade_detached(&self, upgrade: DetachedUpgrade, ctx: &mut RequestCtx) {
-        let open = ctx.open_tunnel.take();
-        let slot = ctx.tunnel_slot.take();
-        let request_id = std::mem::take(&mut ctx.request_id);
-        let idle = ctx.live.upgraded_idle;
-        let tunnel = Tunnel {
-            client: upgrade.downstream,
-            upstream: upgrade.upstream,
-            to_upstream: upgrade.to_upstream,
-            to_client: upgrade.to_downstream,
-        };
-        let mut ticket = self.drain.register();
-        tokio::spawn(async move {
-            let started = Instant::now();
-            let (traffic, result) = tunnel::relay_until(tunnel, idle, ticket.stopped()).await;
-            drop((open, slot));
-            let secs = started.elapsed().as_secs();
-            let (up, down) = (traffic.to_upstream, traffic.to_client);
-            // A client that vanishes without closing is ordinary for WebSockets: info, not warn.
-            match result {
-                Ok(()) => tracing::info!(
-                    request_id,
-                    secs,
-                    up,
-                    down,
-                    reason = "closed",
-                    "tunnel closed"
-                ),
-                Err(e) => tracing::info!(request_id, secs, up, down, reason = %e, "tunnel closed"),
-            }
-            // Last: a draining process exits once every ticket is gone, and this line is told.
-            drop(ticket);
-        });
-    }
-
     async fn logging(&self, session: &mut Session, e: Option<&Error>, ctx: &mut RequestCtx) {
+        self.account(session, e, ctx);
+        // Last, once the access line has read the session: the connection leaves it.
+        if let Some(upstream) = ctx.upgraded_upstream.take() {
+            self.start_tunnel(session, upstream, ctx);
+        }
+    }
+}
+
+impl Gateway {
+    /// Counts the request in the metrics, notifies a confirmed logout and writes the access
+    /// line (unless the access-log policy leaves it out).
+    fn account(&self, session: &Session, e: Option<&Error>, ctx: &mut RequestCtx) {
         let status = session.response_written().map_or(0, |r| r.status.as_u16());
         let route = ctx.route.as_ref().map_or("-", |r| r.name.as_str());
         self.metrics
@@ -871,6 +857,84 @@ impl ProxyHttp for Gateway {
         } else {
             access_line!(info);
         }
+    }
+
+    /// A WebSocket handshake's upstream leg (see `upgrade`); `Ok(true)`: the response is
+    /// written. Errors go to `fail_to_proxy` as on Pingora's path (502 for the upstream's).
+    async fn proxy_upgrade(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<bool> {
+        let mut upstream = loop {
+            let peer = self.upstream_peer(session, ctx).await?;
+            match Upstream::connect(&self.connector, &peer).await {
+                Ok(upstream) => break upstream,
+                Err(e) => {
+                    let e = self.fail_to_connect(session, &peer, ctx, e);
+                    if !e.retry() {
+                        return Err(e);
+                    }
+                }
+            }
+        };
+        let mut req = upgrade::upstream_head(session.req_header())?;
+        self.upstream_request_filter(session, &mut req, ctx).await?;
+        let mut resp = upstream.handshake(req).await?;
+        self.response_filter(session, &mut resp, ctx).await?;
+        let switched = resp.status == 101;
+        if !switched {
+            // The upstream refused the upgrade; its connection is not reused, nor the client's.
+            session.set_keepalive(None);
+        }
+        session
+            .write_response_header(Box::new(resp), false)
+            .await
+            .map_err(|e| e.into_down())?;
+        if switched {
+            ctx.upgraded_upstream = Some(upstream.into_upgraded());
+        } else {
+            upstream.relay_body(session).await?;
+        }
+        Ok(true)
+    }
+
+    /// Joins an upgraded WebSocket's two connections into a tunnel that lives outside Pingora
+    /// (an idle one would otherwise keep the whole request machinery alive for hours).
+    fn start_tunnel(&self, session: &mut Session, upstream: (Stream, Bytes), ctx: &mut RequestCtx) {
+        let Some((client, to_upstream)) = upgrade::take_client(&mut session.downstream_session)
+        else {
+            return;
+        };
+        let (upstream, to_client) = upstream;
+        let open = ctx.open_tunnel.take();
+        let slot = ctx.tunnel_slot.take();
+        let request_id = std::mem::take(&mut ctx.request_id);
+        let idle = ctx.live.upgraded_idle;
+        let tunnel = Tunnel {
+            client,
+            upstream,
+            to_upstream,
+            to_client,
+        };
+        let mut ticket = self.drain.register();
+        tokio::spawn(async move {
+            let started = Instant::now();
+            let (traffic, result) = tunnel::relay_until(tunnel, idle, ticket.stopped()).await;
+            drop((open, slot));
+            let secs = started.elapsed().as_secs();
+            let (up, down) = (traffic.to_upstream, traffic.to_client);
+            // A client that vanishes without closing is ordinary for WebSockets: info, not warn.
+            match result {
+                Ok(()) => tracing::info!(
+                    request_id,
+                    secs,
+                    up,
+                    down,
+                    reason = "closed",
+                    "tunnel closed"
+                ),
+                Err(e) => tracing::info!(request_id, secs, up, down, reason = %e, "tunnel closed"),
+            }
+            // Last: a draining process exits once every ticket is gone, and this line is told.
+            drop(ticket);
+        });
     }
 }
 

@@ -196,6 +196,84 @@ async fn websocket_handshake_is_authenticated_and_relayed() {
     );
 }
 
+/// The gateway runs a WebSocket handshake's upstream leg itself (`gateway/src/upgrade.rs`): the
+/// request it sends must be cleaned as on every other path: no client-sent identity, no
+/// hop-by-hop field or field the client's `Connection` names, the upgrade fields intact.
+#[tokio::test]
+async fn a_websocket_handshake_reaches_the_upstream_cleaned() {
+    let (up, mut seen) = ws_echo_upstream().await;
+    let (gw, alice, _dir) = alice_behind_gateway(&format!("\"{up}\"")).await;
+    let mut req = format!(
+        "ws://127.0.0.1:{}/socket.io/?EIO=4&transport=websocket",
+        gw.http
+    )
+    .into_client_request()
+    .unwrap();
+    let h = req.headers_mut();
+    h.insert("cookie", format!("id={alice}").parse().unwrap());
+    h.insert("x-identity-assertion", "forged".parse().unwrap());
+    h.insert("connection", "Upgrade, X-Hop".parse().unwrap());
+    h.insert("x-hop", "1".parse().unwrap());
+    h.insert("keep-alive", "timeout=5".parse().unwrap());
+    let (mut ws, resp) = tokio_tungstenite::connect_async(req)
+        .await
+        .expect("upgrade");
+    assert!(
+        resp.headers().contains_key("x-request-id"),
+        "response_filter ran"
+    );
+    let headers = seen.recv().await.unwrap();
+    let values = |name: &str| -> Vec<&str> {
+        headers
+            .iter()
+            .filter(|(k, _)| k == name)
+            .map(|(_, v)| v.as_str())
+            .collect()
+    };
+    let assertions = values("x-identity-assertion");
+    assert_eq!(assertions.len(), 1, "{headers:?}");
+    assert_ne!(assertions[0], "forged");
+    assert!(
+        values("x-hop").is_empty() && values("keep-alive").is_empty(),
+        "{headers:?}"
+    );
+    assert_eq!(values("upgrade"), ["websocket"]);
+    assert_eq!(values("x-forwarded-for"), ["127.0.0.1"]);
+    ws.send(Message::text("hi")).await.unwrap();
+    assert_eq!(ws.next().await.unwrap().unwrap(), Message::text("hi"));
+}
+
+/// An upstream that takes the handshake and hangs up without an answer, or answers garbage:
+/// the client gets a 502 and the gateway counts an upstream error; nothing is left open.
+#[tokio::test]
+async fn an_upstream_hanging_up_on_the_handshake_gives_502() {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let up = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        let mut n = 0;
+        while let Ok((mut s, _)) = listener.accept().await {
+            n += 1;
+            let garbage = n % 2 == 0;
+            tokio::spawn(async move {
+                if switching_protocols(&mut s).await.is_some() && garbage {
+                    let _ = s.write_all(b"NOT HTTP AT ALL\r\n\r\n").await;
+                }
+            });
+        }
+    });
+    let (gw, alice, _dir) = alice_behind_gateway(&format!("\"{up}\"")).await;
+    for attempt in 0..2 {
+        match ws_connect(&gw, "EIO=4&transport=websocket", &format!("id={alice}")).await {
+            Err(tokio_tungstenite::tungstenite::Error::Http(resp)) => {
+                assert_eq!(resp.status(), 502, "attempt {attempt}")
+            }
+            other => panic!("attempt {attempt}: expected a 502, got {other:?}"),
+        }
+    }
+    assert!(gw.metric("gateway_upstream_errors_total").await >= 2.0);
+    assert_eq!(gw.metric("gateway_upgraded_connections").await, 0.0);
+}
+
 /// An upstream that refuses the upgrade: its answer, body included, reaches the client as is.
 #[tokio::test]
 async fn an_upstream_refusing_the_upgrade_is_answered_in_full() {

@@ -32,7 +32,7 @@ COPY gateway gateway
 COPY healthprobe healthprobe
 COPY presence-service presence-service
 COPY integration/demo-service integration/demo-service
-# The patched pingora-proxy that root Cargo.toml's [patch.crates-io] points at.
+# The patched crates that root Cargo.toml's [patch.crates-io] points at.
 COPY vendor vendor
 RUN --mount=type=cache,target=/usr/local/cargo/registry \
     --mount=type=cache,target=/src/target \

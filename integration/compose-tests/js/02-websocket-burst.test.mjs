@@ -1,8 +1,8 @@
 // Many websocket upgrades at once through the gateway (cloudflare/pingora#946): a presence
 // instance answers the upgrade so fast that Pingora used to read its 101 before the request's
 // empty body end and then took that end for the end of the tunnel, closing it right after the
-// 101, for a few percent of upgrades. The gateway carries a patched pingora-proxy (vendor/); here
-// every tunnel of a burst must relay both ways and stay open.
+// 101, for a few percent of upgrades. The gateway now runs a WebSocket handshake's upstream leg
+// itself (gateway/src/upgrade.rs); here every tunnel of a burst must relay both ways and stay open.
 import assert from 'node:assert/strict';
 import { after, test } from 'node:test';
 import {
