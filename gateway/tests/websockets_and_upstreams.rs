@@ -274,6 +274,78 @@ async fn an_upstream_hanging_up_on_the_handshake_gives_502() {
     assert_eq!(gw.metric("gateway_upgraded_connections").await, 0.0);
 }
 
+/// Clients that send a WebSocket handshake and hang up at once, before, during or after the
+/// upstream's `101` (a randomized delay each, seed printed): every upstream connection the gateway
+/// opened for them is closed again, the tunnel gauge returns to zero, and the next client is
+/// relayed as usual.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn clients_hanging_up_mid_handshake_leave_nothing_open() {
+    use rand::{Rng, SeedableRng};
+    let seed: u64 = rand::random();
+    println!("seed {seed}");
+    let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let up = listener.local_addr().unwrap();
+    let open = std::sync::Arc::new(std::sync::atomic::AtomicI64::new(0));
+    let counted = open.clone();
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = listener.accept().await {
+            let open = counted.clone();
+            open.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            tokio::spawn(async move {
+                if let Some(head) = switching_protocols(&mut s).await {
+                    tokio::time::sleep(Duration::from_millis(5)).await;
+                    let _ = s.write_all(head.as_bytes()).await;
+                    // Raw bytes back until the gateway closes the connection.
+                    let mut buf = [0u8; 1024];
+                    while let Ok(n) = s.read(&mut buf).await {
+                        if n == 0 || s.write_all(&buf[..n]).await.is_err() {
+                            break;
+                        }
+                    }
+                }
+                open.fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
+            });
+        }
+    });
+    let (gw, alice, _dir) = alice_behind_gateway(&format!("\"{up}\"")).await;
+    let head = format!(
+        "GET /socket.io/?EIO=4&transport=websocket HTTP/1.1\r\nHost: 127.0.0.1\r\n\
+         Connection: Upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Version: 13\r\n\
+         Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nCookie: id={alice}\r\n\r\n"
+    );
+    let mut tasks = Vec::new();
+    for _ in 0..60 {
+        let (port, head, wait) = (gw.http, head.clone(), rng.gen_range(0..15u64));
+        tasks.push(tokio::spawn(async move {
+            let mut c = tokio::net::TcpStream::connect(("127.0.0.1", port))
+                .await
+                .unwrap();
+            c.write_all(head.as_bytes()).await.unwrap();
+            if wait > 0 {
+                tokio::time::sleep(Duration::from_millis(wait)).await;
+            }
+            drop(c);
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+    assert!(
+        eventually(Duration::from_secs(10), || async {
+            open.load(std::sync::atomic::Ordering::SeqCst) == 0
+                && gw.metric("gateway_upgraded_connections").await == 0.0
+        })
+        .await,
+        "seed {seed}: {} upstream connections and {} tunnels still open",
+        open.load(std::sync::atomic::Ordering::SeqCst),
+        gw.metric("gateway_upgraded_connections").await
+    );
+    ws_connect(&gw, "EIO=4&transport=websocket", &format!("id={alice}"))
+        .await
+        .expect("a later client is relayed");
+}
+
 /// An upstream that refuses the upgrade: its answer, body included, reaches the client as is.
 #[tokio::test]
 async fn an_upstream_refusing_the_upgrade_is_answered_in_full() {
