@@ -117,6 +117,11 @@ pub struct GatewaySection {
     /// (60 s) would cut long-poll and quiet sockets.
     #[serde(default = "default_upgraded_idle")]
     pub upgraded_idle_timeout_secs: u64,
+    /// How long an upstream may take to answer a WebSocket handshake (its `101` or a refusal).
+    /// The handshake holds an upstream connection and one of its user's tunnel slots meanwhile,
+    /// and the gateway does not notice a client that gave up, so the wait needs its own bound.
+    #[serde(default = "default_upstream_handshake_timeout_ms")]
+    pub upstream_handshake_timeout_ms: u64,
     /// Peers (IP or CIDR) whose `X-Forwarded-*` headers are trusted and appended to.
     #[serde(default)]
     pub trusted_proxies: Vec<Spanned<String>>,
@@ -175,6 +180,7 @@ impl Default for GatewaySection {
             drain_max_per_sec: default_drain_max_per_sec(),
             upgrade_sock: default_upgrade_sock(),
             upgraded_idle_timeout_secs: default_upgraded_idle(),
+            upstream_handshake_timeout_ms: default_upstream_handshake_timeout_ms(),
             trusted_proxies: Vec::new(),
             access_log: AccessLogConfig::default(),
         }
@@ -205,6 +211,9 @@ fn default_upgrade_sock() -> PathBuf {
 }
 fn default_upgraded_idle() -> u64 {
     3600
+}
+fn default_upstream_handshake_timeout_ms() -> u64 {
+    10_000
 }
 
 #[derive(Debug, Deserialize)]
@@ -529,6 +538,12 @@ impl Config {
         }
         if self.gateway.drain_max_per_sec == 0 {
             return Err(missing("gateway.drain_max_per_sec", "must be at least 1"));
+        }
+        if self.gateway.upstream_handshake_timeout_ms == 0 {
+            return Err(missing(
+                "gateway.upstream_handshake_timeout_ms",
+                "must be at least 1",
+            ));
         }
         if !crate::affinity::valid_cookie_name(&self.affinity.cookie) {
             return Err(missing(

@@ -48,6 +48,8 @@ pub struct Live {
     pub sessions: SessionSources,
     pub trusted_proxies: Vec<Cidr>,
     pub upgraded_idle: Duration,
+    /// How long an upstream may take to answer a WebSocket handshake.
+    pub upstream_handshake: Duration,
     pub access_log: AccessLog,
     /// The certificate each listener presents, by listener index (`None`: plain HTTP).
     pub certs: Vec<Option<Arc<CertifiedKey>>>,
@@ -142,6 +144,7 @@ impl Live {
                 .filter_map(|p| parse_cidr(p.get_ref()).ok())
                 .collect(),
             upgraded_idle: Duration::from_secs(cfg.gateway.upgraded_idle_timeout_secs),
+            upstream_handshake: Duration::from_millis(cfg.gateway.upstream_handshake_timeout_ms),
             access_log: AccessLog::new(&cfg.gateway.access_log),
             certs,
             affinity: Affinity::from_config(cfg, &signing_pems)?,

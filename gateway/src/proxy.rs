@@ -735,7 +735,10 @@ impl ProxyHttp for Gateway {
         let code = match e.etype() {
             ErrorType::HTTPStatus(code) => *code,
             _ => match e.esource() {
-                pingora::ErrorSource::Upstream => 502,
+                pingora::ErrorSource::Upstream => match e.etype() {
+                    ErrorType::ConnectTimedout | ErrorType::ReadTimedout => 504,
+                    _ => 502,
+                },
                 pingora::ErrorSource::Downstream => match e.etype() {
                     ErrorType::WriteError | ErrorType::ReadError | ErrorType::ConnectionClosed => 0,
                     _ => 400,
@@ -752,6 +755,7 @@ impl ProxyHttp for Gateway {
         }
         let body = match code {
             502 => "bad gateway: upstream unavailable\n",
+            504 => "gateway timeout: the upstream did not answer in time\n",
             503 => "service unavailable: no healthy upstream\n",
             400 => "bad request\n",
             _ => "error\n",
@@ -876,7 +880,7 @@ impl Gateway {
         };
         let mut req = upgrade::upstream_head(session.req_header())?;
         self.upstream_request_filter(session, &mut req, ctx).await?;
-        let mut resp = upstream.handshake(req).await?;
+        let mut resp = upstream.handshake(req, ctx.live.upstream_handshake).await?;
         self.response_filter(session, &mut resp, ctx).await?;
         let switched = resp.status == 101;
         if !switched {

@@ -18,6 +18,7 @@ use std::future::Future;
 use std::io::Cursor;
 use std::pin::pin;
 use std::task::{Context, Poll, Waker};
+use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 use http::header;
@@ -99,8 +100,23 @@ impl Upstream {
     }
 
     /// Sends the request head and reads the response head (informational responses other
-    /// than `101` are skipped, as a client never sees them).
-    pub async fn handshake(&mut self, req: RequestHeader) -> Result<ResponseHeader> {
+    /// than `101` are skipped, as a client never sees them), all within `wait`.
+    pub async fn handshake(
+        &mut self,
+        req: RequestHeader,
+        wait: Duration,
+    ) -> Result<ResponseHeader> {
+        match tokio::time::timeout(wait, self.exchange_heads(req)).await {
+            Ok(answer) => answer,
+            Err(_) => Err(Error::explain(
+                ErrorType::ReadTimedout,
+                format!("no answer to a WebSocket handshake in {wait:?}"),
+            )
+            .into_up()),
+        }
+    }
+
+    async fn exchange_heads(&mut self, req: RequestHeader) -> Result<ResponseHeader> {
         let up = &mut self.0;
         up.write_request_header(Box::new(req))
             .await

@@ -435,6 +435,64 @@ async fn a_user_holds_at_most_the_capped_number_of_tunnels() {
     assert!(echoes(&mut a2).await, "the other tunnel is untouched");
 }
 
+/// An upstream that takes WebSocket handshakes and never answers them. While the gateway waits
+/// for a `101`, the handshake holds one of its user's tunnel slots; the wait is bounded by
+/// `upstream_handshake_timeout_ms` (504), not by the tunnel idle timeout (an hour), so a hung
+/// upstream cannot lock a user out, even when the client gave up first.
+#[tokio::test]
+async fn a_handshake_the_upstream_never_answers_times_out_and_frees_its_slot() {
+    let redis = Redis::start().await;
+    add_session(&redis, "alice-1", "alice").await;
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let up = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((s, _)) = listener.accept().await {
+            held.push(s);
+        }
+    });
+    let gw = Gateway::start_with(
+        &express_config(
+            &redis,
+            up,
+            "max_tunnels_per_user = 1\nretry_after_secs = 2",
+            "",
+        ),
+        "upstream_handshake_timeout_ms = 400",
+    )
+    .await;
+    gw.wait_ready().await;
+
+    // A client that gives up before the gateway does (it closes its connection).
+    let gave_up =
+        tokio::time::timeout(Duration::from_millis(100), ws_connect(&gw, "alice-1")).await;
+    assert!(gave_up.is_err(), "nothing can answer this handshake");
+    // The next attempt may find the slot still held (429) until the first wait ends; within
+    // the bound it is the upstream's silence that answers, with a 504.
+    let started = Instant::now();
+    let status = loop {
+        let attempt = tokio::time::timeout(Duration::from_secs(5), ws_connect(&gw, "alice-1"))
+            .await
+            .expect("the gateway answers a hung handshake within its bound");
+        match attempt {
+            Err(tokio_tungstenite::tungstenite::Error::Http(resp)) if resp.status() == 429 => {
+                assert!(
+                    started.elapsed() < Duration::from_secs(3),
+                    "the slot stays held"
+                );
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            Err(tokio_tungstenite::tungstenite::Error::Http(resp)) => break resp.status(),
+            other => panic!(
+                "expected an HTTP refusal, got {:?}",
+                other.map(|_| "a tunnel")
+            ),
+        }
+    };
+    assert_eq!(status, 504, "log:\n{}", gw.log_text());
+    assert_eq!(gw.metric("gateway_upgraded_connections").await, 0.0);
+}
+
 /// A polling session that upgrades opens a tunnel too: it takes one of the user's slots (a
 /// cookie lookup learns whose), so polling first and upgrading later cannot get around the cap.
 #[tokio::test]

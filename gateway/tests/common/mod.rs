@@ -384,6 +384,7 @@ impl Gateway {
         Self::start_with(body, "").await
     }
 
+    /// As [`Gateway::start`], with lines added to the `[gateway]` section.
     pub async fn start_with(body: &str, gateway_section: &str) -> Self {
         Self::start_full(body, gateway_section, false).await
     }
