@@ -119,6 +119,9 @@ impl Direction {
                 self.unflushed = true;
                 *moved = true;
             }
+            // An empty `Bytes` still holds its allocation (the bytes owed at the start can be
+            // large): the tunnel must not keep it for its lifetime.
+            self.owed = Bytes::new();
             if self.unflushed {
                 ready!(Pin::new(&mut *to).poll_flush(cx))?;
                 self.unflushed = false;
