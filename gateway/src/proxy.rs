@@ -760,7 +760,11 @@ impl ProxyHttp for Gateway {
             400 => "bad request\n",
             _ => "error\n",
         };
+        // Once a response head has gone out (an upstream failing in the middle of a body), an
+        // error response would be written into that body: the connection just closes.
+        let answered = session.response_written().is_some();
         if code > 0
+            && !answered
             && write_short(session, code, body, &ctx.request_id, None)
                 .await
                 .is_err()
@@ -894,7 +898,9 @@ impl Gateway {
         if switched {
             ctx.upgraded_upstream = Some(upstream.into_upgraded());
         } else {
-            upstream.relay_body(session).await?;
+            upstream
+                .relay_body(session, ctx.live.upstream_handshake)
+                .await?;
         }
         Ok(true)
     }

@@ -66,7 +66,9 @@ pub fn takes(req: &RequestHeader, http1: bool) -> bool {
 }
 
 /// The request head to send upstream, before the gateway's own rewrite: the client's, without
-/// hop-by-hop fields or fields its `Connection` names, with the WebSocket upgrade fields.
+/// hop-by-hop fields or fields its `Connection` names (except `Host`, which the route was chosen
+/// by and which the upstream needs; RFC 9110 never makes it hop-by-hop), with the WebSocket
+/// upgrade fields.
 pub fn upstream_head(client: &RequestHeader) -> Result<RequestHeader> {
     let mut req = client.clone();
     let nominated: Vec<String> = req
@@ -76,7 +78,7 @@ pub fn upstream_head(client: &RequestHeader) -> Result<RequestHeader> {
         .filter_map(|v| v.to_str().ok())
         .flat_map(|v| v.split(','))
         .map(|t| t.trim().to_ascii_lowercase())
-        .filter(|t| !t.is_empty())
+        .filter(|t| !t.is_empty() && t != "host")
         .collect();
     for name in nominated.iter().map(String::as_str).chain(HOP_BY_HOP) {
         req.remove_header(name);
@@ -127,10 +129,14 @@ impl Upstream {
                 return Error::e_explain(ErrorType::InvalidHTTPHeader, "no response head");
             };
             if resp.status == 101 || !resp.status.is_informational() {
-                if resp.status == 101 && !switched_to_websocket(resp) {
+                // Pingora's client session switches to the upgraded body only for an HTTP/1.1
+                // `101`; anything else could not be relayed byte for byte.
+                if resp.status == 101
+                    && (!switched_to_websocket(resp) || resp.version != http::Version::HTTP_11)
+                {
                     return Err(Error::explain(
                         ErrorType::InvalidHTTPHeader,
-                        "a 101 without `Upgrade: websocket` to a WebSocket handshake",
+                        "a 101 to a WebSocket handshake that is not HTTP/1.1 `Upgrade: websocket`",
                     )
                     .into_up());
                 }
@@ -152,8 +158,24 @@ impl Upstream {
         (self.0.into_inner(), early.freeze())
     }
 
-    /// After any other response: its body, to the client. The connection is not reused.
-    pub async fn relay_body(&mut self, client: &mut pingora::proxy::Session) -> Result<()> {
+    /// After any other response: its body, to the client, all within `wait` (a refusal is
+    /// short; the handshake still holds its user's tunnel slot). The connection is not reused.
+    pub async fn relay_body(
+        &mut self,
+        client: &mut pingora::proxy::Session,
+        wait: Duration,
+    ) -> Result<()> {
+        match tokio::time::timeout(wait, self.copy_body(client)).await {
+            Ok(copied) => copied,
+            Err(_) => Err(Error::explain(
+                ErrorType::ReadTimedout,
+                format!("a refused WebSocket handshake's body took more than {wait:?}"),
+            )
+            .into_up()),
+        }
+    }
+
+    async fn copy_body(&mut self, client: &mut pingora::proxy::Session) -> Result<()> {
         loop {
             let chunk = self.0.read_body_bytes().await.map_err(|e| e.into_up())?;
             let end = chunk.is_none();
@@ -250,7 +272,8 @@ mod tests {
     #[test]
     fn the_upstream_head_drops_hop_by_hop_and_nominated_fields() {
         let req = request(&[
-            ("connection", "Upgrade, X-Secret"),
+            ("host", "app.example"),
+            ("connection", "Upgrade, X-Secret, Host"),
             ("upgrade", "websocket"),
             ("x-secret", "1"),
             ("keep-alive", "timeout=5"),
@@ -261,6 +284,10 @@ mod tests {
         for gone in ["x-secret", "keep-alive", "proxy-authorization"] {
             assert!(!up.headers.contains_key(gone), "{gone} forwarded");
         }
+        assert_eq!(
+            up.headers["host"], "app.example",
+            "Host is never hop-by-hop"
+        );
         assert_eq!(up.headers["connection"], "Upgrade");
         assert_eq!(up.headers["upgrade"], "websocket");
         assert_eq!(up.headers["sec-websocket-key"], "dGhlIHNhbXBsZSBub25jZQ==");

@@ -243,8 +243,9 @@ async fn a_websocket_handshake_reaches_the_upstream_cleaned() {
     assert_eq!(ws.next().await.unwrap().unwrap(), Message::text("hi"));
 }
 
-/// An upstream that takes the handshake and hangs up without an answer, or answers garbage:
-/// the client gets a 502 and the gateway counts an upstream error; nothing is left open.
+/// An upstream that takes the handshake and hangs up without an answer, answers garbage, or
+/// answers a `101` in HTTP/1.0 (which no WebSocket can follow): the client gets a 502 and the
+/// gateway counts an upstream error; nothing is left open.
 #[tokio::test]
 async fn an_upstream_hanging_up_on_the_handshake_gives_502() {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -253,16 +254,23 @@ async fn an_upstream_hanging_up_on_the_handshake_gives_502() {
         let mut n = 0;
         while let Ok((mut s, _)) = listener.accept().await {
             n += 1;
-            let garbage = n % 2 == 0;
+            let answer = n % 3;
             tokio::spawn(async move {
-                if switching_protocols(&mut s).await.is_some() && garbage {
-                    let _ = s.write_all(b"NOT HTTP AT ALL\r\n\r\n").await;
-                }
+                let Some(head) = switching_protocols(&mut s).await else {
+                    return;
+                };
+                let reply = match answer {
+                    1 => "NOT HTTP AT ALL\r\n\r\n".to_string(),
+                    2 => head.replacen("HTTP/1.1", "HTTP/1.0", 1),
+                    _ => return,
+                };
+                let _ = s.write_all(reply.as_bytes()).await;
+                let _ = s.read(&mut [0u8; 64]).await;
             });
         }
     });
     let (gw, alice, _dir) = alice_behind_gateway(&format!("\"{up}\"")).await;
-    for attempt in 0..2 {
+    for attempt in 0..3 {
         match ws_connect(&gw, "EIO=4&transport=websocket", &format!("id={alice}")).await {
             Err(tokio_tungstenite::tungstenite::Error::Http(resp)) => {
                 assert_eq!(resp.status(), 502, "attempt {attempt}")
@@ -270,7 +278,64 @@ async fn an_upstream_hanging_up_on_the_handshake_gives_502() {
             other => panic!("attempt {attempt}: expected a 502, got {other:?}"),
         }
     }
-    assert!(gw.metric("gateway_upstream_errors_total").await >= 2.0);
+    assert!(gw.metric("gateway_upstream_errors_total").await >= 3.0);
+    assert_eq!(gw.metric("gateway_upgraded_connections").await, 0.0);
+}
+
+/// An upstream that refuses the upgrade and then fails inside its refusal's body: cut short
+/// (it closes), or stalled (it keeps the connection and sends nothing more). The client gets
+/// what the upstream sent and then the connection closes, within `upstream_handshake_timeout_ms`
+/// when stalled; never a gateway error text spliced into the upstream's body.
+#[tokio::test]
+async fn a_refusal_whose_body_fails_is_cut_not_patched() {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let up = listener.local_addr().unwrap();
+    // Handshakes in order (health checks connect too, without one): the first is cut short,
+    // the second stalls.
+    let seen = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = listener.accept().await {
+            let seen = seen.clone();
+            tokio::spawn(async move {
+                if switching_protocols(&mut s).await.is_none() {
+                    return;
+                }
+                let stall = seen.fetch_add(1, std::sync::atomic::Ordering::SeqCst) % 2 == 1;
+                let _ = s
+                    .write_all(b"HTTP/1.1 403 Forbidden\r\nContent-Length: 100\r\n\r\nnot for")
+                    .await;
+                if stall {
+                    tokio::time::sleep(Duration::from_secs(30)).await;
+                }
+            });
+        }
+    });
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("s.db");
+    let alice = tower_session_sqlite(&db, "alice", None, time::Duration::hours(1)).await;
+    let gw = Gateway::start_with(
+        &sio_route(&format!("\"{up}\""), &db),
+        "upstream_handshake_timeout_ms = 300",
+    )
+    .await;
+    gw.wait_ready().await;
+    for case in ["cut short", "stalled"] {
+        let mut c = tokio::net::TcpStream::connect(("127.0.0.1", gw.http))
+            .await
+            .unwrap();
+        let head = format!(
+            "GET /socket.io/?EIO=4&transport=websocket HTTP/1.1\r\nHost: 127.0.0.1\r\n\
+             Connection: Upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Version: 13\r\n\
+             Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nCookie: id={alice}\r\n\r\n"
+        );
+        c.write_all(head.as_bytes()).await.unwrap();
+        let mut got = Vec::new();
+        let read = tokio::time::timeout(Duration::from_secs(5), c.read_to_end(&mut got)).await;
+        let text = String::from_utf8_lossy(&got);
+        assert!(read.is_ok(), "{case}: still open after 5 s; got {text:?}");
+        assert!(text.starts_with("HTTP/1.1 403"), "{case}: {text:?}");
+        assert!(text.ends_with("not for"), "{case}: {text:?}");
+    }
     assert_eq!(gw.metric("gateway_upgraded_connections").await, 0.0);
 }
 
