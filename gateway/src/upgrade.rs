@@ -108,14 +108,12 @@ impl Upstream {
         req: RequestHeader,
         wait: Duration,
     ) -> Result<ResponseHeader> {
-        match tokio::time::timeout(wait, self.exchange_heads(req)).await {
-            Ok(answer) => answer,
-            Err(_) => Err(Error::explain(
-                ErrorType::ReadTimedout,
-                format!("no answer to a WebSocket handshake in {wait:?}"),
-            )
-            .into_up()),
-        }
+        within(
+            wait,
+            "no answer to a WebSocket handshake",
+            self.exchange_heads(req),
+        )
+        .await
     }
 
     async fn exchange_heads(&mut self, req: RequestHeader) -> Result<ResponseHeader> {
@@ -165,14 +163,12 @@ impl Upstream {
         client: &mut pingora::proxy::Session,
         wait: Duration,
     ) -> Result<()> {
-        match tokio::time::timeout(wait, self.copy_body(client)).await {
-            Ok(copied) => copied,
-            Err(_) => Err(Error::explain(
-                ErrorType::ReadTimedout,
-                format!("a refused WebSocket handshake's body took more than {wait:?}"),
-            )
-            .into_up()),
-        }
+        within(
+            wait,
+            "a refused WebSocket handshake's body not complete",
+            self.copy_body(client),
+        )
+        .await
     }
 
     async fn copy_body(&mut self, client: &mut pingora::proxy::Session) -> Result<()> {
@@ -221,6 +217,16 @@ pub fn take_client(session: &mut ServerSession) -> Option<(Stream, Bytes)> {
     let stand_in = ClientSessionV1::new(Box::new(Cursor::new(Vec::new())));
     let client = std::mem::replace(h1, stand_in);
     Some((client.into_inner(), early.freeze()))
+}
+
+/// `step`, or an upstream read timeout (a `504`) once `wait` has passed.
+async fn within<T>(wait: Duration, what: &str, step: impl Future<Output = Result<T>>) -> Result<T> {
+    match tokio::time::timeout(wait, step).await {
+        Ok(done) => done,
+        Err(_) => {
+            Err(Error::explain(ErrorType::ReadTimedout, format!("{what} in {wait:?}")).into_up())
+        }
+    }
 }
 
 /// The future's output if it is ready at its first poll: bytes already buffered or readable,
