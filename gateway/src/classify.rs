@@ -89,14 +89,17 @@ pub fn is_websocket_upgrade(headers: &http::HeaderMap, version: http::Version) -
     if version != http::Version::HTTP_11 {
         return false;
     }
-    let has_token = |name: http::header::HeaderName, token: &str| {
-        headers.get_all(name).iter().any(|v| {
-            v.to_str()
-                .map(|s| s.split(',').any(|t| t.trim().eq_ignore_ascii_case(token)))
-                .unwrap_or(false)
-        })
-    };
-    has_token(http::header::CONNECTION, "upgrade") && has_token(http::header::UPGRADE, "websocket")
+    has_token(headers, http::header::CONNECTION, "upgrade")
+        && has_token(headers, http::header::UPGRADE, "websocket")
+}
+
+/// Whether a comma-separated header field (`Connection`, `Upgrade`) lists `token`, in any case.
+pub fn has_token(headers: &http::HeaderMap, name: http::header::HeaderName, token: &str) -> bool {
+    headers.get_all(name).iter().any(|v| {
+        v.to_str()
+            .map(|s| s.split(',').any(|t| t.trim().eq_ignore_ascii_case(token)))
+            .unwrap_or(false)
+    })
 }
 
 #[cfg(test)]

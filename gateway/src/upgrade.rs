@@ -187,14 +187,7 @@ impl Upstream {
 }
 
 fn switched_to_websocket(resp: &ResponseHeader) -> bool {
-    resp.headers
-        .get_all(header::UPGRADE)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .any(|v| {
-            v.split(',')
-                .any(|t| t.trim().eq_ignore_ascii_case("websocket"))
-        })
+    classify::has_token(&resp.headers, header::UPGRADE, "websocket")
 }
 
 /// Takes the client's connection out of its session after the `101`, with the bytes the
