@@ -32,9 +32,19 @@
 //! come back through the same gateway with the TLS sessions of their first visit, as browsers
 //! that reconnect do. It prints the same figures, and how many handshakes were resumed.
 //!
+//! Last, the floor (`STORM_FLOOR`, on by default): the first storm and its change phase again,
+//! through a bare TLS relay instead of the gateway (this binary run with `--bare-tls-relay`, a
+//! process of its own: TLS with the gateway's certificate and rustls provider, one upstream
+//! connection, bytes copied both ways, nothing else; its clients carry assertions, as on the
+//! direct path). No TLS edge can do less, so its column is what two TCP hops and TLS cost on
+//! this machine, and the gateway's column beside it is how close the gateway gets. (Its CPU is
+//! the floor, its memory is not: it keeps copy buffers per connection, which the gateway does
+//! not.)
+//!
 //! Env: STORM_N (9000), STORM_CONCURRENCY (200), STORM_GW_THREADS (2), STORM_TIMEOUT_SECS (180),
 //! STORM_CHANGES (10; 0 skips the change phase), STORM_RECONNECT (1; 0 skips the reconnect storm),
-//! STORM_DIRECT (1; 0 skips the direct run, e.g. to profile the gateway alone), GATEWAY_BIN,
+//! STORM_DIRECT (1; 0 skips the direct run, e.g. to profile the gateway alone), STORM_FLOOR (1;
+//! 0 skips the bare relay), GATEWAY_BIN,
 //! PRESENCE_BIN, NODE (node), REDIS_SERVER (redis-server), STORM_LOG (the gateway's RUST_LOG,
 //! default "info": one access line per handshake, as deployed).
 
@@ -773,6 +783,26 @@ async fn storm(
     }
 }
 
+/// `n` browsers that trust the gateway's development CA (written under `dir` when the gateway
+/// started), each with its own TLS session store, empty: their first handshake is a full one.
+fn browsers(dir: &std::path::Path, n: usize) -> anyhow::Result<Vec<Tls>> {
+    use rustls::pki_types::pem::PemObject;
+    let ca = rustls::pki_types::CertificateDer::from_pem_file(dir.join("certs/ca.crt"))?;
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(ca)?;
+    let config = rustls::ClientConfig::builder()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    let name = rustls::pki_types::ServerName::try_from("localhost")?.to_owned();
+    Ok((0..n)
+        .map(|_| {
+            let mut c = config.clone();
+            c.resumption = rustls::client::Resumption::in_memory_sessions(4);
+            Some((tokio_rustls::TlsConnector::from(Arc::new(c)), name.clone()))
+        })
+        .collect())
+}
+
 fn start_presence(bin: &str, dir: &std::path::Path, port: u16, tag: &str) -> anyhow::Result<Proc> {
     let cfg = dir.join("presence.toml");
     std::fs::write(
@@ -795,6 +825,10 @@ fn start_presence(bin: &str, dir: &std::path::Path, port: u16, tag: &str) -> any
 }
 
 fn main() -> anyhow::Result<()> {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    if args.first().map(String::as_str) == Some("--bare-tls-relay") {
+        return bare_tls_relay(&args[1..]);
+    }
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
@@ -876,26 +910,38 @@ async fn run() -> anyhow::Result<()> {
         },
     };
 
-    // 1. Straight to the presence service, each client with an assertion signed here.
+    // Each client's assertion, signed here as the gateway would: the direct and the bare-relay
+    // runs send it themselves.
+    let assertions = (0..n)
+        .map(|i| {
+            let token = setup.probes.signer.sign(
+                &Identity {
+                    sub: format!("u{i}"),
+                    name: None,
+                    sid: format!("s{i}"),
+                },
+                "presence-service",
+            )?;
+            anyhow::Ok(format!("x-identity-assertion: {token}"))
+        })
+        .collect::<anyhow::Result<Vec<_>>>()?;
+
+    // 1. Straight to the presence service.
     let mut runs = Vec::new();
     if env("STORM_DIRECT", 1) == 1 {
         let presence = start_presence(&presence_bin, dir.path(), presence_port, "direct")?;
         wait_tcp(presence_port, "presence-service").await?;
-        let headers = (0..n)
-            .map(|i| {
-                let token = setup.probes.signer.sign(
-                    &Identity {
-                        sub: format!("u{i}"),
-                        name: None,
-                        sid: format!("s{i}"),
-                    },
-                    "presence-service",
-                )?;
-                anyhow::Ok(format!("x-identity-assertion: {token}"))
-            })
-            .collect::<anyhow::Result<Vec<_>>>()?;
         let procs = [("presence", presence.pid())];
-        let f = storm(&setup, "direct", presence_port, &[], headers, &procs, true).await;
+        let f = storm(
+            &setup,
+            "direct",
+            presence_port,
+            &[],
+            assertions.clone(),
+            &procs,
+            true,
+        )
+        .await;
         drop(presence);
         runs.push(f);
     }
@@ -961,22 +1007,7 @@ audience = "presence-service"
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
         anyhow::ensure!(ready, "the gateway never became ready (see its log)");
-        use rustls::pki_types::pem::PemObject;
-        let ca = rustls::pki_types::CertificateDer::from_pem_file(dir.path().join("certs/ca.crt"))?;
-        let mut roots = rustls::RootCertStore::empty();
-        roots.add(ca)?;
-        let config = rustls::ClientConfig::builder()
-            .with_root_certificates(roots)
-            .with_no_client_auth();
-        let name = rustls::pki_types::ServerName::try_from("localhost")?.to_owned();
-        // Each client is a different browser with its own session store.
-        let tls: Vec<Tls> = (0..n)
-            .map(|_| {
-                let mut c = config.clone();
-                c.resumption = rustls::client::Resumption::in_memory_sessions(4);
-                Some((tokio_rustls::TlsConnector::from(Arc::new(c)), name.clone()))
-            })
-            .collect();
+        let tls = browsers(dir.path(), n)?;
         let headers: Vec<String> = cookies.iter().map(|c| format!("cookie: {c}")).collect();
         let procs = [
             ("presence", presence.pid()),
@@ -1017,8 +1048,93 @@ audience = "presence-service"
         drop(gateway);
         drop(presence);
     }
+
+    // 4. The floor of the TLS hop: the same storm through the least a TLS edge must do.
+    if env("STORM_FLOOR", 1) == 1 {
+        let presence = start_presence(&presence_bin, dir.path(), presence_port, "floor")?;
+        wait_tcp(presence_port, "presence-service").await?;
+        let relay_port = free_port();
+        let relay = Proc::spawn(
+            "relay",
+            Command::new(std::env::current_exe()?)
+                .arg("--bare-tls-relay")
+                .args([relay_port.to_string(), presence_port.to_string()])
+                .arg(dir.path().join("certs/server.crt"))
+                .arg(dir.path().join("certs/server.key"))
+                .arg(gw_threads.to_string())
+                .stdout(Stdio::null()),
+        )?;
+        wait_tcp(relay_port, "the bare TLS relay").await?;
+        let procs = [("presence", presence.pid()), ("relay", relay.pid())];
+        let f = storm(
+            &setup,
+            "bare TLS relay (floor)",
+            relay_port,
+            &browsers(dir.path(), n)?,
+            assertions,
+            &procs,
+            true,
+        )
+        .await;
+        runs.push(f);
+    }
     print_side_by_side(&runs);
     Ok(())
+}
+
+/// `storm_bench --bare-tls-relay <listen port> <upstream port> <cert> <key> <threads>`: the
+/// least any TLS edge in front of the presence service must do, as a separate process whose
+/// CPU the bench measures like the gateway's: accept TLS with the gateway's certificate and
+/// rustls provider, open one upstream connection, and copy bytes both ways (no HTTP, no cookie,
+/// no store lookup, no assertion: its clients bring one, as on the direct path). Its figures are
+/// the floor of the TLS hop on this machine; the gateway's, beside them, are how close it gets.
+fn bare_tls_relay(args: &[String]) -> anyhow::Result<()> {
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+    let [listen, upstream, cert, key, threads] = args else {
+        anyhow::bail!(
+            "usage: --bare-tls-relay <listen port> <upstream port> <cert> <key> <threads>"
+        );
+    };
+    let (listen, upstream): (u16, u16) = (listen.parse()?, upstream.parse()?);
+    let certs = CertificateDer::pem_file_iter(cert)?.collect::<Result<Vec<_>, _>>()?;
+    let key = PrivateKeyDer::from_pem_file(key)?;
+    let config = rustls::ServerConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()?
+    .with_no_client_auth()
+    .with_single_cert(certs, key)?;
+    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(threads.parse()?)
+        .enable_all()
+        .build()?;
+    rt.block_on(async move {
+        let listener = tokio::net::TcpListener::bind(("127.0.0.1", listen)).await?;
+        loop {
+            let (tcp, _) = listener.accept().await?;
+            let acceptor = acceptor.clone();
+            tokio::spawn(async move {
+                tcp.set_nodelay(true).ok();
+                let Ok(mut client) = acceptor.accept(tcp).await else {
+                    return;
+                };
+                let Ok(mut up) = TcpStream::connect(("127.0.0.1", upstream)).await else {
+                    return;
+                };
+                up.set_nodelay(true).ok();
+                // Reads as large as the gateway's relay gathers, so both write the same records.
+                let _ = tokio::io::copy_bidirectional_with_sizes(
+                    &mut client,
+                    &mut up,
+                    16 << 10,
+                    64 << 10,
+                )
+                .await;
+            });
+        }
+    })
 }
 
 fn print_side_by_side(runs: &[Figures]) {
@@ -1072,7 +1188,7 @@ fn print_side_by_side(runs: &[Figures]) {
             })
             .collect(),
     );
-    for name in ["presence", "gateway", "redis"] {
+    for name in ["presence", "gateway", "relay", "redis"] {
         row(
             &format!("{name} CPU per connect (ms)"),
             runs.iter()
@@ -1085,7 +1201,7 @@ fn print_side_by_side(runs: &[Figures]) {
                 .collect(),
         );
     }
-    for name in ["presence", "gateway"] {
+    for name in ["presence", "gateway", "relay"] {
         row(
             &format!("{name} RSS before -> after (MiB), per connect (KiB)"),
             runs.iter()
@@ -1219,7 +1335,7 @@ fn print_side_by_side(runs: &[Figures]) {
                 })
                 .collect(),
         );
-        for name in ["presence", "gateway"] {
+        for name in ["presence", "gateway", "relay"] {
             row(
                 &format!("{name} CPU per change (ms)"),
                 runs.iter()

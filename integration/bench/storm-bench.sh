@@ -9,11 +9,13 @@
 # socket straight to presence on both paths): the time until all N clients have read it
 # (p50/p99/max, the gateway's p99 over the direct one) and each process's CPU per change.
 # Last, the reconnect storm: every client drops at once and comes back through the same gateway
-# with its TLS session from the first visit (STORM_RECONNECT=0 skips it).
+# with its TLS session from the first visit (STORM_RECONNECT=0 skips it). Then the floor: the
+# first storm and its changes through a bare TLS relay (TLS and a byte copy, nothing else) in
+# place of the gateway, what two TCP hops and TLS cost here (STORM_FLOOR=0 skips it).
 #   integration/bench/storm-bench.sh                 # N = 9000
 #   STORM_N=2000 integration/bench/storm-bench.sh    # smaller; STORM_CONCURRENCY (200),
 #                                                    # STORM_GW_THREADS (2), STORM_TIMEOUT_SECS,
-#                                                    # STORM_CHANGES (10), GATEWAY_BIN (to compare
+#                                                    # STORM_CHANGES (10), STORM_FLOOR (1), GATEWAY_BIN (to compare
 #                                                    # a build kept from another commit)
 # Needs redis-server and Node.js (the Express app's packages are installed on first use).
 set -euo pipefail
