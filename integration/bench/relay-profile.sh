@@ -16,7 +16,7 @@ ulimit -n "$(ulimit -Hn)"
 cargo build --release -p gateway --bin gateway --example storm_bench
 cargo build --release -p presence-service --bin presence-service
 : >"$out/bench.err"
-STORM_DIRECT=0 STORM_CHANGES=${STORM_CHANGES:-40} \
+STORM_DIRECT=0 STORM_FLOOR=0 STORM_CHANGES=${STORM_CHANGES:-40} \
   GATEWAY_BIN=${GATEWAY_BIN:-target/release/gateway} PRESENCE_BIN=target/release/presence-service \
   target/release/examples/storm_bench >"$out/bench.out" 2>"$out/bench.err" &
 bench=$!
