@@ -5,6 +5,7 @@
 //! against the config file's folder so a config means the same thing from any working directory.
 
 use std::net::SocketAddr;
+use std::num::NonZeroU64;
 use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
@@ -121,7 +122,14 @@ pub struct GatewaySection {
     /// The handshake holds an upstream connection and one of its user's tunnel slots meanwhile,
     /// and the gateway does not notice a client that gave up, so the wait needs its own bound.
     #[serde(default = "default_upstream_handshake_timeout_ms")]
-    pub upstream_handshake_timeout_ms: u64,
+    pub upstream_handshake_timeout_ms: NonZeroU64,
+    /// How long a request that is not upgraded waits for each read from its upstream: the
+    /// response head, then every piece of its body. A hung upstream otherwise holds the client
+    /// and an upstream connection for `upgraded_idle_timeout_secs`. A long poll or an event
+    /// stream must send something within it (Socket.IO's polling answers within its ping
+    /// interval).
+    #[serde(default = "default_upstream_read_timeout_secs")]
+    pub upstream_read_timeout_secs: NonZeroU64,
     /// Peers (IP or CIDR) whose `X-Forwarded-*` headers are trusted and appended to.
     #[serde(default)]
     pub trusted_proxies: Vec<Spanned<String>>,
@@ -181,6 +189,7 @@ impl Default for GatewaySection {
             upgrade_sock: default_upgrade_sock(),
             upgraded_idle_timeout_secs: default_upgraded_idle(),
             upstream_handshake_timeout_ms: default_upstream_handshake_timeout_ms(),
+            upstream_read_timeout_secs: default_upstream_read_timeout_secs(),
             trusted_proxies: Vec::new(),
             access_log: AccessLogConfig::default(),
         }
@@ -212,8 +221,12 @@ fn default_upgrade_sock() -> PathBuf {
 fn default_upgraded_idle() -> u64 {
     3600
 }
-fn default_upstream_handshake_timeout_ms() -> u64 {
-    10_000
+// Zero is refused where it is written (a `NonZeroU64` does not deserialize from 0).
+fn default_upstream_handshake_timeout_ms() -> NonZeroU64 {
+    const { NonZeroU64::new(10_000).unwrap() }
+}
+fn default_upstream_read_timeout_secs() -> NonZeroU64 {
+    const { NonZeroU64::new(60).unwrap() }
 }
 
 #[derive(Debug, Deserialize)]
@@ -538,12 +551,6 @@ impl Config {
         }
         if self.gateway.drain_max_per_sec == 0 {
             return Err(missing("gateway.drain_max_per_sec", "must be at least 1"));
-        }
-        if self.gateway.upstream_handshake_timeout_ms == 0 {
-            return Err(missing(
-                "gateway.upstream_handshake_timeout_ms",
-                "must be at least 1",
-            ));
         }
         if !crate::affinity::valid_cookie_name(&self.affinity.cookie) {
             return Err(missing(

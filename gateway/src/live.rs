@@ -50,6 +50,8 @@ pub struct Live {
     pub upgraded_idle: Duration,
     /// How long an upstream may take to answer a WebSocket handshake.
     pub upstream_handshake: Duration,
+    /// How long a request that is not upgraded waits for each read from its upstream.
+    pub upstream_read: Duration,
     pub access_log: AccessLog,
     /// The certificate each listener presents, by listener index (`None`: plain HTTP).
     pub certs: Vec<Option<Arc<CertifiedKey>>>,
@@ -144,7 +146,10 @@ impl Live {
                 .filter_map(|p| parse_cidr(p.get_ref()).ok())
                 .collect(),
             upgraded_idle: Duration::from_secs(cfg.gateway.upgraded_idle_timeout_secs),
-            upstream_handshake: Duration::from_millis(cfg.gateway.upstream_handshake_timeout_ms),
+            upstream_handshake: Duration::from_millis(
+                cfg.gateway.upstream_handshake_timeout_ms.get(),
+            ),
+            upstream_read: Duration::from_secs(cfg.gateway.upstream_read_timeout_secs.get()),
             access_log: AccessLog::new(&cfg.gateway.access_log),
             certs,
             affinity: Affinity::from_config(cfg, &signing_pems)?,

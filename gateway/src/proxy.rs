@@ -588,9 +588,14 @@ impl ProxyHttp for Gateway {
         let mut peer = HttpPeer::new(addr, false, String::new());
         peer.options.connection_timeout = Some(Duration::from_secs(2));
         peer.options.total_connection_timeout = Some(Duration::from_secs(3));
-        // Upgraded connections relay both ways for hours; a request that is not upgraded is
-        // still bounded by the upstream's own response time.
-        peer.options.read_timeout = Some(ctx.live.upgraded_idle);
+        // An upgrade request's connection may relay for hours once it is upgraded (the
+        // WebSocket path bounds the wait for its answer itself, `upgrade.rs`); any other
+        // request's upstream must keep answering.
+        peer.options.read_timeout = Some(if session.is_upgrade_req() {
+            ctx.live.upgraded_idle
+        } else {
+            ctx.live.upstream_read
+        });
         peer.options.idle_timeout = Some(Duration::from_secs(60));
         Ok(Box::new(peer))
     }

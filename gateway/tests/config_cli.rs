@@ -142,6 +142,19 @@ fn semantic_errors_name_the_key_path() {
         err.contains("gateway.toml:16:15: route[1].path_prefix: must start with '/'"),
         "{err}"
     );
+    // A bound of zero is refused where it is written.
+    for (key, col) in [
+        ("upstream_read_timeout_secs", 30),
+        ("upstream_handshake_timeout_ms", 33),
+    ] {
+        let (_, err) = check(&format!("[gateway]\n{key} = 0\n{GOOD}"));
+        assert!(
+            err.contains(&format!(
+                "gateway.toml:2:{col}: gateway.{key}: invalid value: integer `0`, expected a nonzero u64"
+            )),
+            "{err}"
+        );
+    }
     let dup = format!("{GOOD}\n[[route]]\nname = \"app\"\nupstreams = [\"127.0.0.1:3001\"]\n");
     let (_, err) = check(&dup);
     assert!(

@@ -723,3 +723,90 @@ async fn an_idle_websocket_stays_open_past_90_seconds() {
         Message::text("after 95 s")
     );
 }
+
+/// A request that is not upgraded waits for each read from its upstream at most
+/// `upstream_read_timeout_secs`: a silent upstream is a 504 and a body that stalls ends the
+/// response, both within the bound, not after the tunnels' idle timeout (an hour); an answer that comes within
+/// it is relayed, and a quiet WebSocket through the same gateway outlives it.
+#[tokio::test]
+async fn a_plain_request_waits_for_its_upstream_at_most_the_read_timeout() {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let up = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let mut head = Vec::new();
+                let mut chunk = [0u8; 4096];
+                while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match s.read(&mut chunk).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => head.extend_from_slice(&chunk[..n]),
+                    }
+                }
+                let head = String::from_utf8_lossy(&head).to_string();
+                if head.starts_with("GET /slow ") {
+                    tokio::time::sleep(Duration::from_millis(300)).await;
+                    let _ = s
+                        .write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 4\r\n\r\nlate")
+                        .await;
+                } else if head.starts_with("GET /stall-body ") {
+                    let _ = s
+                        .write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\nnot all")
+                        .await;
+                }
+                // `/hang`, and whatever is left of the others: nothing more, for longer than
+                // any test waits.
+                tokio::time::sleep(Duration::from_secs(60)).await;
+            });
+        }
+    });
+    let (ws_up, _seen) = ws_echo_upstream().await;
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("s.db");
+    let alice = tower_session_sqlite(&db, "alice", None, time::Duration::hours(1)).await;
+    let config = format!(
+        "{}\n[[route]]\nname = \"app\"\nupstreams = [\"{up}\"]\n",
+        sio_route(&format!("\"{ws_up}\""), &db)
+    );
+    let gw = Gateway::start_with(&config, "upstream_read_timeout_secs = 1").await;
+    gw.wait_ready().await;
+    let mut ws = ws_connect(&gw, "EIO=4&transport=websocket", &format!("id={alice}"))
+        .await
+        .expect("upgrade");
+
+    let started = std::time::Instant::now();
+    let answer = get(&gw.url("/hang"), &[]).await;
+    let waited = started.elapsed();
+    let (status, _, _) = answer.expect("the gateway answers a silent upstream");
+    assert_eq!(status, 504, "log:\n{}", gw.log_text());
+    assert!(
+        waited >= Duration::from_millis(900) && waited < Duration::from_secs(5),
+        "answered after {waited:?}"
+    );
+
+    let (status, _, body) = get(&gw.url("/slow"), &[]).await.expect("an answer");
+    assert_eq!((status, body.as_str()), (200, "late"));
+
+    let started = std::time::Instant::now();
+    let got = raw_exchange(
+        gw.http,
+        b"GET /stall-body HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n",
+    )
+    .await;
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "a stalled body held the client for {:?}",
+        started.elapsed()
+    );
+    // Depending on whether Pingora had written the head on when the read failed: a 504, or
+    // the response cut where the upstream stopped; never a body patched with an error text.
+    let cut = got.starts_with("HTTP/1.1 200") && got.ends_with("not all");
+    assert!(cut || got.starts_with("HTTP/1.1 504"), "{got:?}");
+
+    // The WebSocket has been quiet for longer than the read timeout by now.
+    ws.send(Message::text("still here")).await.unwrap();
+    assert_eq!(
+        ws.next().await.unwrap().unwrap(),
+        Message::text("still here")
+    );
+}
