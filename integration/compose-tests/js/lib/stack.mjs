@@ -294,9 +294,9 @@ export async function aclDenials() {
 
 /**
  * A whole Socket.IO connect over long-polling, by hand inside the compose network, straight to a
- * presence instance (no gateway): the Engine.IO handshake, the CONNECT packet ("40"), then the
- * poll that carries the namespace's answer ("40{sid}" accepted, "44{...}" refused). Returns that
- * answer.
+ * presence instance (no gateway): the Engine.IO handshake, the CONNECT packet ("40"), then polls
+ * until one carries the namespace's answer ("40{sid}" accepted, "44{...}" refused). Returns the
+ * packets those polls carried (pings among them), joined by the record separator.
  */
 export async function socketioConnectInside(instance, headers = {}) {
   return runInside(INSIDE, async (host, hdrs) => {
@@ -311,7 +311,13 @@ export async function socketioConnectInside(instance, headers = {}) {
     const sid = /"sid":"([^"]*)"/.exec(open)?.[1];
     if (!sid) throw new Error(`no sid in: ${open}`);
     await ask(`${base}&sid=${sid}`, { method: 'POST', headers: { 'content-type': 'text/plain;charset=UTF-8' }, body: '40' });
-    return (await ask(`${base}&sid=${sid}`)).trim();
+    // The answer to the CONNECT may come after a ping (2 s apart in the compose configs) that
+    // a poll returns alone: poll until a Socket.IO packet arrives, a few times at most.
+    const packets = [];
+    for (let i = 0; i < 5 && !packets.some((p) => p.startsWith('4')); i += 1) {
+      packets.push(...(await ask(`${base}&sid=${sid}`)).trim().split('\x1e'));
+    }
+    return packets.join('\x1e');
   }, instance, headers);
 }
 
