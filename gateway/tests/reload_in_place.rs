@@ -955,7 +955,7 @@ async fn held_upstream(
     tokio::sync::mpsc::UnboundedReceiver<()>,
     Arc<tokio::sync::Notify>,
 ) {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::io::AsyncWriteExt;
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let (arrived, arrivals) = tokio::sync::mpsc::unbounded_channel();
@@ -965,13 +965,8 @@ async fn held_upstream(
         while let Ok((mut s, _)) = listener.accept().await {
             let (arrived, go) = (arrived.clone(), go2.clone());
             tokio::spawn(async move {
-                let mut buf = vec![0u8; 4096];
-                let mut head = Vec::new();
-                while !head.windows(4).any(|w| w == b"\r\n\r\n") {
-                    match s.read(&mut buf).await {
-                        Ok(0) | Err(_) => return,
-                        Ok(n) => head.extend_from_slice(&buf[..n]),
-                    }
+                if read_head(&mut s).await.is_none() {
+                    return;
                 }
                 let _ = arrived.send(());
                 go.notified().await;

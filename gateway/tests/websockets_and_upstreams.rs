@@ -51,15 +51,7 @@ async fn ws_echo_upstream() -> (
 /// Reads an upgrade request's head from `s` and returns the matching `101 Switching Protocols`
 /// head (RFC 6455 section 4.2.2), for upstreams that answer at once.
 async fn switching_protocols(s: &mut tokio::net::TcpStream) -> Option<String> {
-    let mut buf = Vec::new();
-    let mut chunk = [0u8; 4096];
-    while !buf.windows(4).any(|w| w == b"\r\n\r\n") {
-        match s.read(&mut chunk).await {
-            Ok(0) | Err(_) => return None,
-            Ok(n) => buf.extend_from_slice(&chunk[..n]),
-        }
-    }
-    let head = String::from_utf8_lossy(&buf).to_string();
+    let head = read_head(s).await?;
     let key = head
         .lines()
         .filter_map(|l| l.split_once(':'))
@@ -735,15 +727,9 @@ async fn a_plain_request_waits_for_its_upstream_at_most_the_read_timeout() {
     tokio::spawn(async move {
         while let Ok((mut s, _)) = listener.accept().await {
             tokio::spawn(async move {
-                let mut head = Vec::new();
-                let mut chunk = [0u8; 4096];
-                while !head.windows(4).any(|w| w == b"\r\n\r\n") {
-                    match s.read(&mut chunk).await {
-                        Ok(0) | Err(_) => return,
-                        Ok(n) => head.extend_from_slice(&chunk[..n]),
-                    }
-                }
-                let head = String::from_utf8_lossy(&head).to_string();
+                let Some(head) = read_head(&mut s).await else {
+                    return;
+                };
                 if head.starts_with("GET /slow ") {
                     tokio::time::sleep(Duration::from_millis(300)).await;
                     let _ = s

@@ -172,13 +172,8 @@ async fn upgrade_upstream() -> std::net::SocketAddr {
     tokio::spawn(async move {
         while let Ok((mut s, _)) = listener.accept().await {
             tokio::spawn(async move {
-                let mut head = Vec::new();
-                let mut buf = [0u8; 4096];
-                while !head.windows(4).any(|w| w == b"\r\n\r\n") {
-                    match s.read(&mut buf).await {
-                        Ok(0) | Err(_) => return,
-                        Ok(n) => head.extend_from_slice(&buf[..n]),
-                    }
+                if read_head(&mut s).await.is_none() {
+                    return;
                 }
                 let _ = s
                     .write_all(
@@ -186,6 +181,7 @@ async fn upgrade_upstream() -> std::net::SocketAddr {
                           Connection: Upgrade\r\n\r\n",
                     )
                     .await;
+                let mut buf = [0u8; 4096];
                 loop {
                     match s.read(&mut buf).await {
                         Ok(0) | Err(_) => return,

@@ -631,6 +631,21 @@ pub fn header<'a>(hdrs: &'a [(String, String)], name: &str) -> Option<&'a str> {
         .map(|(_, v)| v.as_str())
 }
 
+/// Reads from `s` until an HTTP head is complete (its blank line); returns what was read, which
+/// may run past the head. `None` if the peer closes or fails first.
+pub async fn read_head(s: &mut tokio::net::TcpStream) -> Option<String> {
+    use tokio::io::AsyncReadExt;
+    let mut head = Vec::new();
+    let mut chunk = [0u8; 4096];
+    while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+        match s.read(&mut chunk).await {
+            Ok(0) | Err(_) => return None,
+            Ok(n) => head.extend_from_slice(&chunk[..n]),
+        }
+    }
+    Some(String::from_utf8_lossy(&head).into_owned())
+}
+
 /// Sends `raw` bytes on a fresh connection and returns everything the server sends back until
 /// it closes (or 10 s pass).
 pub async fn raw_exchange(port: u16, raw: &[u8]) -> String {
