@@ -4,8 +4,8 @@
 #   integration/run-all-tests.sh            # everything, docker compose suite included
 #   SUITES="rust gateway-js" integration/run-all-tests.sh   # a subset, by name
 #
-# Suites, in order: lint, rust, rust-slow, gateway-js, presence-js, presence-py, web, e2e,
-# dev-stack, compose. Each runs even if an earlier one failed; the last line is the tally.
+# Suites, in order: lint, rust, rust-slow, fuzz, gateway-js, presence-js, presence-py,
+# presence-faults, web, e2e, dev-stack, compose. Each runs even if an earlier one failed; the last line is the tally.
 # Needs what .ci/run installs: redis-server, chromium, node + npm, python 3, docker (compose).
 set -uo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"

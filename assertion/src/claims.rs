@@ -12,7 +12,7 @@ pub struct Identity {
     pub sid: String,
 }
 
-/// The JWT claims, exactly as DESIGN.md lists them.
+/// The JWT claims, exactly as docs/design.md lists them.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Claims {
     pub iss: String,

@@ -2,7 +2,7 @@
 //!
 //! The gateway authenticates a request once (from the session store) and tells the upstream who
 //! the user is with a short-lived compact JWS (`alg: EdDSA`, Ed25519, `kid` in the header). The
-//! upstream never sees the session, only this token, and trusts nothing else. See DESIGN.md,
+//! upstream never sees the session, only this token, and trusts nothing else. See docs/design.md,
 //! "The identity assertion".
 //!
 //! This crate holds both halves so they cannot drift apart: [`AssertionSigner`] (gateway) and

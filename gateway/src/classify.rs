@@ -1,8 +1,8 @@
 //! Phase 1: what kind of request is this?
 //!
-//! Engine.IO rules (https://socket.io/docs/v4/engine-io-protocol/): a request with `EIO` in the
-//! query and no `sid` opens a new Engine.IO session (a handshake); every later request of that
-//! session carries `sid`. Only handshakes are authenticated: that is the seed's
+//! Engine.IO rules (the protocol's, as docs/design.md states them in "The Socket.IO handshake at
+//! the edge"): a request with `EIO` in the query and no `sid` opens a new Engine.IO session (a
+//! handshake); every later request of that session carries `sid`. Only handshakes are authenticated: that is the seed's
 //! `onlyForHandshake` rule, moved to the edge.
 
 use http::Method;

@@ -1,4 +1,4 @@
-//! `gateway`: the edge-auth gateway. See README.md and DESIGN.md.
+//! `gateway`: the edge-auth gateway. See README.md and docs/design.md.
 
 use std::path::PathBuf;
 use std::process::ExitCode;

@@ -55,8 +55,7 @@ pub struct Config {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ServerConfig {
-    /// Address to listen on; port 0 picks a free port (the bound address is logged and, with
-    /// `--print-addr`, printed on stdout).
+    /// Address to listen on; port 0 picks a free port (the bound address is logged).
     pub listen: Spanned<String>,
     /// On SIGTERM, this node's sockets are closed a few at a time over this window (the
     /// clients reconnect to the other nodes in a trickle; `src/drain.rs`).
@@ -178,14 +177,15 @@ pub struct LimitsConfig {
 
 impl Default for LimitsConfig {
     fn default() -> Self {
-        // Socket.IO's own defaults, except the buffers, sized for many idle sockets (see README).
+        // Socket.IO's heartbeat defaults; a payload limit well below Socket.IO's (presence
+        // clients send only small events); buffers sized for many idle sockets (see README).
         Self {
             max_payload: 100_000,
             ping_interval_ms: 25_000,
             ping_timeout_ms: 20_000,
             max_buffer_size: 128,
             // Clients send almost nothing (pongs, acks); a bigger message still fits, the buffer
-            // grows for it. Every idle socket holds this much (heaptrack: 1021 B at 1024).
+            // grows for it. Every idle socket holds this much.
             ws_read_buffer_size: 256,
         }
     }

@@ -1,10 +1,10 @@
 //! Keeps a handshake's request from pinning the HTTP read buffer for the socket's whole life.
 //!
 //! hyper parses headers and the URI without copying: each `HeaderValue` and the URI are slices
-//! of the connection's read buffer (8-16 KiB). engineioxide keeps the handshake's
+//! of the connection's read buffer (several KiB). engineioxide keeps the handshake's
 //! `http::request::Parts` for as long as the socket lives (`socket.req_parts()`), so every
-//! idle socket kept that whole buffer alive: 16 KiB of a measured 30 KiB per idle socket
-//! (heaptrack, `examples/presence_bench.rs`). Copying the few hundred bytes that matter into
+//! idle socket kept that whole buffer alive: more than half of an idle socket's memory
+//! (heaptrack, `examples/presence_bench`). Copying the few hundred bytes that matter into
 //! their own allocations lets the buffer go when the upgrade completes. The URI is copied too,
 //! also the one axum keeps in the request's extensions for `OriginalUri`.
 //!

@@ -29,11 +29,11 @@ mod trust;
 /// jemalloc, returning freed pages to the system within about a second, and without thread
 /// caches. A connect storm (every new socket gets the online list page by page, every socket
 /// gets the joins) allocates and frees millions of short-lived buffers while each new socket's
-/// long-lived state is being allocated. glibc's malloc kept that churn resident for good (50 KB
-/// per idle socket at 9000 users). jemalloc's thread caches hand a new socket's state the
+/// long-lived state is being allocated. glibc's malloc kept that churn resident for good (several
+/// times the idle socket's own size). jemalloc's thread caches hand a new socket's state the
 /// slots that transient buffers just freed, scattered over many slabs that then can never be
-/// returned: 17.4 KB per idle socket, against 14.6 KB without them, for about 5% more CPU per
-/// broadcast (`integration/bench/presence/run.sh`; `/metrics` shows allocated vs resident).
+/// returned: measurably more per idle socket, for a few percent less CPU per broadcast
+/// (`integration/bench/presence/run.sh` shows both; `/metrics` shows allocated vs resident).
 /// Freed pages are returned by jemalloc's background thread: without it they are purged only
 /// when the process next allocates, and a quiet node kept the ramp's freed pages for as long as
 /// it stayed quiet.

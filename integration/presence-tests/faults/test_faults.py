@@ -170,7 +170,8 @@ class Cluster:
             self.redis.signal(signal.SIGCONT)
         elif kind.startswith("redis_restart"):
             # `redis_restart` comes back empty; `redis_restart_kept` with every write it acknowledged
-            # before the SIGKILL (its append-only file is synced on every write).
+            # before the SIGKILL (its append-only file is written before each reply; not fsynced, which
+            # a SIGKILL of the process alone does not need).
             self.redis_down = True
             self.redis.kill()
             await self.ops_during(rng.uniform(0.3, 1.5))

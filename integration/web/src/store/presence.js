@@ -1,4 +1,4 @@
-// Pure updates of the online list for both event modes of the presence service (DESIGN.md):
+// Pure updates of the online list for both event modes of the presence service (docs/design.md):
 // compat mode sends the whole list on every change (`online_users`, `user_connected`,
 // `user_disconnected`); diff mode sends one `online_users` snapshot, then `presence_diff`
 // { joins, leaves } batches. Keeping them pure lets the tests cover every case without a socket.
