@@ -8,6 +8,11 @@
 # diff mode with N sockets of N users (a change's p99 to all N, server CPU per change, RSS per
 # idle socket), then N sockets of 10 users (what a socket itself costs). The load average is
 # printed before each run. PIN=1 pins the server to CPU 1 and the bench client to CPU 0.
+# QUEUED=1 adds a third build: the base with base-queued.patch, which stops the server from
+# handing its sockets to the transport. A base that wrote frames straight to the raw socket (the
+# design before the fan-out module) then sends every frame through its queue and codec: what
+# the base costs without writing around the codec. (Built from the base's copy with the patch
+# applied for the build and taken back after it, so only the service crate is built twice.)
 set -euo pipefail
 cd "$(dirname "$0")/../../.."
 ROOT=$PWD
@@ -21,15 +26,32 @@ if [ ! -d "$src" ]; then
   git archive "$BASE" | tar -x -C "$src"
 fi
 cargo build --release -p presence-service --bin presence-service --example presence_bench
-(cd "$src" && cargo build --release -p presence-service --bin presence-service \
-  --target-dir "$ROOT/target/compare-$short")
-bench=./target/release/examples/presence_bench
+build_base() {
+  (cd "$src" && cargo build --release -p presence-service --bin presence-service \
+    --target-dir "$ROOT/target/compare-$short")
+}
 declare -A server=([this]=./target/release/presence-service [$short]="$ROOT/target/compare-$short/release/presence-service")
+builds=(this "$short")
+if [ "${QUEUED:-0}" = 1 ]; then
+  qpatch="$ROOT/integration/bench/presence/base-queued.patch"
+  patch -s -d "$src" -p1 --dry-run <"$qpatch" >/dev/null ||
+    { echo "QUEUED=1: base-queued.patch does not apply to $short (no raw-socket hand-over there?)" >&2; exit 2; }
+  patch -s -d "$src" -p1 <"$qpatch"
+  trap 'patch -s -R -d "$src" -p1 <"$qpatch"' EXIT
+  build_base
+  cp "${server[$short]}" "$ROOT/target/compare-$short/presence-service-queued"
+  patch -s -R -d "$src" -p1 <"$qpatch"
+  trap - EXIT
+  server[$short-queued]="$ROOT/target/compare-$short/presence-service-queued"
+  builds+=("$short-queued")
+fi
+build_base
+bench=./target/release/examples/presence_bench
 run=("$bench")
 if [ "${PIN:-0}" = 1 ]; then export SERVER_CPUS=1; run=(taskset -c 0 "$bench"); fi
 echo "host: $(nproc) cores; this tree ($(git rev-parse --short HEAD)$(git diff --quiet || echo ', uncommitted changes')) vs $short"
 for round in $(seq "$ROUNDS"); do
-  for which in this "$short"; do
+  for which in "${builds[@]}"; do
     for users in "$N" 10; do
       echo "== round $round, $which, diff mode, $N sockets of $users users (load average $(cut -d' ' -f1-3 /proc/loadavg))"
       "${run[@]}" "${server[$which]}" diff "$N" "$users"
