@@ -309,6 +309,19 @@ impl ShardRooms {
     }
 }
 
+/// A snapshot or one of its pages could not be queued. A socket that is gone needs nothing; one
+/// whose queue is full would keep a partial list for good (pages carry no `seq`), so its
+/// transport is closed: the client reconnects and gets a fresh snapshot. (A namespace
+/// disconnect would not do: it needs room in the same full queue, and Socket.IO clients do not
+/// reconnect after one.)
+fn too_slow_or_gone<A: Adapter>(socket: &SocketRef<A>, e: &SendError, what: &'static str) {
+    if matches!(e, SendError::Socket(SocketError::Closed)) {
+        return;
+    }
+    tracing::warn!(error = %e, sid = %socket.id, what, "socket too slow for its snapshot; closing its transport");
+    socket.close_transport();
+}
+
 /// A shard: sends its jobs in order, each through the sockets' own queues.
 async fn run_shard<A: Adapter>(
     mut rooms: ShardRooms,
@@ -320,12 +333,19 @@ async fn run_shard<A: Adapter>(
             Job::Snapshot { sockets, payload } => {
                 for socket in sockets {
                     if let Err(e) = socket.emit("online_users", &*payload) {
-                        tracing::debug!(error = %e, sid = %socket.id, "snapshot not sent (socket gone?)");
+                        too_slow_or_gone(&socket, &e, "snapshot");
                         continue;
                     }
                     metrics.emitted("online_users");
                     // Live only now: no change can reach it before its list.
-                    socket.join(rooms.room_for_next());
+                    let room = rooms.room_for_next();
+                    socket.join(room.clone());
+                    // A close on another worker between the emit and the join has already
+                    // taken the socket out of every room (the socket is marked closed first):
+                    // the join would put it back for good.
+                    if !socket.connected() {
+                        socket.leave(room);
+                    }
                 }
             }
             Job::Page {
@@ -336,13 +356,7 @@ async fn run_shard<A: Adapter>(
                 for socket in sockets {
                     match socket.emit(event, &*payload) {
                         Ok(()) => metrics.emitted(event),
-                        Err(SendError::Socket(SocketError::Closed)) => {}
-                        // A page lost would leave it a partial list for good; closed, it
-                        // reconnects and gets a fresh snapshot.
-                        Err(e) => {
-                            tracing::warn!(error = %e, sid = %socket.id, "socket too slow for its snapshot; closing it");
-                            let _ = socket.disconnect();
-                        }
+                        Err(e) => too_slow_or_gone(&socket, &e, "snapshot page"),
                     }
                 }
             }
@@ -673,6 +687,52 @@ mod tests {
             last = Some(n);
         }
         assert!(last.is_some(), "the slow client read nothing");
+    }
+
+    /// A socket that stops reading while its snapshot's pages are queued: once a page no longer
+    /// fits in its queue the socket's transport is closed (its client reconnects for a fresh
+    /// snapshot) instead of staying open with a partial list for good.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_socket_too_slow_for_its_pages_is_closed() {
+        let (io, addr, mut joined) = server().await;
+        let fanout = fanout(&io);
+        let mut slow = Client::connect(addr, Some(4096)).await;
+        let socket = tokio::time::timeout(WAIT, joined.recv())
+            .await
+            .expect("joined")
+            .expect("socket");
+        // Kept as a permit if it comes before anyone waits.
+        let gone = Arc::new(tokio::sync::Notify::new());
+        let notify = gone.clone();
+        socket.on_disconnect(move || {
+            let notify = notify.clone();
+            async move { notify.notify_one() }
+        });
+        let mut paged = fanout.snapshot([socket], &raw(&()));
+        let page = raw(&serde_json::json!({ "filler": "p".repeat(64 << 10) }));
+        // More than its queue and both kernel buffers hold (the server's send buffer grows to
+        // a few MiB).
+        for _ in 0..400 {
+            fanout.page(&mut paged, "online_users_page", &page);
+            tokio::task::yield_now().await;
+        }
+        // The client reads what was written before the close, then the connection ends, well
+        // before the heartbeat would end it (it answers no ping).
+        let ended = tokio::time::timeout(Duration::from_secs(10), async {
+            let mut chunk = [0u8; 16384];
+            loop {
+                match slow.tcp.read(&mut chunk).await {
+                    Ok(0) | Err(_) => break,
+                    Ok(_) => {}
+                }
+            }
+        })
+        .await;
+        assert!(ended.is_ok(), "the slow socket was left open");
+        assert!(
+            tokio::time::timeout(WAIT, gone.notified()).await.is_ok(),
+            "the server never saw the socket disconnect"
+        );
     }
 
     fn allocated() -> usize {
