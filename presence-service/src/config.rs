@@ -353,6 +353,13 @@ impl Config {
                 "must be at least 1".into(),
             ));
         }
+        if config.backend.heartbeat_interval_ms == 0 {
+            return Err(invalid(
+                0..0,
+                "backend.heartbeat_interval_ms",
+                "must be at least 1".into(),
+            ));
+        }
         if config.backend.node_ttl_ms <= config.backend.heartbeat_interval_ms {
             return Err(invalid(
                 0..0,
@@ -551,6 +558,16 @@ mod tests {
         assert_eq!(
             err.to_string(),
             "p.toml:3:1: backend.node_ttl_ms: must be larger than heartbeat_interval_ms"
+        );
+        // A zero heartbeat would stop the announcer at start (a zero-period timer panics).
+        let err = Config::parse(
+            "[backend]\nheartbeat_interval_ms = 0\n",
+            Path::new("p.toml"),
+        )
+        .unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "p.toml:2:25: backend.heartbeat_interval_ms: must be at least 1"
         );
     }
 
