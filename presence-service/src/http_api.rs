@@ -111,7 +111,14 @@ async fn session_ended<A: Adapter>(
     };
     let room = session_room(&claims.sid);
     let local = ctx.io.to(room.clone()).sockets().len();
-    match ctx.io.to(room).disconnect().await {
+    let result = ctx.io.to(room.clone()).disconnect().await;
+    // A socket whose queue is full cannot take the disconnect packet and stays connected (a
+    // background tab that reads slowly): its transport is closed instead. Its reconnect is
+    // refused at the gateway, whose session is gone.
+    for socket in ctx.io.to(room).sockets() {
+        socket.close_transport();
+    }
+    match result {
         Ok(()) => {
             tracing::info!(user = %claims.sub, local_sockets = local, "session ended: sockets disconnected");
             StatusCode::NO_CONTENT.into_response()
