@@ -36,7 +36,9 @@ impl DrainPace {
 /// Closes this node's sockets, paced; the ones left when the window (and as long again for
 /// stragglers at the full rate) is over are left to `SocketIo::close`.
 pub async fn close_paced<A: Adapter>(io: &SocketIo<A>, pace: DrainPace) -> usize {
-    let mut sockets = io.sockets();
+    // Ids, not sockets: a socket whose client leaves during the drain must be dropped at once
+    // (its drop is what counts its user out), not held until its turn comes.
+    let mut sockets: Vec<_> = io.sockets().iter().map(|s| s.id).collect();
     sockets.shuffle(&mut rand::thread_rng());
     let total = sockets.len();
     if total == 0 {
@@ -52,10 +54,14 @@ pub async fn close_paced<A: Adapter>(io: &SocketIo<A>, pace: DrainPace) -> usize
         "draining: closing sockets a few at a time"
     );
     let mut closed = 0;
-    while let Some(socket) = sockets.pop() {
+    while let Some(sid) = sockets.pop() {
+        // Gone already: no turn to wait for.
+        if io.get_socket(sid).is_none() {
+            continue;
+        }
         let now = Instant::now();
         if now >= hard_end {
-            sockets.push(socket);
+            sockets.push(sid);
             break;
         }
         let jitter = rand::thread_rng().gen_range(0.5..1.5);
@@ -65,8 +71,10 @@ pub async fn close_paced<A: Adapter>(io: &SocketIo<A>, pace: DrainPace) -> usize
             jitter,
         );
         tokio::time::sleep(gap).await;
-        socket.close_transport();
-        closed += 1;
+        if let Some(socket) = io.get_socket(sid) {
+            socket.close_transport();
+            closed += 1;
+        }
     }
     tracing::info!(
         closed,
