@@ -257,9 +257,17 @@ impl Gateway {
         match route.auth {
             AuthPolicy::None => {
                 if route.is_logout(&req.method, req.uri.path()) {
-                    // Remember who is logging out; failure here is not ours to judge.
-                    if let Ok(a) = self.session_identity(session, route).await {
-                        ctx.logout = Some(a);
+                    // Remember who is logging out. The request goes on either way (the app
+                    // judges it). No valid session is nothing to propagate; a store that could
+                    // not answer means presence is not told, which an operator must see.
+                    match self.session_identity(session, route).await {
+                        Ok(a) => ctx.logout = Some(a),
+                        Err(r) if r.status == 503 => tracing::warn!(
+                            route = %route.name,
+                            reason = %r.reason,
+                            "logout not propagated: the session store did not answer"
+                        ),
+                        Err(_) => {}
                     }
                 }
                 Ok(())
