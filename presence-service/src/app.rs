@@ -281,8 +281,14 @@ async fn serve(
         ))
         .layer(axum::middleware::map_request(
             crate::handshake_memory::detach_from_read_buffer,
+        ))
+        .layer(axum::middleware::map_request(
+            crate::wire::direct_for_websocket_handshake,
         ));
-    let server = axum::serve(listener, router.into_make_service());
+    let server = axum::serve(
+        listener,
+        router.into_make_service_with_connect_info::<crate::wire::WireHandle>(),
+    );
     tokio::select! {
         res = server => res.map_err(|source| StartError::Listen { addr, source }),
         () = shutdown => {

@@ -25,6 +25,12 @@ mod paging;
 mod payloads;
 mod sockets;
 mod trust;
+mod wire;
+
+/// Tests that allocate megabytes, and the one that measures what stays allocated, take turns:
+/// jemalloc's counters are the process's, and the tests of this binary run in parallel.
+#[cfg(test)]
+static BIG_ALLOCATIONS: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
 /// jemalloc, returning freed pages to the system within about a second, and without thread
 /// caches. A connect storm (every new socket gets the online list page by page, every socket
