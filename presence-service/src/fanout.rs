@@ -5,25 +5,29 @@
 //!   id. The announcer hands each shard its jobs (snapshots, pages, broadcasts) and goes on;
 //!   the shards send in parallel.
 //! - **Ordered per socket.** Only the announcer task calls in here, one call after another;
-//!   each shard does its jobs in that order, and every frame to a socket goes through that
-//!   socket's own queue and writer task, which writes it through the WebSocket codec (the same
-//!   codec that answers the client's pings and writes the close frame). So a socket reads this
-//!   node's frames whole and in the order they were made.
-//! - **Snapshot first.** Broadcasts go to the shards' rooms only; a socket joins one of its
-//!   shard's rooms right after its snapshot is queued, so it never gets a change before the list the change
-//!   applies to.
+//!   each shard does its jobs in that order, and a socket's frames all take one way out: its
+//!   wire for a websocket-only session (written by the shard itself, whole, under the same
+//!   lock the WebSocket codec writes its pings, pongs and close frame through; `wire.rs`), its
+//!   socketioxide queue and writer task otherwise. So a socket reads this node's frames whole
+//!   and in the order they were made.
+//! - **Snapshot first.** A socket becomes live for broadcasts (joins the shard's direct list,
+//!   or one of its rooms) right after its snapshot is sent, so it never gets a change before the
+//!   list the change applies to. A direct socket's frames also wait for the codec's connect
+//!   packet (`wire.rs`).
 //! - **Numbered.** Every broadcast frame carries this run's `epoch` and a `seq` one higher than
 //!   the last; a snapshot or an ack carries the `seq` it is as of. A client that sees a jump
-//!   knows it missed a frame (one dropped for a full queue) and asks for the list again.
+//!   knows it missed a frame (one dropped for a slow reader) and asks for the list again.
 //! - **Bounded memory per socket.** A socket holds at most its queue (`max_buffer_size`
-//!   entries); a slow reader fills its own queue and kernel buffer and delays no one else.
-//!   A snapshot page that does not fit closes the socket: it reconnects and starts over.
+//!   entries) or, direct, [`WAITING_LIMIT`] bytes; a slow reader fills its own buffers and
+//!   delays no one else. A snapshot page that does not fit closes the socket's transport: it
+//!   reconnects and starts over.
 //! - **Bounded work per broadcast.** The announcer serializes a payload once and hands each
 //!   shard a reference to it (a job per shard, whatever the number of sockets); a shard encodes
-//!   the packet once per room and each socket gets a reference-counted copy. A shard's rooms
-//!   are small, so socketioxide's locks are never held for a whole broadcast. Nothing is
-//!   published to other nodes: each node makes its own frames from the change log.
-//! - Safe Rust only: nothing here or below writes around the codec.
+//!   the websocket frame once for its direct sockets and the packet once per room for the
+//!   others. A shard's rooms are small, so socketioxide's locks are never held for a whole
+//!   broadcast. Nothing is published to other nodes: each node makes its own frames from the
+//!   change log.
+//! - Safe Rust only: nothing here or below writes around the codec's lock.
 
 use std::hash::BuildHasher;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -33,12 +37,16 @@ use serde::Serialize;
 use serde_json::value::RawValue;
 use socketioxide::adapter::Adapter;
 use socketioxide::extract::{AckSender, SocketRef};
+use socketioxide::handler::FromMessageParts;
 use socketioxide::operators::BroadcastOperators;
+use socketioxide::socket::Socket;
 use socketioxide::{SendError, SocketError, SocketIo};
 use socketioxide_core::adapter::Room;
+use socketioxide_core::Value;
 use tokio::sync::mpsc;
 
 use crate::metrics::Metrics;
+use crate::wire::{Sent, Wire, WireHandle};
 
 /// Work for a shard, in the order the announcer made it.
 enum Job<A: Adapter> {
@@ -61,9 +69,91 @@ enum Job<A: Adapter> {
     },
     /// The answer to `get_online_users`, in order with the frames before and after it.
     Ack {
-        acks: Vec<AckSender<A>>,
+        acks: Vec<(SocketRef<A>, Ack<A>)>,
         payload: Arc<RawValue>,
     },
+}
+
+/// How a socket's `get_online_users` is answered: socketioxide's ack for a socket it writes to,
+/// and the ack's id for one the fan-out writes to itself (see [`direct_wire`]).
+pub struct Ack<A: Adapter> {
+    sender: AckSender<A>,
+    id: Option<i64>,
+}
+
+impl<A: Adapter> FromMessageParts<A> for Ack<A> {
+    type Error = std::convert::Infallible;
+
+    fn from_message_parts(
+        s: &Arc<Socket<A>>,
+        v: &mut Value,
+        ack_id: &Option<i64>,
+    ) -> Result<Self, Self::Error> {
+        Ok(Self {
+            sender: AckSender::from_message_parts(s, v, ack_id)?,
+            id: *ack_id,
+        })
+    }
+}
+
+/// The most a direct socket may have waiting for the kernel before a frame for it is refused
+/// (a slow reader): a few snapshot pages' worth. The queued path's bound is its queue's length.
+const WAITING_LIMIT: usize = 256 * 1024;
+
+/// The wire a socket's presence frames go out on, if the fan-out writes to it itself: a
+/// websocket-only session whose connection is this server's own (`wire.rs`). Every other
+/// socket (polling, upgraded from polling) gets its frames through socketioxide.
+fn direct_wire<A: Adapter>(socket: &SocketRef<A>) -> Option<(WireHandle, Arc<Wire>)> {
+    let handle = socket.req_parts().extensions.get::<WireHandle>()?;
+    Some((handle.clone(), handle.get()?))
+}
+
+/// A websocket text frame (a server's: unmasked) holding one Engine.IO message (`4`) made of
+/// `parts`, encoded once and written as is to every direct socket it is for.
+fn ws_message(parts: &[&[u8]]) -> Vec<u8> {
+    let len = 1 + parts.iter().map(|p| p.len()).sum::<usize>();
+    let mut frame = Vec::with_capacity(len + 10);
+    frame.push(0x81);
+    match u16::try_from(len) {
+        Ok(n) if n < 126 => frame.push(n as u8),
+        Ok(n) => {
+            frame.push(126);
+            frame.extend_from_slice(&n.to_be_bytes());
+        }
+        Err(_) => {
+            frame.push(127);
+            frame.extend_from_slice(&(len as u64).to_be_bytes());
+        }
+    }
+    frame.push(b'4');
+    for part in parts {
+        frame.extend_from_slice(part);
+    }
+    frame
+}
+
+/// A Socket.IO event on the default namespace, as socketioxide encodes `emit(event, payload)`:
+/// `2["event",payload]`. Event names here are plain identifiers (nothing to escape).
+fn event_frame(event: &str, payload: &RawValue) -> Vec<u8> {
+    debug_assert!(!event.contains(['"', '\\']));
+    ws_message(&[
+        b"2[\"",
+        event.as_bytes(),
+        b"\",",
+        payload.get().as_bytes(),
+        b"]",
+    ])
+}
+
+/// The answer to an event that asked for one, as socketioxide encodes it: `3<id>[payload]`.
+fn ack_frame(id: i64, payload: &RawValue) -> Vec<u8> {
+    ws_message(&[
+        b"3",
+        id.to_string().as_bytes(),
+        b"[",
+        payload.get().as_bytes(),
+        b"]",
+    ])
 }
 
 /// A broadcast frame's numbering (docs/design.md, "Presence events"): `epoch` names this run of
@@ -103,7 +193,12 @@ impl<A: Adapter> Fanout<A> {
         let shards = (0..cores)
             .map(|k| {
                 let (tx, rx) = mpsc::unbounded_channel();
-                tokio::spawn(run_shard(ShardRooms::new(k), rx, metrics.clone()));
+                let shard = Shard {
+                    rooms: ShardRooms::new(k),
+                    direct: Vec::new(),
+                    metrics: metrics.clone(),
+                };
+                tokio::spawn(shard.run(rx));
                 tx
             })
             .collect();
@@ -229,10 +324,11 @@ impl<A: Adapter> Fanout<A> {
     /// socket's shard, so the answer keeps its place among the frames around it.
     pub fn ack(
         &self,
-        acks: impl IntoIterator<Item = (SocketRef<A>, AckSender<A>)>,
+        acks: impl IntoIterator<Item = (SocketRef<A>, Ack<A>)>,
         online_users: &RawValue,
     ) {
         let payload: Arc<RawValue> = online_users.to_owned().into();
+        let acks = acks.into_iter().map(|(s, a)| (s.clone(), (s, a)));
         for (k, acks) in self.split(acks).into_iter().enumerate() {
             if !acks.is_empty() {
                 self.to_shard(
@@ -311,74 +407,168 @@ impl ShardRooms {
 
 /// A snapshot or one of its pages could not be queued. A socket that is gone needs nothing; one
 /// whose queue is full would keep a partial list for good (pages carry no `seq`), so its
-/// transport is closed: the client reconnects and gets a fresh snapshot. (A namespace
-/// disconnect would not do: it needs room in the same full queue, and Socket.IO clients do not
-/// reconnect after one.)
+/// transport is closed (see [`close_too_slow`]).
 fn too_slow_or_gone<A: Adapter>(socket: &SocketRef<A>, e: &SendError, what: &'static str) {
-    if matches!(e, SendError::Socket(SocketError::Closed)) {
-        return;
+    if !matches!(e, SendError::Socket(SocketError::Closed)) {
+        close_too_slow(socket, what);
     }
-    tracing::warn!(error = %e, sid = %socket.id, what, "socket too slow for its snapshot; closing its transport");
+}
+
+/// The client reconnects and gets a fresh snapshot. (A namespace disconnect would not do: it
+/// needs room in the same full queue, and Socket.IO clients do not reconnect after one.)
+fn close_too_slow<A: Adapter>(socket: &SocketRef<A>, what: &'static str) {
+    tracing::warn!(sid = %socket.id, what, "socket too slow for its snapshot; closing its transport");
     socket.close_transport();
 }
 
-/// A shard: sends its jobs in order, each through the sockets' own queues.
-async fn run_shard<A: Adapter>(
-    mut rooms: ShardRooms,
-    mut jobs: mpsc::UnboundedReceiver<Job<A>>,
+/// A shard: does its jobs in order. A socket's frames go out on its wire when the fan-out
+/// writes to it itself ([`direct_wire`]), through socketioxide otherwise; a socket takes one
+/// way for its whole life, so its frames keep their order either way.
+struct Shard {
+    rooms: ShardRooms,
+    /// The live sockets written to directly, by their wires; a wire found closed is dropped.
+    direct: Vec<WireHandle>,
     metrics: Metrics,
-) {
-    while let Some(job) = jobs.recv().await {
-        match job {
-            Job::Snapshot { sockets, payload } => {
-                for socket in sockets {
-                    if let Err(e) = socket.emit("online_users", &*payload) {
-                        too_slow_or_gone(&socket, &e, "snapshot");
+}
+
+impl Shard {
+    /// Direct writes between two yields: a shard of many sockets lets the tasks waiting on its
+    /// worker (connects, reads) run between batches.
+    const BATCH: usize = 512;
+
+    async fn run<A: Adapter>(mut self, mut jobs: mpsc::UnboundedReceiver<Job<A>>) {
+        while let Some(job) = jobs.recv().await {
+            match job {
+                Job::Snapshot { sockets, payload } => self.snapshot(sockets, &payload),
+                Job::Page {
+                    sockets,
+                    event,
+                    payload,
+                } => self.page(sockets, event, &payload),
+                Job::Ack { acks, payload } => self.ack(acks, &payload),
+                Job::Broadcast { ns, event, payload } => {
+                    self.broadcast(&ns, event, &payload).await;
+                }
+            }
+        }
+    }
+
+    fn snapshot<A: Adapter>(&mut self, sockets: Vec<SocketRef<A>>, payload: &RawValue) {
+        let mut frame = None;
+        for socket in sockets {
+            if let Some((handle, wire)) = direct_wire(&socket) {
+                let frame = frame.get_or_insert_with(|| event_frame("online_users", payload));
+                match wire.send(frame, WAITING_LIMIT) {
+                    Sent::Written | Sent::Queued => {
+                        self.metrics.emitted("online_users");
+                        // Live only now: no change can reach it before its list.
+                        self.direct.push(handle);
+                    }
+                    Sent::Full => close_too_slow(&socket, "snapshot"),
+                    Sent::Closed => {}
+                }
+                continue;
+            }
+            if let Err(e) = socket.emit("online_users", payload) {
+                too_slow_or_gone(&socket, &e, "snapshot");
+                continue;
+            }
+            self.metrics.emitted("online_users");
+            // Live only now: no change can reach it before its list.
+            let room = self.rooms.room_for_next();
+            socket.join(room.clone());
+            // A close on another worker between the emit and the join has already taken the
+            // socket out of every room (the socket is marked closed first): the join would put
+            // it back for good.
+            if !socket.connected() {
+                socket.leave(room);
+            }
+        }
+    }
+
+    fn page<A: Adapter>(
+        &mut self,
+        sockets: Vec<SocketRef<A>>,
+        event: &'static str,
+        payload: &RawValue,
+    ) {
+        let mut frame = None;
+        for socket in sockets {
+            if let Some((_, wire)) = direct_wire(&socket) {
+                let frame = frame.get_or_insert_with(|| event_frame(event, payload));
+                match wire.send(frame, WAITING_LIMIT) {
+                    Sent::Written | Sent::Queued => self.metrics.emitted(event),
+                    Sent::Full => close_too_slow(&socket, "snapshot page"),
+                    Sent::Closed => {}
+                }
+                continue;
+            }
+            match socket.emit(event, payload) {
+                Ok(()) => self.metrics.emitted(event),
+                Err(e) => too_slow_or_gone(&socket, &e, "snapshot page"),
+            }
+        }
+    }
+
+    fn ack<A: Adapter>(&mut self, acks: Vec<(SocketRef<A>, Ack<A>)>, payload: &RawValue) {
+        for (socket, ack) in acks {
+            let sent = match direct_wire(&socket) {
+                // A client that asked for no answer gets none.
+                Some((_, wire)) => ack.id.is_some_and(|id| {
+                    matches!(
+                        wire.send(&ack_frame(id, payload), WAITING_LIMIT),
+                        Sent::Written | Sent::Queued
+                    )
+                }),
+                None => ack.sender.send(payload).is_ok(),
+            };
+            if sent {
+                self.metrics.emitted("get_online_users_ack");
+            }
+        }
+    }
+
+    async fn broadcast<A: Adapter>(
+        &mut self,
+        ns: &BroadcastOperators<A>,
+        event: &'static str,
+        payload: &RawValue,
+    ) {
+        if !self.direct.is_empty() {
+            let frame = event_frame(event, payload);
+            let mut dropped = 0usize;
+            let mut i = 0;
+            while i < self.direct.len() {
+                let sent = self.direct[i]
+                    .get()
+                    .map_or(Sent::Closed, |wire| wire.send(&frame, WAITING_LIMIT));
+                match sent {
+                    Sent::Closed => {
+                        self.direct.swap_remove(i);
                         continue;
                     }
-                    metrics.emitted("online_users");
-                    // Live only now: no change can reach it before its list.
-                    let room = rooms.room_for_next();
-                    socket.join(room.clone());
-                    // A close on another worker between the emit and the join has already
-                    // taken the socket out of every room (the socket is marked closed first):
-                    // the join would put it back for good.
-                    if !socket.connected() {
-                        socket.leave(room);
-                    }
+                    Sent::Full => dropped += 1,
+                    Sent::Written | Sent::Queued => {}
                 }
-            }
-            Job::Page {
-                sockets,
-                event,
-                payload,
-            } => {
-                for socket in sockets {
-                    match socket.emit(event, &*payload) {
-                        Ok(()) => metrics.emitted(event),
-                        Err(e) => too_slow_or_gone(&socket, &e, "snapshot page"),
-                    }
-                }
-            }
-            Job::Ack { acks, payload } => {
-                for ack in acks {
-                    if ack.send(&*payload).is_ok() {
-                        metrics.emitted("get_online_users_ack");
-                    }
-                }
-            }
-            Job::Broadcast { ns, event, payload } => {
-                for room in &rooms.rooms {
-                    let to_room = ns.as_ref().clone().local().to(room.clone());
-                    if let Err(e) = to_room.emit(event, &*payload).await {
-                        tracing::debug!(event, error = %e, "not sent to some local sockets");
-                    }
-                    // The room's writer tasks, just woken, run before the next room's: the
-                    // worker's run queue stays short, and a connect waiting for this worker
-                    // is not held for the whole broadcast.
+                i += 1;
+                if i % Self::BATCH == 0 {
                     tokio::task::yield_now().await;
                 }
             }
+            if dropped > 0 {
+                // The next frame's `seq` tells each of them it missed one.
+                tracing::debug!(event, dropped, "not sent to some slow sockets");
+            }
+        }
+        for room in &self.rooms.rooms {
+            let to_room = ns.clone().local().to(room.clone());
+            if let Err(e) = to_room.emit(event, payload).await {
+                tracing::debug!(event, error = %e, "not sent to some local sockets");
+            }
+            // The room's writer tasks, just woken, run before the next room's: the worker's
+            // run queue stays short, and a connect waiting for this worker is not held for the
+            // whole broadcast.
+            tokio::task::yield_now().await;
         }
     }
 }
@@ -401,7 +591,12 @@ mod tests {
     const WAIT: Duration = Duration::from_secs(20);
 
     /// A presence server without presence: a namespace whose sockets are handed to the test.
-    async fn server() -> (
+    /// `direct`: served as the service serves (its listener and wire middleware), so the
+    /// fan-out writes to these websocket-only sockets itself; otherwise every frame goes
+    /// through socketioxide's queue and writer task.
+    async fn server(
+        direct: bool,
+    ) -> (
         SocketIo<LocalAdapter>,
         SocketAddr,
         mpsc::UnboundedReceiver<SocketRef<LocalAdapter>>,
@@ -417,7 +612,21 @@ mod tests {
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let addr = listener.local_addr().expect("addr");
         let app = axum::Router::new().layer(layer);
-        tokio::spawn(async move { axum::serve(listener, app).await });
+        if direct {
+            let app = app.layer(axum::middleware::map_request(
+                crate::wire::direct_for_websocket_handshake,
+            ));
+            let listener = crate::listener::TcpNodelayListener(listener);
+            tokio::spawn(async move {
+                axum::serve(
+                    listener,
+                    app.into_make_service_with_connect_info::<WireHandle>(),
+                )
+                .await
+            });
+        } else {
+            tokio::spawn(async move { axum::serve(listener, app).await });
+        }
         (io, addr, rx)
     }
 
@@ -509,6 +718,8 @@ mod tests {
                         self.buf.shrink_to(16384);
                         match b0 & 0x0F {
                             0x1 => return String::from_utf8(payload).expect("utf-8 text"),
+                            // The answer to a ping the client sent.
+                            0xA => {}
                             op => panic!("unexpected opcode {op:#x}"),
                         }
                     }
@@ -539,8 +750,17 @@ mod tests {
     /// Sockets connect while broadcasts run: each gets its snapshot first, then every later
     /// broadcast, in the order sent.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn ordered_per_socket_under_broadcasts_and_joins() {
-        let (io, addr, mut joined) = server().await;
+    async fn ordered_per_socket_under_broadcasts_and_joins_direct() {
+        ordered_per_socket_under_broadcasts_and_joins(true).await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn ordered_per_socket_under_broadcasts_and_joins_queued() {
+        ordered_per_socket_under_broadcasts_and_joins(false).await;
+    }
+
+    async fn ordered_per_socket_under_broadcasts_and_joins(direct: bool) {
+        let (io, addr, mut joined) = server(direct).await;
         let fanout = fanout(&io);
         const SOCKETS: usize = 12;
         let readers: Vec<_> = (0..SOCKETS)
@@ -601,8 +821,17 @@ mod tests {
     /// A shard spreads its sockets over its rooms: with more sockets than all the shards' rooms
     /// together, each socket still gets every broadcast exactly once.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn every_socket_gets_each_broadcast_once_across_the_rooms() {
-        let (io, addr, mut joined) = server().await;
+    async fn every_socket_gets_each_broadcast_once_across_the_rooms_direct() {
+        every_socket_gets_each_broadcast_once_across_the_rooms(true).await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn every_socket_gets_each_broadcast_once_across_the_rooms_queued() {
+        every_socket_gets_each_broadcast_once_across_the_rooms(false).await;
+    }
+
+    async fn every_socket_gets_each_broadcast_once_across_the_rooms(direct: bool) {
+        let (io, addr, mut joined) = server(direct).await;
         let fanout = fanout(&io);
         let sockets = fanout.shards.len() * ShardRooms::ROOMS_PER_SHARD * 2 + 3;
         let mut clients = Vec::new();
@@ -634,8 +863,18 @@ mod tests {
     /// A socket whose client stopped reading fills its own buffers; the others get every frame,
     /// in order, and the broadcasts never wait for it. What it reads later is whole and in order.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn a_slow_socket_delays_no_one() {
-        let (io, addr, mut joined) = server().await;
+    async fn a_slow_socket_delays_no_one_direct() {
+        a_slow_socket_delays_no_one(true).await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_slow_socket_delays_no_one_queued() {
+        a_slow_socket_delays_no_one(false).await;
+    }
+
+    async fn a_slow_socket_delays_no_one(direct: bool) {
+        let _turn = crate::BIG_ALLOCATIONS.lock().await;
+        let (io, addr, mut joined) = server(direct).await;
         let fanout = fanout(&io);
         let mut slow = Client::connect(addr, Some(4096)).await;
         let fast = tokio::spawn(async move {
@@ -693,8 +932,18 @@ mod tests {
     /// fits in its queue the socket's transport is closed (its client reconnects for a fresh
     /// snapshot) instead of staying open with a partial list for good.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn a_socket_too_slow_for_its_pages_is_closed() {
-        let (io, addr, mut joined) = server().await;
+    async fn a_socket_too_slow_for_its_pages_is_closed_direct() {
+        a_socket_too_slow_for_its_pages_is_closed(true).await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_socket_too_slow_for_its_pages_is_closed_queued() {
+        a_socket_too_slow_for_its_pages_is_closed(false).await;
+    }
+
+    async fn a_socket_too_slow_for_its_pages_is_closed(direct: bool) {
+        let _turn = crate::BIG_ALLOCATIONS.lock().await;
+        let (io, addr, mut joined) = server(direct).await;
         let fanout = fanout(&io);
         let mut slow = Client::connect(addr, Some(4096)).await;
         let socket = tokio::time::timeout(WAIT, joined.recv())
@@ -735,6 +984,109 @@ mod tests {
         );
     }
 
+    /// A websocket-only session on the service's listener is written to directly; the same
+    /// server's polling session, and any session on a plain listener, through socketioxide.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn only_websocket_only_sessions_are_written_directly() {
+        let (_io, addr, mut joined) = server(true).await;
+        let _ws = Client::connect(addr, None).await;
+        let socket = joined.recv().await.expect("socket");
+        assert!(
+            direct_wire(&socket).is_some(),
+            "websocket-only session not direct"
+        );
+
+        // A polling session: the handshake, then the Socket.IO connect, each its own request.
+        let mut tcp = TcpStream::connect(addr).await.expect("connect");
+        let get =
+            format!("GET /socket.io/?EIO=4&transport=polling HTTP/1.1\r\nHost: {addr}\r\n\r\n");
+        tcp.write_all(get.as_bytes()).await.expect("handshake");
+        let mut head = vec![0u8; 4096];
+        let n = tcp.read(&mut head).await.expect("open packet");
+        let text = String::from_utf8_lossy(&head[..n]).to_string();
+        let sid = text
+            .split("\"sid\":\"")
+            .nth(1)
+            .and_then(|rest| rest.split('"').next())
+            .expect("sid in the open packet")
+            .to_string();
+        let post = format!(
+            "POST /socket.io/?EIO=4&transport=polling&sid={sid} HTTP/1.1\r\nHost: {addr}\r\n\
+             Content-Type: text/plain\r\nContent-Length: 2\r\n\r\n40"
+        );
+        tcp.write_all(post.as_bytes())
+            .await
+            .expect("connect packet");
+        let socket = tokio::time::timeout(WAIT, joined.recv())
+            .await
+            .expect("polling socket in time")
+            .expect("socket");
+        assert!(
+            direct_wire(&socket).is_none(),
+            "polling session written directly"
+        );
+
+        let (_io, addr, mut joined) = server(false).await;
+        let _ws = Client::connect(addr, None).await;
+        let socket = joined.recv().await.expect("socket");
+        assert!(direct_wire(&socket).is_none(), "no wire, yet direct");
+    }
+
+    /// The fan-out encodes what it writes itself exactly as socketioxide does: the same events
+    /// and acks reach a direct and a queued client byte for byte.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn direct_frames_are_socketioxides_frames() {
+        let mut seen = Vec::new();
+        for direct in [true, false] {
+            let (_io, addr, mut joined) = server(direct).await;
+            let fanout = fanout(&_io);
+            let mut client = Client::connect(addr, None).await;
+            let socket = joined.recv().await.expect("socket");
+            let (tx, mut asked) = mpsc::unbounded_channel();
+            socket.on(
+                "get_online_users",
+                move |socket: SocketRef<LocalAdapter>, ack: Ack<LocalAdapter>| {
+                    let _ = tx.send((socket, ack));
+                    async {}
+                },
+            );
+            fanout.snapshot(
+                [socket],
+                &raw(&serde_json::json!({ "onlineUsers": ["é\"\\"] })),
+            );
+            fanout.broadcast("presence_diff", &serde_json::json!({ "joined": [1] }));
+            // `42` + an ack id: the client asks for an answer.
+            client.send_text(r#"4217["get_online_users"]"#).await;
+            let (socket, ack) = tokio::time::timeout(WAIT, asked.recv())
+                .await
+                .expect("asked in time")
+                .expect("ack");
+            fanout.ack(
+                [(socket, ack)],
+                &raw(&serde_json::json!({ "onlineUsers": [] })),
+            );
+            let mut texts = Vec::new();
+            while texts.len() < 3 {
+                match client.text().await.as_str() {
+                    "2" => client.send_text("3").await,
+                    text => texts.push(text.to_string()),
+                }
+            }
+            // The numbering differs from run to run; the rest must not.
+            let epoch = |t: &str| t.split("\"epoch\"").next().unwrap_or_default().to_string();
+            seen.push(texts.iter().map(|t| epoch(t)).collect::<Vec<_>>());
+        }
+        assert_eq!(
+            seen[0], seen[1],
+            "direct (left) and socketioxide's (right) frames"
+        );
+        assert!(
+            seen[0][2].starts_with("4317["),
+            "not an ack: {}",
+            seen[0][2]
+        );
+    }
+
     fn allocated() -> usize {
         use tikv_jemalloc_ctl::{epoch, stats};
         epoch::advance().expect("epoch");
@@ -744,8 +1096,18 @@ mod tests {
     /// After a frame much larger than usual, each socket gives the room it took back (the
     /// vendored tungstenite's write buffer, engineioxide's queue entry, the shared encoding).
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn memory_is_returned_after_a_large_frame() {
-        let (io, addr, mut joined) = server().await;
+    async fn memory_is_returned_after_a_large_frame_direct() {
+        memory_is_returned_after_a_large_frame(true).await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn memory_is_returned_after_a_large_frame_queued() {
+        memory_is_returned_after_a_large_frame(false).await;
+    }
+
+    async fn memory_is_returned_after_a_large_frame(direct: bool) {
+        let _turn = crate::BIG_ALLOCATIONS.lock().await;
+        let (io, addr, mut joined) = server(direct).await;
         let fanout = fanout(&io);
         const SOCKETS: usize = 8;
         let mut clients = Vec::new();

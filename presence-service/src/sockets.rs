@@ -4,7 +4,7 @@
 use std::sync::Arc;
 
 use socketioxide::adapter::Adapter;
-use socketioxide::extract::{AckSender, SocketRef};
+use socketioxide::extract::SocketRef;
 use socketioxide::handler::ConnectHandler;
 use socketioxide::SocketIo;
 use socketioxide_core::adapter::DefinedAdapter;
@@ -133,7 +133,7 @@ fn prepare<A: Adapter>(ctx: &SocketContext<A>, socket: &SocketRef<A>, session: &
     // a snapshot.
     socket.on(
         "get_online_users",
-        move |socket: SocketRef<A>, ack: AckSender<A>| {
+        move |socket: SocketRef<A>, ack: crate::fanout::Ack<A>| {
             let presence = presence.clone();
             async move { presence.ack(socket, ack) }
         },

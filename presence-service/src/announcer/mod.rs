@@ -10,13 +10,13 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use socketioxide::adapter::Adapter;
-use socketioxide::extract::{AckSender, SocketRef};
+use socketioxide::extract::SocketRef;
 use socketioxide::SocketIo;
 use tokio::sync::{mpsc, oneshot, Notify};
 
 use crate::backend::{Change, Position, PresenceBackend, What};
 use crate::config::EventMode;
-use crate::fanout::Fanout;
+use crate::fanout::{Ack, Fanout};
 use crate::metrics::Metrics;
 use crate::mirror::{Applied, Mirror};
 use crate::model::{Effect, PresenceModel, TooManySockets, User};
@@ -28,7 +28,7 @@ pub enum Command<A: Adapter> {
     /// Send `online_users` to a socket that just connected (after its own `Hold`).
     Snapshot(SocketRef<A>),
     /// Answer a socket's `get_online_users`.
-    Ack(SocketRef<A>, AckSender<A>),
+    Ack(SocketRef<A>, Ack<A>),
     /// Who is online, for `GET /presence`.
     Online(oneshot::Sender<Vec<User>>),
     /// The link the change log arrives on is back: entries published while it was down never
@@ -79,7 +79,7 @@ impl<A: Adapter> Presence<A> {
         self.send(Command::Snapshot(socket));
     }
 
-    pub fn ack(&self, socket: SocketRef<A>, ack: AckSender<A>) {
+    pub fn ack(&self, socket: SocketRef<A>, ack: Ack<A>) {
         self.send(Command::Ack(socket, ack));
     }
 
@@ -222,7 +222,7 @@ struct Announcer<A: Adapter> {
     /// and one serialization of the list for all of them, however many connected at once).
     waiting_snapshot: Vec<SocketRef<A>>,
     /// `get_online_users` waiting for an answer, served the same way.
-    waiting_ack: Vec<(SocketRef<A>, AckSender<A>)>,
+    waiting_ack: Vec<(SocketRef<A>, Ack<A>)>,
     /// Set by [`Command::Stop`]: when to give up waiting, and whom to tell that we are done.
     stopping: Option<(Instant, oneshot::Sender<()>)>,
     /// When the copy is read again from the store: the end of a hold-over, or a retry.
