@@ -3,6 +3,7 @@
 
 use std::future::Future;
 use std::sync::Arc;
+use std::time::Duration;
 
 use futures_util::StreamExt;
 use socketioxide::adapter::Adapter;
@@ -84,7 +85,14 @@ pub async fn run(
                 metrics.clone(),
                 None,
             );
-            serve(listener, router.layer(layer), trust, shutdown).await?;
+            serve(
+                listener,
+                write_stall(&cfg),
+                router.layer(layer),
+                trust,
+                shutdown,
+            )
+            .await?;
             crate::drain::close_paced(&io, drain_pace(&cfg)).await;
             io.close().await;
             Ok(())
@@ -149,7 +157,14 @@ pub async fn run(
                 move || reload.reload(),
             );
             tracing::info!(node = %node_id, "redis backend and adapter ready");
-            serve(listener, router.layer(layer), trust, shutdown).await?;
+            serve(
+                listener,
+                write_stall(&cfg),
+                router.layer(layer),
+                trust,
+                shutdown,
+            )
+            .await?;
             leave_cluster(&cfg, &io, &presence).await;
             Ok(())
         }
@@ -257,9 +272,17 @@ fn drain_pace(cfg: &Config) -> crate::drain::DrainPace {
     }
 }
 
+/// How long a connection may take no byte before it is given up (`wire.rs`): as long as the
+/// heartbeat gives a client to answer a ping, so a client alive enough to stay connected is
+/// never given up for reading slowly.
+fn write_stall(cfg: &Config) -> Duration {
+    ms(cfg.limits.ping_interval_ms + cfg.limits.ping_timeout_ms)
+}
+
 /// Serves until `shutdown` resolves; then no new connection is accepted.
 async fn serve(
     listener: TcpListener,
+    stall: Duration,
     router: axum::Router,
     trust: Trust,
     shutdown: impl Future<Output = ()> + Send + 'static,
@@ -271,7 +294,7 @@ async fn serve(
     // Tests and scripts that bind port 0 read the real address from this line on stdout.
     println!("presence-service listening on {addr}");
     tracing::info!(%addr, "listening");
-    let listener = crate::listener::TcpNodelayListener(listener);
+    let listener = crate::listener::TcpNodelayListener { listener, stall };
     // Both outside the Socket.IO layer, so they run before it sees (and keeps) the handshake:
     // first its headers leave the read buffer, then its assertion is checked and dropped.
     let router = router

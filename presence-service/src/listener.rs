@@ -1,6 +1,7 @@
 //! The service's TCP listener.
 
 use std::net::SocketAddr;
+use std::time::Duration;
 
 use axum::extract::connect_info::Connected;
 use axum::serve::{IncomingStream, Listener};
@@ -10,8 +11,12 @@ use crate::wire::{WireHandle, WireIo};
 
 /// The service's listener: tokio's, with TCP_NODELAY on every connection (presence frames are
 /// small and latency-bound: none is held back for Nagle), each connection's IO a [`WireIo`] so
-/// the fan-out can write to its websocket (`wire.rs`).
-pub struct TcpNodelayListener(pub TcpListener);
+/// the fan-out can write to its websocket (`wire.rs`), and which gives up on a client that
+/// takes no byte for `stall`.
+pub struct TcpNodelayListener {
+    pub listener: TcpListener,
+    pub stall: Duration,
+}
 
 impl Listener for TcpNodelayListener {
     type Io = WireIo;
@@ -19,15 +24,15 @@ impl Listener for TcpNodelayListener {
 
     async fn accept(&mut self) -> (WireIo, SocketAddr) {
         // tokio's listener retries accept errors itself (with a pause on fd exhaustion).
-        let (io, addr) = Listener::accept(&mut self.0).await;
+        let (io, addr) = Listener::accept(&mut self.listener).await;
         if let Err(e) = io.set_nodelay(true) {
             tracing::debug!(error = %e, "TCP_NODELAY not set");
         }
-        (WireIo::new(io), addr)
+        (WireIo::new(io, self.stall), addr)
     }
 
     fn local_addr(&self) -> std::io::Result<SocketAddr> {
-        self.0.local_addr()
+        self.listener.local_addr()
     }
 }
 

@@ -27,12 +27,15 @@
 //! **Lifetime.** The connection's IO ([`WireIo`], owned by hyper and then the codec) holds the
 //! wire; everyone else holds a [`Weak`] reference. When the IO is dropped the wire is marked
 //! closed, whatever it still held is dropped, and a drain under way stops, so the socket is
-//! closed exactly when it would be without the wire.
+//! closed exactly when it would be without the wire. A connection whose client takes no byte
+//! for as long as the heartbeat allows is given up (see [`Wire::watch_writes`]), for every
+//! connection of the service, websocket or not.
 
 use std::io;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::task::{ready, Context, Poll};
+use std::time::Duration;
 
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
@@ -41,6 +44,9 @@ use tokio::sync::Notify;
 /// A connection's socket, shared by the codec (through [`WireIo`]) and the fan-out.
 pub struct Wire {
     tcp: TcpStream,
+    /// How long a write may wait for the kernel to take any byte before the connection is
+    /// given up (see [`Wire::watch_writes`]).
+    stall: Duration,
     out: Mutex<Out>,
     /// Wakes a drain under way when the IO is dropped.
     closed: Notify,
@@ -57,8 +63,8 @@ struct Out {
     armed: bool,
     /// Fan-out frames may go out (the connect packet has been written).
     released: bool,
-    /// A task is writing `pending` out for the fan-out.
-    draining: bool,
+    /// A task is watching a wait for the kernel (see [`Wire::watch_writes`]).
+    watching: bool,
     /// The IO is gone: nothing more is written.
     closed: bool,
     /// The codec has written the close frame: no fan-out frame may follow it.
@@ -106,9 +112,10 @@ impl Out {
 }
 
 impl Wire {
-    fn new(tcp: TcpStream) -> Arc<Self> {
+    fn new(tcp: TcpStream, stall: Duration) -> Arc<Self> {
         Arc::new(Self {
             tcp,
+            stall,
             out: Mutex::new(Out::default()),
             closed: Notify::new(),
         })
@@ -147,19 +154,19 @@ impl Wire {
                 return Sent::Full;
             }
             out.keep(frame);
-            self.drain_in_background(&mut out);
+            self.watch_writes(&mut out);
             return Sent::Queued;
         }
         match self.tcp.try_write(frame) {
             Ok(n) if n == frame.len() => Sent::Written,
             Ok(n) => {
                 out.keep(&frame[n..]);
-                self.drain_in_background(&mut out);
+                self.watch_writes(&mut out);
                 Sent::Queued
             }
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
                 out.keep(frame);
-                self.drain_in_background(&mut out);
+                self.watch_writes(&mut out);
                 Sent::Queued
             }
             // The connection is failing; the codec's own read or write reports it.
@@ -180,14 +187,19 @@ impl Wire {
         Ok(true)
     }
 
-    /// The codec may not write again for a long time (an idle socket), so what a fan-out frame
-    /// left pending is written by a task of its own, one per wire at most, that ends when
-    /// nothing is pending or the connection is gone.
-    fn drain_in_background(self: &Arc<Self>, out: &mut Out) {
-        if out.draining {
+    /// Whenever a writer must wait for the kernel to take more, one task per wire watches the
+    /// wait. It writes out what is pending (the codec may not write again for a long time: an
+    /// idle socket), and ends when nothing is, or the connection is gone. If the kernel takes no
+    /// byte at all for `stall` (a client that stopped reading for good), it gives the connection
+    /// up: drops what waits and shuts the socket down, which fails the codec's waiting write.
+    /// Without that, the codec's writer task would wait on such a client for as long as TCP
+    /// keeps the connection up, its session would never finish closing, and its user would stay
+    /// online.
+    fn watch_writes(self: &Arc<Self>, out: &mut Out) {
+        if out.watching || out.closed {
             return;
         }
-        out.draining = true;
+        out.watching = true;
         let wire = self.clone();
         tokio::spawn(async move {
             loop {
@@ -206,14 +218,39 @@ impl Wire {
                             Err(_) => true,
                         };
                         if done || out.closed {
-                            out.draining = false;
+                            out.watching = false;
                             return;
                         }
+                    }
+                    () = tokio::time::sleep(wire.stall) => {
+                        let mut out = wire.lock();
+                        out.ended = true;
+                        out.held = Vec::new();
+                        out.pending = Vec::new();
+                        out.sent = 0;
+                        out.watching = false;
+                        drop(out);
+                        tracing::warn!(stall_ms = wire.stall.as_millis() as u64, "client took no byte for too long; connection given up");
+                        let _ = socket2::SockRef::from(&wire.tcp).shutdown(std::net::Shutdown::Both);
+                        return;
                     }
                     () = closed => return,
                 }
             }
         });
+    }
+
+    /// A writer waits for the kernel: woken when it can write, watched meanwhile.
+    fn poll_writable(
+        self: &Arc<Self>,
+        out: &mut Out,
+        cx: &mut Context<'_>,
+    ) -> Poll<io::Result<()>> {
+        let ready = self.tcp.poll_write_ready(cx);
+        if ready.is_pending() {
+            self.watch_writes(out);
+        }
+        ready
     }
 
     /// The codec writes `buf`: all of it is taken, or none (`Pending`, woken when the kernel
@@ -226,7 +263,7 @@ impl Wire {
         let mut out = self.lock();
         loop {
             if out.waiting() > 0 && !self.write_pending(&mut out)? {
-                ready!(self.tcp.poll_write_ready(cx))?;
+                ready!(self.poll_writable(&mut out, cx))?;
                 continue;
             }
             match self.tcp.try_write(buf) {
@@ -235,7 +272,7 @@ impl Wire {
                     break;
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                    ready!(self.tcp.poll_write_ready(cx))?;
+                    ready!(self.poll_writable(&mut out, cx))?;
                 }
                 Err(e) => return Poll::Ready(Err(e)),
             }
@@ -257,16 +294,16 @@ impl Wire {
             // The codec flushes after each write, which writes these out too; but they must
             // not depend on the codec writing again.
             if out.waiting() > 0 {
-                self.drain_in_background(&mut out);
+                self.watch_writes(&mut out);
             }
         }
         Poll::Ready(Ok(buf.len()))
     }
 
-    fn poll_write_out(&self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+    fn poll_write_out(self: &Arc<Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         let mut out = self.lock();
         while !self.write_pending(&mut out)? {
-            ready!(self.tcp.poll_write_ready(cx))?;
+            ready!(self.poll_writable(&mut out, cx))?;
         }
         Poll::Ready(Ok(()))
     }
@@ -321,8 +358,9 @@ fn scan(buf: &[u8]) -> Seen {
 pub struct WireIo(Arc<Wire>);
 
 impl WireIo {
-    pub fn new(tcp: TcpStream) -> Self {
-        Self(Wire::new(tcp))
+    /// `stall`: see [`Wire::watch_writes`].
+    pub fn new(tcp: TcpStream, stall: Duration) -> Self {
+        Self(Wire::new(tcp, stall))
     }
 
     /// How the fan-out reaches this connection.
@@ -495,7 +533,7 @@ mod tests {
 
     /// A connected pair: the server side as a wire (its IO and the fan-out's handle), the
     /// client side with a small receive buffer, so that it fills when the client stops reading.
-    async fn pair() -> (WireIo, Arc<Wire>, tokio::net::TcpStream) {
+    async fn pair_stalling_after(stall: Duration) -> (WireIo, Arc<Wire>, tokio::net::TcpStream) {
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let socket = TcpSocket::new_v4().expect("socket");
         socket.set_recv_buffer_size(4096).expect("rcvbuf");
@@ -503,9 +541,13 @@ mod tests {
             socket.connect(listener.local_addr().expect("addr")),
             listener.accept()
         );
-        let io = WireIo::new(accepted.expect("accept").0);
+        let io = WireIo::new(accepted.expect("accept").0, stall);
         let wire = io.handle().get().expect("wire");
         (io, wire, client.expect("connect"))
+    }
+
+    async fn pair() -> (WireIo, Arc<Wire>, tokio::net::TcpStream) {
+        pair_stalling_after(Duration::from_secs(60)).await
     }
 
     async fn read_all(client: &mut tokio::net::TcpStream, want: usize) -> Vec<u8> {
@@ -562,6 +604,7 @@ mod tests {
     /// The fan-out's frames wait for the codec's connect packet and follow it at once.
     #[tokio::test]
     async fn fan_out_frames_wait_for_the_connect_packet() {
+        let _turn = crate::BIG_ALLOCATIONS.lock().await;
         let (mut io, wire, mut client) = pair().await;
         wire.arm();
         assert_eq!(
@@ -670,6 +713,31 @@ mod tests {
         assert_eq!(frames[0], "40");
         assert_eq!(codec, (0..codec_sent).collect::<Vec<_>>(), "seed {seed}");
         assert_eq!(fanout, fanout_sent, "seed {seed}");
+    }
+
+    /// A client that stops reading for good: once the kernel has taken no byte for the stall
+    /// limit, the connection is given up, and a codec write waiting behind it fails instead of
+    /// waiting for as long as TCP keeps the connection up.
+    #[tokio::test]
+    async fn a_client_that_takes_nothing_is_given_up() {
+        let _turn = crate::BIG_ALLOCATIONS.lock().await;
+        let (mut io, wire, client) = pair_stalling_after(Duration::from_millis(300)).await;
+        wire.arm();
+        io.write_all(&frame("40")).await.expect("connect");
+        let big = frame(&"x".repeat(60_000));
+        while wire.send(&big, 1 << 20) != Sent::Full {}
+        let ping = tokio::time::timeout(WAIT, async {
+            io.write_all(&frame("2")).await?;
+            io.flush().await
+        })
+        .await
+        .expect("the codec's write waited for good");
+        assert!(
+            ping.is_err(),
+            "a write to a client that reads nothing succeeded"
+        );
+        assert_eq!(wire.send(&frame("42[]"), 1 << 20), Sent::Closed);
+        drop(client);
     }
 
     /// Whatever waited is dropped with the IO, and a drain under way stops: the connection
