@@ -31,7 +31,7 @@ pub async fn check_assertion(State(trust): State<Trust>, mut req: Request) -> Re
 /// An Engine.IO handshake opens a session: it names the protocol (`EIO`) and no session
 /// (`sid`). Later requests of a session (polls, the websocket upgrade) are not handshakes: the
 /// session keeps the handshake's request, not theirs.
-fn is_engine_io_handshake(query: Option<&str>) -> bool {
+pub(crate) fn is_engine_io_handshake(query: Option<&str>) -> bool {
     let Some(query) = query else { return false };
     let mut eio = false;
     for pair in query.split('&') {

@@ -460,18 +460,8 @@ pub async fn direct_for_websocket_handshake(
 
 /// `EIO` and `transport=websocket`, and no `sid`: a session that starts on a websocket.
 fn is_websocket_only_handshake(query: Option<&str>) -> bool {
-    let Some(query) = query else { return false };
-    let (mut eio, mut websocket) = (false, false);
-    for pair in query.split('&') {
-        let mut kv = pair.splitn(2, '=');
-        match (kv.next(), kv.next()) {
-            (Some("EIO"), _) => eio = true,
-            (Some("transport"), Some("websocket")) => websocket = true,
-            (Some("sid"), _) => return false,
-            _ => {}
-        }
-    }
-    eio && websocket
+    crate::handshake_check::is_engine_io_handshake(query)
+        && query.is_some_and(|q| q.split('&').any(|pair| pair == "transport=websocket"))
 }
 
 impl std::fmt::Debug for Wire {
